@@ -1,0 +1,1 @@
+"""algo layer of wsrl_dist."""

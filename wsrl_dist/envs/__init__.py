@@ -1,0 +1,1 @@
+"""envs layer of wsrl_dist."""
