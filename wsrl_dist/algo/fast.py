@@ -1,0 +1,96 @@
+"""The learner's speed switch: run `update.sac_bundle` eagerly, or captured whole in one CUDA graph.
+
+All speed tricks live here (STYLE: CleanRL/LeanRL). The graph path replays the exact eager math on
+static input buffers; the agent must be made with `capturable=True` on a CUDA device.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from wsrl_dist.algo.agent import Agent
+from wsrl_dist.algo.sac import SACConfig
+from wsrl_dist.algo.types import Batch
+from wsrl_dist.algo.update import sac_bundle
+
+BundleFn = Callable[[Batch], dict[str, torch.Tensor]]
+
+
+def resolve_mode(mode: str, device: torch.device) -> str:
+    if mode == "auto":
+        return "cuda_graph" if device.type == "cuda" else "eager"
+    if mode == "cuda_graph" and device.type != "cuda":
+        raise ValueError("run.fast_path=cuda_graph needs a CUDA device; use eager on CPU")
+    return mode
+
+
+def make_bundle_fn(agent: Agent, cfg: SACConfig, mode: str, example: Batch | None = None) -> BundleFn:
+    """Return f(batch [utd*batch_size rows]) -> info tensors. `example` (any batch of the right
+    shape) is needed for cuda_graph capture; its values do not change the agent."""
+    mode = resolve_mode(mode, agent.device)
+    if mode == "eager":
+        return lambda batch: sac_bundle(agent, batch, cfg)
+    if example is None:
+        raise ValueError("cuda_graph mode needs an example batch to capture with")
+    return GraphedBundle(agent, cfg, example)
+
+
+def _state_tensors(agent: Agent) -> list[torch.Tensor]:
+    """Every tensor the bundle mutates: parameters, target parameters, Adam moments and counts."""
+    out: list[torch.Tensor] = []
+    for mod in (agent.actor, agent.critic, agent.target_critic, agent.temperature):
+        out += [p.data for p in mod.parameters()]
+    for opt in (agent.actor_opt, agent.critic_opt, agent.temperature_opt):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                out += [t for t in opt.state.get(p, {}).values() if torch.is_tensor(t)]
+    return out
+
+
+def _init_adam_state(opt: torch.optim.Optimizer) -> None:
+    """Create Adam's lazily made state now, so capture sees final tensor addresses."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if not opt.state.get(p):
+                opt.state[p] = {
+                    "step": torch.zeros((), dtype=torch.float32, device=p.device),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+
+
+class GraphedBundle:
+    """sac_bundle captured in one CUDA graph. Warm-up iterations needed before capture run on the
+    real agent, so its state is saved before and copied back in place after (same addresses)."""
+
+    def __init__(self, agent: Agent, cfg: SACConfig, example: Batch):
+        if agent.device.type != "cuda":
+            raise ValueError("GraphedBundle needs the agent on a CUDA device")
+        for opt in (agent.actor_opt, agent.critic_opt, agent.temperature_opt):
+            if not all(g.get("capturable") for g in opt.param_groups):
+                raise ValueError("GraphedBundle needs optimizers made with capturable=True")
+            _init_adam_state(opt)
+        self.static = Batch(*(t.clone() if t is not None else None for t in example))
+        tensors = _state_tensors(agent)
+        saved = [t.clone() for t in tensors]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                sac_bundle(agent, self.static, cfg)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = sac_bundle(agent, self.static, cfg)
+        with torch.no_grad():
+            for t, s in zip(tensors, saved):
+                t.copy_(s)
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        for dst, src in zip(self.static, batch):
+            if dst is not None and src is not None:
+                dst.copy_(src, non_blocking=True)
+        self.graph.replay()
+        return self.out

@@ -1,0 +1,252 @@
+"""One config system: section dataclasses composed into RunConfig, layered from YAML and overrides.
+
+Layering: dataclass defaults -> configs/wsrl.yaml -> configs/tasks/<family>.yaml (picked from the task
+name) -> user YAML files -> `--set a.b=c` overrides. Unknown keys and wrong types fail naming the dotted
+key (and the nearest valid name). Section dataclasses live beside the code they configure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wsrl_dist.algo.cql import CQLConfig
+from wsrl_dist.algo.iql import IQLConfig
+from wsrl_dist.algo.nets import NetConfig
+from wsrl_dist.algo.sac import SACConfig
+from wsrl_dist.runtime.settings import RuntimeConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+FINETUNE_METHODS = (
+    "wsrl",  # pre-trained policy + Q, K-step warmup, SAC on online data only (the paper's method)
+    "wsrl_no_warmup",  # ablation: same without the warmup stage
+    "sac_scratch",  # no pre-training; random-init policy collects the first K steps
+    "rlpd",  # SAC from scratch with offline data retained (offline_ratio 0.5)
+    "offline_continued",  # keep the pre-training loss online, no offline data (no retention)
+    "offline_retained",  # keep the pre-training loss online with offline data retained
+)
+
+
+class ConfigError(ValueError):
+    """A config problem, naming the dotted key."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "hopper-medium-v2"
+    reward_scale: float | None = None  # None -> the task registry's value
+    reward_bias: float | None = None
+
+
+@dataclass
+class DatasetConfig:
+    """Where offline data comes from: a D4RL HDF5 file, a Minari dataset, or our own builder."""
+
+    source: str = "auto"  # auto (d4rl file if present, else built) | d4rl | minari | built
+    path: str | None = None  # explicit HDF5 path (d4rl source)
+    root: str | None = None  # D4RL / Minari root override
+    minari_id: str | None = None  # None -> the task registry's Minari id
+    build_transitions: int = 100_000  # builder: rows written
+    build_train_steps: int | None = None  # builder: SAC env steps for the behaviour policy (None: recipe)
+    build_target_return: float | None = None  # builder: stop training at this return (None: recipe)
+
+
+@dataclass
+class PretrainConfig:
+    algo: str = "calql"  # calql | cql | iql | none
+    steps: int = 250_000
+    batch_size: int = 256
+    checkpoint: str | None = None  # load a pre-trained agent instead of training
+    cql: CQLConfig = field(default_factory=CQLConfig)
+    iql: IQLConfig = field(default_factory=IQLConfig)
+
+
+@dataclass
+class FinetuneConfig:
+    method: str = "wsrl"
+    warmup_steps: int = 5_000  # K (counted inside online_steps, as the reference does)
+    online_steps: int = 500_000
+    offline_ratio: float = 0.0  # fraction of each batch from offline data (retention baselines)
+    replay_capacity: int = 2_000_000
+    eval_every: int = 20_000
+    eval_episodes: int = 20
+
+
+@dataclass
+class RunSection:
+    seed: int = 0
+    run_dir: str | None = None  # None -> runs/<task>-<method>-s<seed>-<timestamp>
+    device: str = "auto"  # auto | cpu | cuda
+    fast_path: str = "auto"  # auto (cuda_graph on GPU, eager on CPU) | eager | cuda_graph
+    log_every: int = 1_000
+    checkpoint_every: int = 50_000
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    run: RunSection = field(default_factory=RunSection)
+
+    def validate(self) -> RunConfig:
+        self.net.validate()
+        self.sac.validate()
+        self.pretrain.cql.validate()
+        self.pretrain.iql.validate()
+        self.runtime.validate()
+        _check_choice("pretrain.algo", self.pretrain.algo, ("calql", "cql", "iql", "none"))
+        _check_choice("finetune.method", self.finetune.method, FINETUNE_METHODS)
+        _check_choice("dataset.source", self.dataset.source, ("auto", "d4rl", "minari", "built"))
+        _check_choice("run.device", self.run.device, ("auto", "cpu", "cuda"))
+        _check_choice("run.fast_path", self.run.fast_path, ("auto", "eager", "cuda_graph"))
+        if not 0.0 <= self.finetune.offline_ratio < 1.0:
+            raise ConfigError(f"finetune.offline_ratio must be in [0, 1), got {self.finetune.offline_ratio}")
+        if self.finetune.warmup_steps < 0 or self.finetune.online_steps < 0:
+            raise ConfigError("finetune.warmup_steps and finetune.online_steps must be >= 0")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Short content hash of the resolved config (run dir and seed excluded)."""
+        d = self.to_dict()
+        d["run"] = {k: v for k, v in d["run"].items() if k not in ("run_dir", "progress")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def dump(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (int -> float only)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot be None")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        raise ConfigError(f"{key}: expected a mapping for section, got {value!r}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {tp}")
+
+
+def merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    """Apply a nested mapping onto dataclass `obj` in place, strictly."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {names}"
+            raise ConfigError(f"unknown config key '{dotted}'{hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            merge(current, value, f"{dotted}.")
+        else:
+            setattr(obj, key, _coerce(dotted, value, hints[key]))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """'a.b.c=value' -> {'a': {'b': {'c': value}}}; the value is parsed as YAML (1e-4, true, [1,2])."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def family_config_path(task_name: str) -> Path:
+    from wsrl_dist.envs.tasks import get_task  # lazy: the registry is data, no env is built
+
+    return CONFIG_DIR / "tasks" / f"{get_task(task_name).family}.yaml"
+
+
+def load(paths: list[str | Path] | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Resolve a RunConfig: defaults, wsrl.yaml, the task family's YAML, `paths`, then overrides."""
+    user = [_read_yaml(Path(p)) for p in (paths or [])]
+    sets = [parse_override(o) for o in (overrides or [])]
+    # the task name decides which family YAML to layer, so find it before merging
+    task_name = TaskConfig().name
+    for layer in [_read_yaml(CONFIG_DIR / "wsrl.yaml"), *user, *sets]:
+        task_name = (layer.get("task") or {}).get("name", task_name)
+    layers = [_read_yaml(CONFIG_DIR / "wsrl.yaml"), _read_yaml(family_config_path(task_name))]
+    cfg = RunConfig()
+    for layer in [*layers, *user, *sets]:
+        merge(cfg, layer)
+    return cfg.validate()
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig from `to_dict()` output (checkpoints, Ray job arguments)."""
+    cfg = RunConfig()
+    merge(cfg, data)
+    return cfg.validate()

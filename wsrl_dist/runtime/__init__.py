@@ -1,0 +1,16 @@
+"""Distributed runtime on Ray. The data path, one module per arrow:
+
+    envs ──> rollout.py (RolloutWorker: vector env + CPU Policy)
+               │  wire.TransitionChunk (msgpack, size-capped, no pickle)
+               v
+             replay.py (ReplayShard x S, storage = data.ring)
+               │  sampled numpy batches (prefetched)
+               v
+             learner.py (Learner: algo.update bundles on GPU/CPU, limiter.py holds UTD)
+               │  versioned actor weights
+               v
+             weights.py (WeightStore / pull-if-newer) ──> back to rollout.py
+
+driver.py owns the stages (pretrain -> warmup -> online), scaling and restarts. Importing this package
+does not import ray; the modules that need it import it themselves.
+"""
