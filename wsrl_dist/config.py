@@ -23,6 +23,7 @@ from wsrl_dist.algo.cql import CQLConfig
 from wsrl_dist.algo.iql import IQLConfig
 from wsrl_dist.algo.nets import NetConfig
 from wsrl_dist.algo.sac import SACConfig
+from wsrl_dist.envs.tasks import TaskConfig
 from wsrl_dist.runtime.settings import RuntimeConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -38,13 +39,6 @@ FINETUNE_METHODS = (
 
 class ConfigError(ValueError):
     """A config problem, naming the dotted key."""
-
-
-@dataclass
-class TaskConfig:
-    name: str = "hopper-medium-v2"
-    reward_scale: float | None = None  # None -> the task registry's value
-    reward_bias: float | None = None
 
 
 @dataclass
@@ -225,9 +219,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def family_config_path(task_name: str) -> Path:
-    from wsrl_dist.envs.tasks import get_task  # lazy: the registry is data, no env is built
+    from wsrl_dist.envs.tasks import UnknownTaskError, get_task
 
-    return CONFIG_DIR / "tasks" / f"{get_task(task_name).family}.yaml"
+    try:
+        family = get_task(task_name).family
+    except UnknownTaskError as e:
+        raise ConfigError(f"task.name: {e.args[0] if e.args else e}") from e
+    return CONFIG_DIR / "tasks" / f"{family}.yaml"
 
 
 def load(paths: list[str | Path] | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -235,7 +233,7 @@ def load(paths: list[str | Path] | None = None, overrides: list[str] | None = No
     user = [_read_yaml(Path(p)) for p in (paths or [])]
     sets = [parse_override(o) for o in (overrides or [])]
     # the task name decides which family YAML to layer, so find it before merging
-    task_name = TaskConfig().name
+    task_name = "hopper-medium-v2"
     for layer in [_read_yaml(CONFIG_DIR / "wsrl.yaml"), *user, *sets]:
         task_name = (layer.get("task") or {}).get("name", task_name)
     layers = [_read_yaml(CONFIG_DIR / "wsrl.yaml"), _read_yaml(family_config_path(task_name))]

@@ -1,0 +1,130 @@
+"""`wsrl-dist`: the one command line. Every subcommand takes config YAMLs and `key.sub=value` overrides.
+
+  wsrl-dist run [CONFIG...] [k=v...]          single process: pretrain -> warmup -> online (local.py)
+  wsrl-dist pretrain [CONFIG...] [k=v...]     offline stage only (checkpoints/pretrained.pt)
+  wsrl-dist finetune CKPT [CONFIG...]         warmup + online from a pre-trained checkpoint
+  wsrl-dist launch [CONFIG...] [k=v...]       the distributed Ray job (runtime/driver.py)
+  wsrl-dist scale --workers N [--address A]   resize the rollout pool of a running job
+  wsrl-dist status [--address A]              phase, throughput, UTD, replay, policy lag
+  wsrl-dist build-dataset TASK [k=v...]       D4RL-recipe dataset into the cache
+  wsrl-dist report RUN_DIR                    learning curve, throughput plot, results table
+  wsrl-dist bench learner|rollout|replay      benchmarks (tables with ratios vs in-run baselines)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def _split(items: list[str]) -> tuple[list[str], list[str]]:
+    """Positional args are YAML files or key=value overrides."""
+    files = [a for a in items if "=" not in a]
+    sets = [a for a in items if "=" in a]
+    return files, sets
+
+
+def _load(items: list[str], extra: list[str] | None = None):
+    from wsrl_dist import config
+
+    files, sets = _split(items)
+    for f in files:
+        if not Path(f).exists():
+            raise SystemExit(f"wsrl-dist: config file not found: {f}")
+    return config.load(files, sets + (extra or []))
+
+
+def _command() -> str:
+    return "wsrl-dist " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wsrl-dist", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "pretrain", "launch"):
+        p = sub.add_parser(name)
+        p.add_argument("items", nargs="*", help="config YAMLs and key.sub=value overrides")
+        p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoints")
+    p = sub.add_parser("finetune")
+    p.add_argument("checkpoint")
+    p.add_argument("items", nargs="*")
+    for name in ("scale", "status"):
+        p = sub.add_parser(name)
+        p.add_argument("--address", default="auto")
+        if name == "scale":
+            p.add_argument("--workers", type=int, required=True)
+    p = sub.add_parser("build-dataset")
+    p.add_argument("task")
+    p.add_argument("items", nargs="*")
+    p = sub.add_parser("report")
+    p.add_argument("run_dir")
+    p = sub.add_parser("bench")
+    p.add_argument("what", choices=["learner", "rollout", "replay"])
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    from wsrl_dist.config import ConfigError
+
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        print(f"wsrl-dist: config error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.cmd in ("run", "pretrain", "launch"):
+        extra = []
+        if args.resume:
+            extra = [f"run.run_dir={args.resume}"]
+        if args.cmd == "pretrain":
+            extra += ["finetune.online_steps=0"]
+        cfg = _load(args.items, extra)
+        if args.cmd == "launch":
+            from wsrl_dist.runtime import driver
+
+            run_dir = driver.launch(cfg, _command(), resume=bool(args.resume))
+        else:
+            from wsrl_dist import local
+
+            run_dir = local.run(cfg, _command(), resume=bool(args.resume))
+        print(f"run dir: {run_dir}")
+        return 0
+    if args.cmd == "finetune":
+        from wsrl_dist import local
+
+        cfg = _load(args.items, [f"pretrain.checkpoint={args.checkpoint}"])
+        print(f"run dir: {local.run(cfg, _command())}")
+        return 0
+    if args.cmd in ("scale", "status"):
+        from wsrl_dist.runtime import driver
+
+        out = driver.scale(args.address, args.workers) if args.cmd == "scale" else driver.status(args.address)
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    if args.cmd == "build-dataset":
+        from wsrl_dist import job
+        from wsrl_dist.data import builder
+
+        cfg = _load(args.items, [f"task.name={args.task}"])
+        print(f"dataset: {builder.build_dataset(job.build_spec(cfg, args.task))}")
+        return 0
+    if args.cmd == "report":
+        from wsrl_dist.ops.report import write_report
+
+        for name, path in write_report(args.run_dir).items():
+            print(f"{name}: {path}")
+        return 0
+    if args.cmd == "bench":
+        import importlib
+
+        mod = importlib.import_module(f"wsrl_dist.bench.{args.what}")
+        return int(mod.main(args.rest) or 0)
+    raise AssertionError(args.cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

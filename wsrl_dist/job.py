@@ -1,0 +1,143 @@
+"""Job setup shared by the single-process pipeline (local.py) and the Ray driver (runtime/driver.py):
+run directory, device, offline dataset resolution, agent construction, checkpoints of the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsrl_dist.algo.agent import Agent, make_agent
+from wsrl_dist.config import RunConfig
+from wsrl_dist.data.schema import OfflineDataset
+from wsrl_dist.envs.tasks import TaskSpec
+
+# methods that start from a pre-trained agent / that sample offline data online
+PRETRAINED_METHODS = ("wsrl", "wsrl_no_warmup", "offline_continued", "offline_retained")
+RETENTION_METHODS = ("rlpd", "offline_retained")
+
+
+def uses_pretraining(cfg: RunConfig) -> bool:
+    return cfg.finetune.method in PRETRAINED_METHODS and cfg.pretrain.algo != "none"
+
+
+def offline_ratio(cfg: RunConfig) -> float:
+    """Fraction of each online batch drawn from offline data (0 = no retention, WSRL)."""
+    if cfg.finetune.method in RETENTION_METHODS:
+        return cfg.finetune.offline_ratio or 0.5  # RLPD's symmetric sampling by default
+    return 0.0
+
+
+def warmup_steps(cfg: RunConfig) -> int:
+    return 0 if cfg.finetune.method == "wsrl_no_warmup" else cfg.finetune.warmup_steps
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device=cuda but no CUDA device is visible; use run.device=cpu")
+    return torch.device(name)
+
+
+def prepare_run_dir(cfg: RunConfig, command: str, extra: dict[str, Any] | None = None) -> Path:
+    """Create the run dir; write the resolved config and run.json (command, config hash, ...)."""
+    if cfg.run.run_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        cfg.run.run_dir = f"runs/{cfg.task.name}-{cfg.finetune.method}-s{cfg.run.seed}-{stamp}"
+    run_dir = Path(cfg.run.run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    cfg.dump(run_dir / "config.yaml")
+    info = {
+        "command": command, "config_hash": cfg.hash(), "task": cfg.task.name,
+        "method": cfg.finetune.method, "warmup_steps": warmup_steps(cfg), "seed": cfg.run.seed,
+        "pretrain_algo": cfg.pretrain.algo if uses_pretraining(cfg) else "none",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {}),
+    }
+    run_json = run_dir / "run.json"
+    if run_json.exists():  # resuming: keep the first start's record, note the resume
+        old = json.loads(run_json.read_text())
+        info = {**old, "resumed": [*old.get("resumed", []), info["started"]]}
+    run_json.write_text(json.dumps(info, indent=2))
+    return run_dir
+
+
+def update_run_json(run_dir: Path, **fields: Any) -> None:
+    path = Path(run_dir) / "run.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(fields)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def load_offline_dataset(cfg: RunConfig, task: TaskSpec, progress: bool = True) -> OfflineDataset:
+    """The offline dataset named by cfg.dataset: a D4RL HDF5 file, a Minari dataset, or one built by
+    the project's D4RL-recipe builder (cached). `auto` uses the D4RL file when present, else builds."""
+    from wsrl_dist.data import d4rl
+    from wsrl_dist.envs.make import obs_act_dims
+
+    obs_dim, act_dim = obs_act_dims(task)
+    src = cfg.dataset.source
+    if src == "auto":
+        found = cfg.dataset.path or d4rl.d4rl_dataset_path(task.name, cfg.dataset.root)
+        src = "d4rl" if Path(found).exists() else "built"
+    if src == "d4rl":
+        if cfg.dataset.path:
+            return d4rl.load_d4rl_hdf5(cfg.dataset.path, expected_obs_dim=obs_dim, expected_act_dim=act_dim)
+        return d4rl.load_d4rl(task.name, cfg.dataset.root, expected_obs_dim=obs_dim,
+                              expected_act_dim=act_dim)
+    if src == "minari":
+        from wsrl_dist.data.minari import load_minari
+
+        dataset_id = cfg.dataset.minari_id or task.minari_id
+        if dataset_id is None:
+            raise ValueError(f"task {task.name!r} has no Minari dataset; set dataset.minari_id")
+        return load_minari(dataset_id, cfg.dataset.root)
+    from wsrl_dist.data import builder
+
+    path = builder.build_dataset(build_spec(cfg, task.name), progress=progress)
+    return d4rl.load_d4rl_hdf5(path, expected_obs_dim=obs_dim, expected_act_dim=act_dim)
+
+
+def build_spec(cfg: RunConfig, task_name: str):
+    """The builder's BuildSpec from cfg.dataset (recipe read off the task name, e.g. 'medium')."""
+    from wsrl_dist.data import builder
+
+    d = cfg.dataset
+    return builder.BuildSpec(
+        task=task_name, recipe=builder.recipe_from_task(task_name),
+        transitions=d.build_transitions, seed=cfg.run.seed,
+        **({"train_steps": d.build_train_steps} if d.build_train_steps else {}),
+        **({"target_return": d.build_target_return} if d.build_target_return is not None else {}),
+    )
+
+
+def build_agent(cfg: RunConfig, obs_dim: int, act_dim: int, device: torch.device,
+                capturable: bool = False) -> Agent:
+    algo = cfg.pretrain.algo
+    cql = cfg.pretrain.cql
+    return make_agent(
+        obs_dim, act_dim, cfg.net, cfg.sac,
+        with_value=algo == "iql",
+        lagrange_init=cql.cql_alpha_lagrange_init if (cql.cql_autotune_alpha and algo != "iql") else None,
+        lagrange_lr=cql.cql_alpha_lagrange_lr,
+        device=device, capturable=capturable,
+    )
+
+
+def save_agent(path: Path, agent: Agent, counters: dict[str, Any]) -> None:
+    """torch.save of the agent state + counters, atomically (loadable with weights_only=True)."""
+    tmp = Path(str(path) + ".tmp")
+    torch.save({"agent": agent.state_dict(), "counters": counters}, tmp)
+    os.replace(tmp, path)
+
+
+def load_agent(path: str | Path, agent: Agent) -> dict[str, Any]:
+    """Restore an agent saved by save_agent; SAC may load a CQL/IQL checkpoint (extras skipped)."""
+    state = torch.load(path, map_location=agent.device, weights_only=True)
+    agent.load_state_dict(state["agent"], skip_missing=True)
+    return state["counters"]

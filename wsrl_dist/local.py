@@ -1,0 +1,218 @@
+"""Single-process WSRL pipeline, the readable reference: pretrain -> warmup -> online, no Ray.
+
+One env, one replay buffer, the same algo/ update bundles the distributed learner runs. Stage order
+and step counting follow wsrl-reference-full 1.3-1.4: warmup steps count toward finetune.online_steps,
+and no update happens while t <= max(K, min_steps_to_update) (t = 0-based online step index).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wsrl_dist import job
+from wsrl_dist.algo.agent import Agent
+from wsrl_dist.algo.fast import make_bundle_fn, resolve_mode
+from wsrl_dist.algo.policy import Policy
+from wsrl_dist.algo.types import Batch, batch_from_numpy
+from wsrl_dist.algo.update import offline_step
+from wsrl_dist.config import RunConfig
+from wsrl_dist.data.returns import mc_returns_to_go
+from wsrl_dist.data.ring import RingBuffer
+from wsrl_dist.envs.make import make_env, obs_act_dims
+from wsrl_dist.evaluation import evaluate
+from wsrl_dist.ops.report import MetricsLog, write_report
+from wsrl_dist.pretrain import DeviceSampler, pretrain_agent, training_arrays
+
+
+@dataclass
+class Counters:
+    env_steps: int = 0  # online env steps, warmup included
+    updates: int = 0  # critic updates (UTD per env step once updates start)
+    episodes: int = 0
+    next_eval: int = 0
+    next_checkpoint: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _policy_from(agent: Agent, cfg: RunConfig, seed: int) -> Policy:
+    policy = Policy(agent.obs_dim, agent.act_dim, cfg.net, seed=seed)
+    policy.load(agent.export_policy(), version=0)
+    return policy
+
+
+def _evaluate(agent: Agent, cfg: RunConfig, task, log: MetricsLog, c: Counters, phase: str,
+              t0: float) -> dict[str, Any]:
+    res = evaluate(_policy_from(agent, cfg, cfg.run.seed), task, cfg.finetune.eval_episodes, cfg.run.seed)
+    log.write("eval", env_steps=c.env_steps, phase=phase, wall_time=time.time() - t0, **res)
+    return res
+
+
+def _save(run_dir: Path, agent: Agent, buffer: RingBuffer, c: Counters, rng: np.random.Generator) -> None:
+    """Checkpoint: agent (+ Adam states) and counters via torch.save, replay rows via np.savez."""
+    ckpt = run_dir / "checkpoints"
+    state = buffer.state_dict()
+    arrays = state.pop("arrays")
+    tmp = ckpt / "replay.npz.tmp.npz"
+    np.savez(tmp, **arrays)
+    tmp.replace(ckpt / "replay.npz")
+    counters = {**c.__dict__, "replay": json.dumps(state), "rng": json.dumps(rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state()}
+    job.save_agent(ckpt / "latest.pt", agent, counters)
+
+
+def _restore(run_dir: Path, agent: Agent, buffer: RingBuffer, rng: np.random.Generator) -> Counters:
+    ckpt = run_dir / "checkpoints"
+    saved = job.load_agent(ckpt / "latest.pt", agent)
+    state = json.loads(saved.pop("replay"))
+    with np.load(ckpt / "replay.npz", allow_pickle=False) as z:
+        state["arrays"] = {k: z[k] for k in z.files}
+    buffer.load_state_dict(state)
+    rng.bit_generator.state = json.loads(saved.pop("rng"))
+    torch.set_rng_state(saved.pop("torch_rng"))
+    return Counters(**saved)
+
+
+def _sample(buffer: RingBuffer, n: int, rng, device, offline: DeviceSampler | None, ratio: float) -> Batch:
+    """n rows: online rows first, then offline rows (the reference's concatenation order)."""
+    n_off = int(round(n * ratio)) if offline is not None else 0
+    batch = batch_from_numpy(buffer.sample(n - n_off, rng), device)
+    if n_off == 0:
+        return batch
+    off = offline.sample(n_off)
+    return Batch(*(None if a is None or b is None else torch.cat([a, b]) for a, b in zip(batch, off)))
+
+
+def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
+    """Run the whole pipeline; returns the run directory (config, metrics, checkpoints, report)."""
+    run_dir = job.prepare_run_dir(cfg, command)
+    log = MetricsLog(run_dir)
+    task = cfg.task.spec()
+    seed = cfg.run.seed
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    device = job.resolve_device(cfg.run.device)
+    mode = resolve_mode(cfg.run.fast_path, device)
+    obs_dim, act_dim = obs_act_dims(task)
+    agent = job.build_agent(cfg, obs_dim, act_dim, device, capturable=mode == "cuda_graph")
+    method, ft, sac = cfg.finetune.method, cfg.finetune, cfg.sac
+    online_loss = "sac" if method not in ("offline_continued", "offline_retained") else cfg.pretrain.algo
+    need_mc = online_loss == "calql"  # Cal-QL online inserts whole episodes with MC returns (gotcha 14)
+    buffer = RingBuffer(ft.replay_capacity, obs_dim, act_dim,
+                        {"mc_returns": ((), np.float32)} if need_mc else None)
+    ratio = job.offline_ratio(cfg)
+    t0 = time.time()
+
+    # ---- stage 1: offline pre-training (or loading a pre-trained agent)
+    offline = None
+    needs_data = (job.uses_pretraining(cfg) and not cfg.pretrain.checkpoint) or ratio > 0
+    resuming = resume and (run_dir / "checkpoints" / "latest.pt").exists()
+    if needs_data:
+        dataset = job.load_offline_dataset(cfg, task, progress=cfg.run.progress)
+        job.update_run_json(run_dir, dataset=dataset.source, dataset_note=dataset.metadata.get(
+            "dataset_note", "D4RL/Minari dataset"))
+        offline = DeviceSampler(training_arrays(dataset, task, sac.discount), device, seed)
+    if resuming:
+        c = _restore(run_dir, agent, buffer, rng)
+    else:
+        c = Counters()
+        if job.uses_pretraining(cfg):
+            if cfg.pretrain.checkpoint:
+                job.load_agent(cfg.pretrain.checkpoint, agent)
+            else:
+                bar = tqdm(total=cfg.pretrain.steps, desc=f"pretrain {cfg.pretrain.algo}",
+                           disable=not cfg.run.progress)
+                pretrain_agent(agent, offline, cfg, progress=bar.update, on_log=lambda s, info: log.write(
+                    "pretrain", step=s, wall_time=time.time() - t0, **info))
+                bar.close()
+            job.save_agent(run_dir / "checkpoints" / "pretrained.pt", agent, {"pretrain_steps": cfg.pretrain.steps})
+        _evaluate(agent, cfg, task, log, c, "pretrained" if job.uses_pretraining(cfg) else "initial", t0)
+        c.next_eval, c.next_checkpoint = ft.eval_every, cfg.run.checkpoint_every
+    if ratio == 0:
+        offline = None  # no retention: the offline data is dropped here (WSRL)
+
+    # ---- stages 2+3: warmup (K steps, no updates) then online updates, one env step at a time
+    K = job.warmup_steps(cfg)
+    per_step_rows = sac.utd * sac.batch_size if online_loss == "sac" else cfg.pretrain.batch_size
+    first_update_after = max(K, int(per_step_rows * (1 - ratio)))
+    bundle = None  # built on first use (CUDA-graph capture needs a real batch)
+    env = make_env(task, seed=seed + c.episodes)
+    obs, _ = env.reset()
+    episode: list[dict[str, np.ndarray]] = []
+    ep_return, info = 0.0, {}
+    bar = tqdm(total=ft.online_steps, initial=c.env_steps, desc="online", disable=not cfg.run.progress)
+    last_log = (time.time(), c.env_steps, c.updates)
+    while c.env_steps < ft.online_steps:
+        with torch.no_grad():
+            action, _ = agent.actor(torch.as_tensor(obs, device=device).unsqueeze(0))
+        action = action[0].cpu().numpy()  # CPU-GPU sync once per env step (acting)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        ep_return += float(reward)
+        row = {"observations": obs[None], "actions": action[None].astype(np.float32),
+               "rewards": np.asarray([task.scale_reward(reward)], np.float32),
+               "next_observations": next_obs[None], "terminals": np.asarray([terminated], np.float32),
+               "timeouts": np.asarray([truncated and not terminated], np.float32)}
+        if need_mc:
+            episode.append(row)
+        else:
+            buffer.insert(row, source="env")
+        t = c.env_steps
+        c.env_steps += 1
+        bar.update(1)
+        obs = next_obs
+        if terminated or truncated:
+            if need_mc:
+                ep = {k: np.concatenate([r[k] for r in episode]) for k in episode[0]}
+                ep["mc_returns"] = mc_returns_to_go(ep["rewards"], ep["terminals"], ep["timeouts"],
+                                                    sac.discount, sparse_negative_reward=task.sparse_negative_reward
+                                                    if task.sparse_reward else None).astype(np.float32)
+                buffer.insert(ep, source="env")
+                episode = []
+            log.write("episode", env_steps=c.env_steps, episode_return=ep_return)
+            c.episodes += 1
+            obs, _ = env.reset()
+            ep_return = 0.0
+        if t > first_update_after and len(buffer) > 0:
+            batch = _sample(buffer, per_step_rows, rng, device, offline, ratio)
+            if online_loss == "sac":
+                if bundle is None:
+                    bundle = make_bundle_fn(agent, sac, mode, example=batch)
+                info = bundle(batch)
+                c.updates += sac.utd
+            else:
+                info = offline_step(agent, batch, online_loss, sac, cfg.pretrain.cql, cfg.pretrain.iql)
+                c.updates += 1
+        if c.env_steps % cfg.run.log_every == 0 and info:
+            now = time.time()
+            dt = max(now - last_log[0], 1e-9)
+            vals = {k: float(v) for k, v in info.items()}  # CPU-GPU sync once per log interval
+            log.write("train", env_steps=c.env_steps, critic_updates=c.updates, wall_time=now - t0, **vals)
+            log.write("throughput", env_steps=c.env_steps, wall_time=now - t0,
+                      env_steps_per_second=(c.env_steps - last_log[1]) / dt,
+                      critic_updates_per_second=(c.updates - last_log[2]) / dt,
+                      utd_actual=(c.updates - last_log[2]) / max(c.env_steps - last_log[1], 1))
+            bar.set_postfix(critic=f"{vals.get('critic_loss', 0):.3g}", q=f"{vals.get('q_mean', 0):.3g}")
+            last_log = (now, c.env_steps, c.updates)
+        if c.env_steps == K and K > 0:
+            _evaluate(agent, cfg, task, log, c, "after_warmup", t0)
+        if c.env_steps >= c.next_eval:
+            _evaluate(agent, cfg, task, log, c, "online", t0)
+            c.next_eval += ft.eval_every
+        if c.env_steps >= c.next_checkpoint:
+            _save(run_dir, agent, buffer, c, rng)
+            c.next_checkpoint += cfg.run.checkpoint_every
+    bar.close()
+    env.close()
+    _save(run_dir, agent, buffer, c, rng)
+    job.update_run_json(run_dir, finished=time.strftime("%Y-%m-%dT%H:%M:%S"), env_steps=c.env_steps,
+                        critic_updates=c.updates, wall_time_s=time.time() - t0)
+    log.close()
+    write_report(run_dir)
+    return run_dir
