@@ -84,23 +84,50 @@ def load_offline_dataset(cfg: RunConfig, task: TaskSpec, progress: bool = True) 
     src = cfg.dataset.source
     if src == "auto":
         found = cfg.dataset.path or d4rl.d4rl_dataset_path(task.name, cfg.dataset.root)
-        src = "d4rl" if Path(found).exists() else "built"
+        src = "d4rl" if (Path(found).exists() and task.family != "antmaze") else "built"
     if src == "d4rl":
+        if task.family == "antmaze":
+            # D4RL's antmaze files live in another frame (offset x, y; medium/large mirrored in y)
+            # than the gymnasium-robotics mazes; same 29-d shape, so they would load and silently
+            # pretrain on a mirrored maze (see envs/wrappers.py). Refuse instead.
+            raise ValueError(
+                f"{task.name}: original D4RL antmaze files use another maze frame than the "
+                "gymnasium-robotics envs; use dataset.source=minari or dataset.source=built")
         if cfg.dataset.path:
             return d4rl.load_d4rl_hdf5(cfg.dataset.path, expected_obs_dim=obs_dim, expected_act_dim=act_dim)
         return d4rl.load_d4rl(task.name, cfg.dataset.root, expected_obs_dim=obs_dim,
                               expected_act_dim=act_dim)
     if src == "minari":
-        from wsrl_dist.data.minari import load_minari
-
-        dataset_id = cfg.dataset.minari_id or task.minari_id
-        if dataset_id is None:
-            raise ValueError(f"task {task.name!r} has no Minari dataset; set dataset.minari_id")
-        return load_minari(dataset_id, cfg.dataset.root)
+        return _load_minari(cfg, task, obs_dim, act_dim)
     from wsrl_dist.data import builder
 
     path = builder.build_dataset(build_spec(cfg, task.name), progress=progress)
     return d4rl.load_d4rl_hdf5(path, expected_obs_dim=obs_dim, expected_act_dim=act_dim)
+
+
+def _load_minari(cfg: RunConfig, task: TaskSpec, obs_dim: int, act_dim: int) -> OfflineDataset:
+    """Minari dataset(s) in the env's observation layout; antmaze rewards relabelled against the
+    task's fixed goal (Minari's play/diverse data were collected with per-episode random goals)."""
+    import numpy as np
+
+    from wsrl_dist.data.minari import load_minari
+    from wsrl_dist.data.schema import OfflineDataset as Dataset
+    from wsrl_dist.envs.make import dataset_obs_transform
+
+    ids = [cfg.dataset.minari_id] if cfg.dataset.minari_id else (
+        [task.minari_id, *task.minari_concat] if task.minari_id else [])
+    if not ids:
+        raise ValueError(f"task {task.name!r} has no Minari dataset; set dataset.minari_id")
+    parts = [load_minari(i, cfg.dataset.root, obs_transform=dataset_obs_transform(task),
+                         obs_transform_batched=True, expected_obs_dim=obs_dim, expected_act_dim=act_dim)
+             for i in ids]
+    cols = {k: np.concatenate([p.columns()[k] for p in parts]) for k in parts[0].columns()}
+    if task.family == "antmaze":
+        from wsrl_dist.envs.wrappers import antmaze_reward
+
+        cols["rewards"] = antmaze_reward(cols["next_observations"][:, :2], task.make_kwargs()["maze_map"])
+    return Dataset.from_columns(cols, metadata={**parts[0].metadata, "minari_ids": ",".join(ids)},
+                                source=",".join(p.source for p in parts))
 
 
 def build_spec(cfg: RunConfig, task_name: str):

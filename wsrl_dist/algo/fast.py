@@ -18,11 +18,18 @@ from wsrl_dist.algo.update import sac_bundle
 BundleFn = Callable[[Batch], dict[str, torch.Tensor]]
 
 
+MODES = ("eager", "compile", "cuda_graph", "compile_graph")
+
+
 def resolve_mode(mode: str, device: torch.device) -> str:
+    """auto -> cuda_graph on a GPU, eager on CPU. `compile` runs torch.compile (Inductor fuses the
+    elementwise work); `compile_graph` captures the compiled bundle in one CUDA graph."""
     if mode == "auto":
         return "cuda_graph" if device.type == "cuda" else "eager"
-    if mode == "cuda_graph" and device.type != "cuda":
-        raise ValueError("run.fast_path=cuda_graph needs a CUDA device; use eager on CPU")
+    if mode not in MODES:
+        raise ValueError(f"fast path {mode!r} is not one of {MODES}")
+    if mode.endswith("graph") and device.type != "cuda":
+        raise ValueError(f"run.fast_path={mode} needs a CUDA device; use eager or compile on CPU")
     return mode
 
 
@@ -30,11 +37,20 @@ def make_bundle_fn(agent: Agent, cfg: SACConfig, mode: str, example: Batch | Non
     """Return f(batch [utd*batch_size rows]) -> info tensors. `example` (any batch of the right
     shape) is needed for cuda_graph capture; its values do not change the agent."""
     mode = resolve_mode(mode, agent.device)
-    if mode == "eager":
-        return lambda batch: sac_bundle(agent, batch, cfg)
+
+    def bundle(batch: Batch) -> dict[str, torch.Tensor]:
+        return sac_bundle(agent, batch, cfg)
+
+    fn: BundleFn = bundle
+    if mode.startswith("compile"):
+        # no cudagraphs inside compile: the whole bundle is captured below as ONE graph instead
+        fn = torch.compile(bundle, mode="max-autotune-no-cudagraphs" if agent.device.type == "cuda"
+                           else "default", dynamic=False)
+    if not mode.endswith("graph"):
+        return fn
     if example is None:
-        raise ValueError("cuda_graph mode needs an example batch to capture with")
-    return GraphedBundle(agent, cfg, example)
+        raise ValueError(f"{mode} needs an example batch to capture with")
+    return GraphedBundle(agent, fn, example)
 
 
 def _state_tensors(agent: Agent) -> list[torch.Tensor]:
@@ -62,10 +78,11 @@ def _init_adam_state(opt: torch.optim.Optimizer) -> None:
 
 
 class GraphedBundle:
-    """sac_bundle captured in one CUDA graph. Warm-up iterations needed before capture run on the
-    real agent, so its state is saved before and copied back in place after (same addresses)."""
+    """A bundle function captured in one CUDA graph. Warm-up iterations needed before capture run on
+    the real agent, so its state is saved before and copied back in place after (same addresses).
+    The returned info tensors are overwritten by the next call: read or clone them first."""
 
-    def __init__(self, agent: Agent, cfg: SACConfig, example: Batch):
+    def __init__(self, agent: Agent, fn: BundleFn, example: Batch):
         if agent.device.type != "cuda":
             raise ValueError("GraphedBundle needs the agent on a CUDA device")
         for opt in (agent.actor_opt, agent.critic_opt, agent.temperature_opt):
@@ -79,11 +96,11 @@ class GraphedBundle:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                sac_bundle(agent, self.static, cfg)
+                fn(self.static)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.out = sac_bundle(agent, self.static, cfg)
+            self.out = fn(self.static)
         with torch.no_grad():
             for t, s in zip(tensors, saved):
                 t.copy_(s)

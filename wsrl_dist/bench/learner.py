@@ -1,0 +1,161 @@
+"""Learner benchmark: critic updates/s of our update bundle against baselines measured in the same run.
+
+Variants (same math, `algo.update.sac_bundle`): `naive-eager` swaps the stacked ensemble for a python
+loop over E separate critics (the baseline); `stacked-eager`, `stacked-compile` (torch.compile),
+`stacked-graph` (whole bundle in one CUDA graph), `stacked-compile-graph` (compiled, then captured).
+With `--anchor PATH` the reference anchor (../shared/anchors/learner_bench.py: PyTorch variants and a
+JAX jit of the same update) runs in the same process tree and its rows join the table with ratios.
+
+  wsrl-dist bench learner [--sizes locomotion,antmaze,adroit,kitchen] [--seconds 3] [--anchor PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+from wsrl_dist.algo.agent import make_agent
+from wsrl_dist.algo.fast import make_bundle_fn
+from wsrl_dist.algo.nets import EnsembleCritic, NetConfig
+from wsrl_dist.algo.sac import SACConfig
+from wsrl_dist.algo.types import Batch
+
+# (obs_dim, act_dim, actor hidden, critic hidden, max_target_backup): the reference's family sizes
+SIZES = {
+    "locomotion": (17, 6, [256, 256], [256, 256], False),
+    "antmaze": (29, 8, [256, 256], [256, 256, 256, 256], True),
+    "adroit": (39, 28, [512, 512], [512, 512, 512], False),
+    "kitchen": (60, 9, [512, 512, 512], [512, 512, 512], False),
+}
+
+
+class LoopEnsemble(nn.Module):
+    """Baseline: E independent critics evaluated one after another (what stacking replaces)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], ensemble: int, layer_norm: bool):
+        super().__init__()
+        self.members = nn.ModuleList(
+            EnsembleCritic(obs_dim, act_dim, hidden, 1, layer_norm) for _ in range(ensemble)
+        )
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(obs, actions) for m in self.members], 0)
+
+
+def _agent(size: str, variant: str, device: torch.device, sac: SACConfig):
+    obs, act, actor_h, critic_h, mtb = SIZES[size]
+    net = NetConfig(actor_hidden=actor_h, critic_hidden=critic_h)
+    sac = SACConfig(**{**sac.__dict__, "max_target_backup": mtb})
+    agent = make_agent(obs, act, net, sac, device=device, capturable=variant.endswith("graph"))
+    if variant.startswith("naive"):
+        agent.critic = LoopEnsemble(obs, act, critic_h, sac.critic_ensemble_size, True).to(device)
+        agent.target_critic = LoopEnsemble(obs, act, critic_h, sac.critic_ensemble_size, True).to(device)
+        agent.target_critic.load_state_dict(agent.critic.state_dict())
+        agent.critic_opt = torch.optim.Adam(agent.critic.parameters(), sac.critic_lr, foreach=True)
+        for p in agent.critic.parameters():
+            p.grad = torch.zeros_like(p)
+    return agent, sac
+
+
+def _batch(size: str, n: int, device: torch.device) -> Batch:
+    obs, act = SIZES[size][:2]
+    g = torch.Generator(device=device).manual_seed(1)
+    return Batch(torch.randn(n, obs, device=device, generator=g),
+                 torch.rand(n, act, device=device, generator=g) * 2 - 1,
+                 torch.randn(n, device=device, generator=g),
+                 torch.randn(n, obs, device=device, generator=g),
+                 (torch.rand(n, device=device, generator=g) > 0.01).float())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_variant(size: str, variant: str, device: torch.device, sac: SACConfig, seconds: float) -> float:
+    """Bundles per second, measured after warm-up for about `seconds`."""
+    agent, sac = _agent(size, variant, device, sac)
+    batch = _batch(size, sac.utd * sac.batch_size, device)
+    mode = {"naive-eager": "eager", "stacked-eager": "eager", "stacked-compile": "compile",
+            "stacked-graph": "cuda_graph", "stacked-compile-graph": "compile_graph"}[variant]
+    fn = make_bundle_fn(agent, sac, mode, example=batch)
+    for _ in range(3):
+        out = fn(batch)
+    _sync(device)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(10):
+            out = fn(batch)
+        n += 10
+        _sync(device)
+    rate = n / (time.perf_counter() - t0)
+    if not all(torch.isfinite(v).all() for v in out.values()):
+        raise RuntimeError(f"{size}/{variant}: non-finite losses")
+    return rate
+
+
+def run_anchor(path: str) -> dict[str, float]:
+    """Run the reference anchor script and parse its 'variant bundles/s critic upd/s' rows."""
+    proc = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=900)
+    rows = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^(\S+)\s+([\d.]+)\s+([\d.]+)$", line.strip())
+        if m:
+            rows[f"anchor:{m.group(1)}"] = float(m.group(2))
+    if not rows:
+        print(f"anchor produced no table:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}", file=sys.stderr)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="wsrl-dist bench learner")
+    ap.add_argument("--sizes", default="locomotion")
+    ap.add_argument("--variants", default=None, help="comma list; default: all that run on the device")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--anchor", default=None, help="path to shared/anchors/learner_bench.py")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off: fp32 like the anchor)")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
+                          ("cpu" if args.device == "auto" else args.device))
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    variants = (args.variants.split(",") if args.variants else
+                ["naive-eager", "stacked-eager", "stacked-compile"]
+                + (["stacked-graph", "stacked-compile-graph"] if device.type == "cuda" else []))
+    sac = SACConfig()
+    print(f"# command: wsrl-dist bench learner {' '.join(argv or sys.argv[1:])}")
+    print(f"# device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, tf32 {args.tf32}")
+    print(f"# bundle = {sac.utd} critic updates (batch {sac.batch_size}, ensemble "
+          f"{sac.critic_ensemble_size}, subsample {sac.critic_subsample_size}) + 1 actor + 1 alpha "
+          f"on {sac.utd * sac.batch_size} rows; ghost Adam steps {sac.ghost_adam_steps}")
+    anchor = run_anchor(args.anchor) if args.anchor else {}
+    jax = anchor.get("anchor:jax-jit")
+    print(f"{'size':<11}{'variant':<24}{'bundles/s':>11}{'critic upd/s':>14}{'x naive':>9}"
+          f"{'x jax':>8}")
+    for size in args.sizes.split(","):
+        rates: dict[str, float] = {}
+        for v in variants:
+            try:
+                rates[v] = time_variant(size, v, device, sac, args.seconds)
+            except Exception as e:  # report and continue: one failing variant must not hide the rest
+                print(f"{size:<11}{v:<24} failed: {type(e).__name__}: {str(e)[:200]}")
+        if size == "locomotion":
+            rates.update(anchor)  # the anchor measures locomotion sizes only
+        base = rates.get("naive-eager")
+        for v, r in rates.items():
+            xn = f"{r / base:>9.2f}" if base else f"{'':>9}"
+            xj = f"{r / jax:>8.2f}" if (jax and size == "locomotion") else f"{'':>8}"
+            print(f"{size:<11}{v:<24}{r:>11.1f}{sac.utd * r:>14.1f}{xn}{xj}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
