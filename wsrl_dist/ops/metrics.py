@@ -1,0 +1,319 @@
+"""Prometheus metrics for a wsrl_dist job: every metric is defined once here (the ops layer, off the data path).
+
+Ray actors never serve metrics: rollout workers, replay shards and the learner return plain stats dicts,
+the job driver merges them into one SNAPSHOT dict, and `MetricsServer` exports the latest snapshot
+through a custom collector at scrape time (no prometheus_client objects cross process boundaries).
+
+SNAPSHOT schema (every key optional; a missing key is simply not exported):
+    phase                     str  "pretrain" | "warmup" | "online" | "done"
+    env_steps_total           int  env steps taken by all rollout workers since the job started
+    env_steps_by_worker       {worker_id: int}  the same, per rollout worker (cumulative)
+    env_steps_per_second      float  recent rate, all workers together
+    critic_updates_total      int  critic gradient steps since the job started
+    critic_updates_per_second float  recent rate
+    utd_actual                float  critic updates per env step, measured over the recent window
+    utd_target                float  the configured update-to-data ratio
+    limiter_blocked_seconds   {"learner": s, "rollout": s}  cumulative seconds each side waited on the
+                              UTD rate limiter
+    replay                    {shard_id: {"size": int, "inserts": int, "samples": int,
+                                          "rejected": {reason: int}}}  size in transitions; inserts,
+                              samples and rejected are cumulative (inserts/samples in transitions,
+                              rejected in chunks)
+    rejected_chunks           {reason: int}  cumulative chunks dropped job-wide (all shards and the
+                              driver's own checks), by reason, e.g. "stale_version", "bad_shape"
+    policy_lag                histogram dict (see `Histogram.to_dict`), in weight versions between the
+                              policy that acted and the learner's version when the chunk was inserted
+    weight_publish_seconds    histogram dict, learner publish -> ray.put done
+    weights_version           int  latest published weights version
+    worker_restarts_total     int  rollout worker restarts since the job started
+    workers_alive             int  rollout workers currently alive
+    episode_return            float  mean undiscounted return of recently finished episodes
+    normalized_score          float  the same, normalized per task (D4RL convention, 0-100)
+    learner_step_seconds      histogram dict, wall time of one learner update step
+    gpu_memory_bytes          int  learner GPU memory allocated (torch.cuda.memory_allocated)
+A histogram dict is {"buckets": [upper bounds, +Inf excluded], "counts": [non-cumulative count per
+bucket, len(buckets) + 1, the last one for values above the last bound], "sum": float, "count": int}.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+PHASES: tuple[str, ...] = ("pretrain", "warmup", "online", "done")
+# Policy lag is a small integer (weight versions); 0 means on-policy for the current version.
+POLICY_LAG_BUCKETS: tuple[float, ...] = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+# 1 ms .. 60 s: covers a learner step on GPU (ms) up to a slow weight broadcast (s).
+SECONDS_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+
+
+class Histogram:
+    """Prometheus-style histogram accumulator that actors fill and ship as a plain dict.
+
+    Buckets are upper bounds (`le`, inclusive); values above the last bound land in the +Inf bucket.
+    """
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        b = np.asarray(buckets, dtype=np.float64)
+        if b.ndim != 1 or b.size == 0 or not np.all(np.isfinite(b)) or np.any(np.diff(b) <= 0):
+            raise ValueError(f"buckets must be finite and strictly increasing, got {list(buckets)}")
+        self.buckets = b
+        self.counts = np.zeros(b.size + 1, dtype=np.int64)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, values: float | Sequence[float] | np.ndarray) -> None:
+        """Add one value or an array of values (any shape)."""
+        v = np.asarray(values, dtype=np.float64).ravel()
+        if v.size == 0:
+            return
+        if np.any(np.isnan(v)):
+            raise ValueError("Histogram.observe got NaN")
+        # side="left": index of the first bound >= v, i.e. Prometheus' inclusive `le`.
+        idx = np.searchsorted(self.buckets, v, side="left")
+        self.counts += np.bincount(idx, minlength=self.counts.size)
+        self.sum += float(v.sum())
+        self.count += int(v.size)
+
+    def merge(self, other: Mapping[str, Any] | Histogram) -> Histogram:
+        """Add another histogram (dict from `to_dict` or a Histogram) with identical buckets; returns self."""
+        d = other.to_dict() if isinstance(other, Histogram) else other
+        ob = np.asarray(d["buckets"], dtype=np.float64)
+        if ob.shape != self.buckets.shape or not np.allclose(ob, self.buckets, rtol=0, atol=1e-12):
+            raise ValueError(f"cannot merge histograms with buckets {list(ob)} into {list(self.buckets)}")
+        oc = np.asarray(d["counts"], dtype=np.int64)
+        if oc.shape != self.counts.shape:
+            raise ValueError(f"counts must have len(buckets)+1={self.counts.size} entries, got {oc.size}")
+        self.counts += oc
+        self.sum += float(d["sum"])
+        self.count += int(d["count"])
+        return self
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Histogram:
+        return cls(d["buckets"]).merge(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "buckets": [float(x) for x in self.buckets],
+            "counts": [int(x) for x in self.counts],
+            "sum": float(self.sum),
+            "count": int(self.count),
+        }
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported metric. `name` is the name PromQL sees (counters end in `_total`).
+
+    `source` says how to read it from the snapshot: "scalar" (snapshot[key]), "map" (snapshot[key] is
+    {label_value: number}, one label), "replay" (per-shard field `field` of snapshot["replay"]),
+    "replay_rejected" (per shard and reason), "phase" (one-hot over PHASES), "histogram".
+    """
+
+    name: str
+    type: str  # "counter" | "gauge" | "histogram"
+    help: str
+    key: str
+    source: str = "scalar"
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+    field: str | None = None
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("wsrl_phase", "gauge", "1 for the job's current stage (pretrain, warmup, online, done), 0 for the others.",
+               "phase", "phase", ("phase",)),
+    MetricSpec("wsrl_env_steps_total", "counter", "Environment steps taken by all rollout workers.",
+               "env_steps_total"),
+    MetricSpec("wsrl_worker_env_steps_total", "counter", "Environment steps taken, per rollout worker.",
+               "env_steps_by_worker", "map", ("worker_id",)),
+    MetricSpec("wsrl_env_steps_per_second", "gauge", "Recent environment steps per second, all workers.",
+               "env_steps_per_second"),
+    MetricSpec("wsrl_critic_updates_total", "counter", "Critic gradient steps taken by the learner.",
+               "critic_updates_total"),
+    MetricSpec("wsrl_critic_updates_per_second", "gauge", "Recent critic gradient steps per second.",
+               "critic_updates_per_second"),
+    MetricSpec("wsrl_utd_actual", "gauge", "Measured critic updates per environment step (recent window).",
+               "utd_actual"),
+    MetricSpec("wsrl_utd_target", "gauge", "Configured critic updates per environment step.", "utd_target"),
+    MetricSpec("wsrl_limiter_blocked_seconds_total", "counter",
+               "Seconds a side (learner or rollout) waited on the UTD rate limiter.",
+               "limiter_blocked_seconds", "map", ("side",)),
+    MetricSpec("wsrl_replay_size", "gauge", "Transitions held by a replay shard.",
+               "replay", "replay", ("shard",), field="size"),
+    MetricSpec("wsrl_replay_inserts_total", "counter", "Transitions inserted into a replay shard.",
+               "replay", "replay", ("shard",), field="inserts"),
+    MetricSpec("wsrl_replay_samples_total", "counter", "Transitions sampled from a replay shard.",
+               "replay", "replay", ("shard",), field="samples"),
+    MetricSpec("wsrl_replay_rejected_total", "counter", "Chunks a replay shard refused, by reason.",
+               "replay", "replay_rejected", ("shard", "reason")),
+    MetricSpec("wsrl_rejected_chunks_total", "counter", "Chunks dropped job-wide, by reason.",
+               "rejected_chunks", "map", ("reason",)),
+    MetricSpec("wsrl_policy_lag_versions", "histogram",
+               "Weight versions between the acting policy and the learner when a chunk was inserted.",
+               "policy_lag", "histogram", buckets=POLICY_LAG_BUCKETS),
+    MetricSpec("wsrl_weight_publish_seconds", "histogram", "Seconds to publish one weights version.",
+               "weight_publish_seconds", "histogram", buckets=SECONDS_BUCKETS),
+    MetricSpec("wsrl_weights_version", "gauge", "Latest published weights version.", "weights_version"),
+    MetricSpec("wsrl_worker_restarts_total", "counter", "Rollout worker restarts.", "worker_restarts_total"),
+    MetricSpec("wsrl_workers_alive", "gauge", "Rollout workers currently alive.", "workers_alive"),
+    MetricSpec("wsrl_episode_return", "gauge", "Mean undiscounted return of recently finished episodes.",
+               "episode_return"),
+    MetricSpec("wsrl_normalized_score", "gauge", "Recent episode return, normalized per task (0-100).",
+               "normalized_score"),
+    MetricSpec("wsrl_learner_step_seconds", "histogram", "Wall time of one learner update step.",
+               "learner_step_seconds", "histogram", buckets=SECONDS_BUCKETS),
+    MetricSpec("wsrl_gpu_memory_bytes", "gauge", "Learner GPU memory allocated by torch.", "gpu_memory_bytes"),
+)
+
+METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+HISTOGRAM_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS if m.type == "histogram")
+
+
+def series_names() -> frozenset[str]:
+    """Every series name PromQL can see: METRIC_NAMES plus `_bucket`, `_sum`, `_count` of histograms."""
+    extra = {h + s for h in HISTOGRAM_NAMES for s in ("_bucket", "_sum", "_count")}
+    return frozenset(METRIC_NAMES) | extra
+
+
+def _family(spec: MetricSpec) -> Metric:
+    labels = list(spec.labels)
+    if spec.type == "counter":
+        return CounterMetricFamily(spec.name, spec.help, labels=labels)
+    if spec.type == "gauge":
+        return GaugeMetricFamily(spec.name, spec.help, labels=labels)
+    return HistogramMetricFamily(spec.name, spec.help, labels=labels)
+
+
+def _fmt_le(x: float) -> str:
+    return str(float(x))
+
+
+def _add_histogram(fam: HistogramMetricFamily, spec: MetricSpec, d: Mapping[str, Any]) -> None:
+    h = Histogram(spec.buckets or d["buckets"]).merge(d)  # validates buckets match the definition
+    cum = np.cumsum(h.counts)
+    buckets = [(_fmt_le(b), float(c)) for b, c in zip(h.buckets, cum[:-1], strict=True)]
+    buckets.append(("+Inf", float(cum[-1])))
+    fam.add_metric([], buckets, h.sum)
+
+
+def _fill(fam: Metric, spec: MetricSpec, val: Any) -> None:
+    if spec.source == "scalar":
+        fam.add_metric([], float(val))
+    elif spec.source == "map":
+        for k, v in sorted(val.items(), key=lambda kv: str(kv[0])):
+            fam.add_metric([str(k)], float(v))
+    elif spec.source == "phase":
+        if val not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {val!r}")
+        for p in PHASES:
+            fam.add_metric([p], 1.0 if p == val else 0.0)
+    elif spec.source == "replay":
+        for shard, st in sorted(val.items(), key=lambda kv: str(kv[0])):
+            if spec.field in st:
+                fam.add_metric([str(shard)], float(st[spec.field]))
+    elif spec.source == "replay_rejected":
+        for shard, st in sorted(val.items(), key=lambda kv: str(kv[0])):
+            for reason, n in sorted(st.get("rejected", {}).items()):
+                fam.add_metric([str(shard), str(reason)], float(n))
+    elif spec.source == "histogram":
+        _add_histogram(fam, spec, val)
+    else:  # pragma: no cover - guarded by the METRICS table
+        raise AssertionError(spec.source)
+
+
+def metric_families(snapshot: Mapping[str, Any], strict: bool = False) -> list[Metric]:
+    """Turn one snapshot into metric families; keys absent from the snapshot are skipped.
+
+    A malformed value (wrong type, histogram with foreign buckets, unknown phase) raises when `strict`,
+    else it is logged and only that metric is dropped, so one bad stat never blanks the whole scrape.
+    """
+    out: list[Metric] = []
+    for spec in METRICS:
+        val = snapshot.get(spec.key)
+        if val is None:
+            continue
+        fam = _family(spec)
+        try:
+            _fill(fam, spec, val)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            if strict:
+                raise ValueError(f"snapshot[{spec.key!r}] -> {spec.name}: {e}") from e
+            log.error("dropping %s: bad snapshot[%r]: %s", spec.name, spec.key, e)
+            continue
+        out.append(fam)
+    return out
+
+
+class SnapshotCollector(Collector):
+    """Custom collector: reads the latest snapshot at scrape time via `snapshot_fn`.
+
+    `snapshot_fn` runs on the HTTP server's thread; it must be cheap and thread-safe (e.g. return a
+    dict the driver replaces wholesale, never one it mutates in place).
+    """
+
+    def __init__(self, snapshot_fn: Callable[[], Mapping[str, Any]]) -> None:
+        self._snapshot_fn = snapshot_fn
+
+    def collect(self) -> Iterable[Metric]:
+        return metric_families(self._snapshot_fn() or {})
+
+    def describe(self) -> Iterator[Metric]:
+        # Lets the registry check name clashes without calling snapshot_fn at register time.
+        return iter([_family(spec) for spec in METRICS])
+
+
+class MetricsServer:
+    """HTTP /metrics exporter for one job, with its own registry (never the global one)."""
+
+    def __init__(
+        self, snapshot_fn: Callable[[], Mapping[str, Any]], host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SnapshotCollector(snapshot_fn))
+        self.host, self.port = host, port
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> tuple[str, int]:
+        """Start serving; returns the bound (host, port) (port 0 picks a free port)."""
+        if self._server is not None:
+            raise RuntimeError("MetricsServer already started")
+        self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        self.port = int(self._server.server_port)
+        log.info("metrics exporter on http://%s:%d/metrics", self.host, self.port)
+        return self.host, self.port
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server, self._thread = None, None
+
+    def __enter__(self) -> MetricsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
