@@ -21,10 +21,25 @@ class RuntimeConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0 picks a free port
     control_port: int = 0  # scale/status control server on metrics_host (0: free port)
+    # Rollout side of the UTD limiter: env steps the workers may run ahead of updates / utd (None:
+    # unpaced, only the learner side is limited). Must be >= envs_per_worker.
+    rollout_slack: int | None = 512
+    max_inflight_chunks: int = 4  # insert calls a worker leaves unanswered before it waits
+    prefetch: bool = True  # learner requests the next batch before running the current bundle
+    monitor_interval: float = 1.0  # driver's stats/metrics/health loop, seconds
+    restart_timeout: float = 120.0  # seconds a restarting worker may take before it is replaced
+    keep_checkpoints: int = 2  # newest checkpoints kept under <run_dir>/checkpoints
+    shard_cpus: float = 0.0  # CPUs reserved per replay shard actor
 
     def validate(self) -> None:
         for name in ("num_workers", "envs_per_worker", "num_shards", "chunk_size", "publish_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"runtime.{name} must be >= 1, got {getattr(self, name)}")
+        if self.rollout_slack is not None and self.rollout_slack < self.envs_per_worker:
+            raise ValueError(
+                f"runtime.rollout_slack ({self.rollout_slack}) must be >= runtime.envs_per_worker "
+                f"({self.envs_per_worker}) or null, else a vector env can never step")
+        if self.max_inflight_chunks < 1 or self.monitor_interval <= 0 or self.keep_checkpoints < 1:
+            raise ValueError("runtime.max_inflight_chunks/keep_checkpoints >= 1, monitor_interval > 0")
         if self.utd_slack < 0:
             raise ValueError(f"runtime.utd_slack must be >= 0, got {self.utd_slack}")

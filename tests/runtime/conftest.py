@@ -1,0 +1,93 @@
+"""Shared pieces of the runtime tests: a tiny job config, a module-scoped local Ray, and helpers to
+drive a job from a background thread while the test pokes at it (scale, kill, status)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from wsrl_dist.config import RunConfig, load
+
+TINY = [
+    "task.name=inverted-pendulum-v5", "finetune.method=sac_scratch", "pretrain.algo=none",
+    "net.actor_hidden=[32,32]", "net.critic_hidden=[32,32]", "sac.critic_ensemble_size=4",
+    "sac.batch_size=32", "finetune.replay_capacity=20000", "finetune.eval_episodes=1",
+    "runtime.worker_cpus=0.5", "runtime.metrics_port=0", "runtime.monitor_interval=0.5",
+    "runtime.chunk_size=16", "run.progress=false", "run.log_every=100", "run.device=cpu",
+]
+
+
+def tiny_config(run_dir: Path, *overrides: str) -> RunConfig:
+    return load(overrides=[*TINY, f"run.run_dir={run_dir}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray per test module (4 logical CPUs on the 2-core machine)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+class BackgroundJob:
+    """`driver.launch` in a thread; `wait_for(pred)` polls the job's status from this thread."""
+
+    def __init__(self, cfg: RunConfig, launch: Callable[..., Path] | None = None):
+        from wsrl_dist.runtime import driver
+
+        self.cfg, self.result, self.error = cfg, None, None
+        self.statuses: list[dict[str, Any]] = []
+        fn = launch or (lambda: driver.launch(cfg, "pytest"))
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self.result = fn()
+        except BaseException as e:  # surfaced by join()
+            self.error = e
+
+    def status(self) -> dict[str, Any]:
+        from wsrl_dist.runtime import driver
+
+        st = driver.status(None, job=Path(self.cfg.run.run_dir).name)
+        self.statuses.append(st)
+        return st
+
+    def wait_for(self, pred: Callable[[dict], bool], timeout: float = 120.0) -> dict[str, Any]:
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.error is not None:
+                raise self.error
+            try:
+                st = self.status()
+            except ValueError:  # the controller is not registered yet
+                st = {}
+            if st and pred(st):
+                return st
+            time.sleep(0.25)
+        raise TimeoutError(f"condition not reached in {timeout} s; last status: {self.statuses[-1:]}")
+
+    def join(self, timeout: float = 300.0) -> Path:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError("job did not finish")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def read_records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def run_json(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "run.json").read_text())

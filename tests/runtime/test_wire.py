@@ -1,0 +1,109 @@
+"""Wire frames: round trip, and every refusal reason at a replay shard that keeps serving after it."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from wsrl_dist.runtime.replay import ReplayShard
+from wsrl_dist.runtime.wire import WireError, decode_chunk, encode_chunk
+
+O, A = 4, 1
+
+
+def columns(n: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "observations": rng.normal(size=(n, O)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, size=(n, A)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "next_observations": rng.normal(size=(n, O)).astype(np.float32),
+        "terminals": (np.arange(n) == n - 1).astype(np.float32),
+        "timeouts": np.zeros(n, np.float32),
+    }
+
+
+def frame(n: int = 8, **overrides) -> bytes:
+    cols = {**columns(n), **overrides}
+    return encode_chunk(cols, worker_id=3, seq=7, policy_versions=np.arange(n), episode_returns=[1.5])
+
+
+def reason(data: bytes, max_bytes: int = 1 << 20) -> str:
+    with pytest.raises(WireError) as err:
+        decode_chunk(data, obs_dim=O, act_dim=A, max_bytes=max_bytes)
+    return err.value.reason
+
+
+def test_chunk_round_trips_columns_versions_and_returns_exactly():
+    cols = columns(16)
+    data = encode_chunk(cols, worker_id=2, seq=5, policy_versions=np.full(16, 9), episode_returns=[3.0, -1.0])
+    chunk = decode_chunk(data, obs_dim=O, act_dim=A, max_bytes=1 << 20)
+    assert (chunk.worker_id, chunk.seq, chunk.episode_returns, len(chunk)) == (2, 5, [3.0, -1.0], 16)
+    for k, v in cols.items():
+        np.testing.assert_array_equal(chunk.columns[k], v)
+        assert chunk.columns[k].dtype == np.float32
+    assert chunk.columns["policy_versions"].dtype == np.int64
+    assert (chunk.columns["policy_versions"] == 9).all()
+
+
+def test_frame_over_the_cap_is_oversized():
+    data = frame(64)
+    assert reason(data, max_bytes=len(data) - 1) == "oversized"
+    decode_chunk(data, obs_dim=O, act_dim=A, max_bytes=len(data))  # exactly at the cap is fine
+
+
+def test_garbage_truncated_and_trailing_bytes_are_malformed():
+    data = frame()
+    assert reason(b"\xc1\x00\xff garbage") == "malformed"
+    assert reason(data[: len(data) // 2]) == "malformed"
+    assert reason(data + b"\x00") == "malformed"
+    assert reason(msgpack.packb(msgpack.ExtType(5, b"x"))) == "malformed"
+
+
+@pytest.mark.parametrize("bad", [
+    {"observations": np.zeros((8, O + 1), np.float32)},  # obs dim
+    {"actions": np.zeros((8, A + 2), np.float32)},  # act dim
+    {"rewards": np.zeros(7, np.float32)},  # row count
+    {"terminals": np.full(8, 0.5, np.float32)},  # flag not 0/1
+])
+def test_wrong_shapes_and_flags_are_schema_errors(bad):
+    assert reason(frame(**bad)) == "schema"
+
+
+def test_wrong_dtype_missing_column_and_foreign_map_are_schema_errors():
+    obj = msgpack.unpackb(frame())
+    obj["cols"]["rewards"]["dtype"] = "<f8"
+    assert reason(msgpack.packb(obj)) == "schema"
+    obj = msgpack.unpackb(frame())
+    del obj["cols"]["timeouts"]
+    assert reason(msgpack.packb(obj)) == "schema"
+    assert reason(msgpack.packb({"hello": 1})) == "schema"
+    assert reason(msgpack.packb([1, 2, 3])) == "schema"
+
+
+def test_nan_or_inf_anywhere_is_nonfinite():
+    obs = columns()["observations"]
+    obs[3, 1] = np.nan
+    assert reason(frame(observations=obs)) == "nonfinite"
+    rew = columns()["rewards"]
+    rew[0] = np.inf
+    assert reason(frame(rewards=rew)) == "nonfinite"
+    data = encode_chunk(columns(), worker_id=0, seq=0, policy_versions=np.zeros(8), episode_returns=[np.nan])
+    assert reason(data) == "nonfinite"
+
+
+def test_shard_counts_each_rejection_inserts_nothing_and_keeps_serving():
+    shard = ReplayShard(100, O, A, seed=0, max_frame_bytes=4096)
+    assert shard.insert(frame(8)) == 8
+    nan_obs = columns()["observations"]
+    nan_obs[-1, 0] = np.nan
+    bad = [frame(200), b"not msgpack", frame(observations=np.zeros((8, 9), np.float32)),
+           frame(observations=nan_obs)]
+    assert [shard.insert(b) for b in bad] == [0, 0, 0, 0]
+    st = shard.stats()
+    assert st["rejected"] == {"oversized": 1, "malformed": 1, "schema": 1, "nonfinite": 1}
+    assert st["size"] == 8 and st["env_steps"] == 8  # nothing of the refused frames got in
+    assert shard.insert(frame(8)) == 8
+    assert shard.sample(32)["observations"].shape == (32, O)
+    assert shard.stats()["size"] == 16

@@ -1,0 +1,79 @@
+"""Control plane of a running job: a named Ray actor the CLI reaches from another process.
+
+`JobController` (named "controller:<run name>" in namespace "wsrl_dist") queues scale requests and
+holds the driver's latest status; the driver's monitor loop takes the requests and pushes the status
+every tick. `scale(address, n)` and `status(address)` connect to the cluster and talk to it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+
+NAMESPACE = "wsrl_dist"
+PREFIX = "controller:"
+
+
+class JobController:
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self._requests: list[int] = []
+        self._status: dict[str, Any] = {"phase": "starting", "run_dir": run_dir}
+        self.scale_history: list[tuple[float, int]] = []
+
+    def scale(self, n: int) -> dict[str, Any]:
+        """Ask for `n` rollout workers (n >= 1); applied by the driver within one monitor tick."""
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"scale: need at least one rollout worker, got {n}")
+        self._requests.append(n)
+        self.scale_history.append((time.time(), n))
+        return {"requested": n, "workers_alive": self._status.get("workers_alive"),
+                "phase": self._status.get("phase")}
+
+    def take_requests(self) -> list[int]:
+        out, self._requests = self._requests, []
+        return out
+
+    def set_status(self, status: dict[str, Any]) -> None:
+        self._status = {**status, "run_dir": self.run_dir}
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._status)
+
+
+def controller_name(run_dir: str) -> str:
+    return PREFIX + str(run_dir).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _connect(address: str | None) -> None:
+    if not ray.is_initialized():
+        ray.init(address=address or "auto", namespace=NAMESPACE, logging_level="WARNING",
+                 log_to_driver=False)
+
+
+def find_controller(address: str | None, job: str | None = None) -> Any:
+    """Handle of the job's controller; `job` (run-dir name) is needed only when several jobs run."""
+    _connect(address)
+    if job is not None:
+        return ray.get_actor(controller_name(job), namespace=NAMESPACE)
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == NAMESPACE and a["name"].startswith(PREFIX)]
+    if not names:
+        raise RuntimeError(f"no running wsrl_dist job found on the cluster at {address or 'auto'}")
+    if len(names) > 1:
+        raise RuntimeError(f"several jobs are running, name one with job=: {sorted(names)}")
+    return ray.get_actor(names[0], namespace=NAMESPACE)
+
+
+def scale(address: str | None, n: int, job: str | None = None) -> dict[str, Any]:
+    """Ask the running job to run `n` rollout workers; returns the request's acknowledgement."""
+    return ray.get(find_controller(address, job).scale.remote(n))
+
+
+def status(address: str | None, job: str | None = None) -> dict[str, Any]:
+    """The job's latest status: phase, env steps/s, updates/s, UTD actual/target, replay sizes,
+    policy lag, workers alive (see monitor.Monitor.status)."""
+    return ray.get(find_controller(address, job).status.remote())

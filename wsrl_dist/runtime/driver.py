@@ -1,0 +1,363 @@
+"""The distributed job: creates the actors of the data path and runs pretrain -> warmup -> online.
+
+Actors: WeightStore, Learner (GPU when the cluster has one; hosts the UTD limiter), ReplayShard x S
+(placed on the learner's node), RolloutWorker x N (max_restarts), JobController (named, for scale /
+status from other processes). A ~1 s monitor loop polls stats, serves Prometheus metrics, writes
+metrics.jsonl, evaluates, checkpoints, restarts or replaces dead workers and applies scale requests.
+Run-dir layout as local.py: config.yaml, run.json, metrics.jsonl, checkpoints/, report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray.exceptions import RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from wsrl_dist import job
+from wsrl_dist.config import RunConfig, from_dict
+from wsrl_dist.ops.metrics import MetricsServer
+from wsrl_dist.ops.report import MetricsLog, write_report
+from wsrl_dist.runtime import checkpoint as ckpt
+from wsrl_dist.runtime.control import NAMESPACE, JobController, controller_name, scale, status
+from wsrl_dist.runtime.learner import Learner, first_update_step
+from wsrl_dist.runtime.monitor import Monitor
+from wsrl_dist.runtime.replay import ReplayShard
+from wsrl_dist.runtime.supervisor import Supervisor
+from wsrl_dist.runtime.weights import WeightStore
+
+__all__ = ["launch", "resume", "scale", "status"]
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0)
+def _evaluate(cfg: dict, weights: dict, version: int) -> dict[str, Any]:
+    """Deterministic evaluation of one weights version (a Ray task, off the monitor loop)."""
+    from wsrl_dist.algo.policy import Policy
+    from wsrl_dist.envs.make import obs_act_dims
+    from wsrl_dist.evaluation import evaluate
+
+    c = from_dict(cfg)
+    task = c.task.spec()
+    policy = Policy(*obs_act_dims(task), c.net, seed=c.run.seed)
+    policy.load(weights, version)
+    return evaluate(policy, task, c.finetune.eval_episodes, c.run.seed)
+
+
+class Job:
+    def __init__(self, cfg: RunConfig, command: str, resume_from: Path | None = None):
+        self.cfg, self.rt, self.command = cfg, cfg.runtime, command
+        self.run_dir = job.prepare_run_dir(cfg, command, extra={"runtime": "ray", "utd_target": cfg.sac.utd})
+        self.resume_from = resume_from
+        self.cfg_dict = cfg.to_dict()
+        self.first_update = first_update_step(cfg)
+        self.monitor = Monitor(cfg.sac.utd, self.first_update, cfg.task.spec())
+        self.snapshot: dict[str, Any] = {}
+        self.c: dict[str, Any] = {"next_eval": cfg.finetune.eval_every, "next_log": cfg.run.log_every,
+                                  "next_checkpoint": cfg.run.checkpoint_every, "dropped": 0,
+                                  "wall_time": 0.0, "workers_target": self.rt.num_workers}
+        self.evals: list[tuple[Any, int, str, int]] = []  # (ref, env_steps, phase, version)
+        self.stages: dict[str, Any] = {}
+        self.t0 = time.time()
+        self.last_tick = 0.0
+
+    # ------------------------------------------------------------------ actors
+    def _create_actors(self) -> None:
+        rt = self.rt
+        gpus = rt.learner_gpus
+        if gpus is None:
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and self.cfg.run.device != "cpu" else 0
+        self.store = ray.remote(WeightStore).options(num_cpus=0).remote()
+        self.learner = ray.remote(Learner).options(num_cpus=1, num_gpus=gpus, max_concurrency=8).remote(
+            self.cfg_dict, self.store)
+        self.learner_node = ray.get(self.learner.ping.remote())
+        near = NodeAffinitySchedulingStrategy(self.learner_node, soft=True)
+        task = self.cfg.task.spec()
+        from wsrl_dist.envs.make import obs_act_dims
+
+        obs_dim, act_dim = obs_act_dims(task)
+        capacity = -(-self.cfg.finetune.replay_capacity // rt.num_shards)
+        self.shards = [ray.remote(ReplayShard).options(num_cpus=rt.shard_cpus, scheduling_strategy=near)
+                       .remote(capacity, obs_dim, act_dim, self.cfg.run.seed + 101 * i,
+                               reward_scale=task.reward_scale, reward_bias=task.reward_bias,
+                               max_frame_bytes=rt.max_frame_bytes, shard_id=i)
+                       for i in range(rt.num_shards)]
+        ray.get(self.learner.set_shards.remote(self.shards))
+        self.controller = self._make_controller()
+        self.sup = Supervisor(self.cfg_dict, self.shards, self.store, self.learner, self.monitor)
+
+    def _make_controller(self) -> Any:
+        name = controller_name(str(self.run_dir))
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        opts = dict(name=name, namespace=NAMESPACE, num_cpus=0, scheduling_strategy=here)
+        try:
+            return ray.remote(JobController).options(**opts).remote(str(self.run_dir))
+        except ValueError:  # a killed driver's controller can outlive it for a moment
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+            time.sleep(1.0)
+            return ray.remote(JobController).options(**opts).remote(str(self.run_dir))
+
+    def _teardown(self) -> None:
+        if hasattr(self, "sup"):
+            self.sup.kill_all()
+        for actor in [*getattr(self, "shards", []), getattr(self, "learner", None),
+                      getattr(self, "store", None), getattr(self, "controller", None)]:
+            if actor is not None:
+                ray.kill(actor, no_restart=True)
+
+    # ------------------------------------------------------------------ monitor loop
+    def _env_steps(self) -> int:
+        return sum(ray.get([s.env_steps.remote() for s in self.shards]))
+
+    def _tick(self, phase: str, every: float = 0.0) -> None:
+        """Poll all stats once; `every` skips the tick if the last one is more recent than that."""
+        if time.time() - self.last_tick < every:
+            return
+        self.last_tick = time.time()
+        lrn_ref, version_ref = self.learner.stats.remote(), self.store.get_version.remote()
+        shards = ray.get([s.stats.remote() for s in self.shards])
+        lrn, version = ray.get([lrn_ref, version_ref])
+        self.sup.poll_stats()
+        self.monitor.update(phase=phase, learner=lrn, shards=shards, workers=self.sup.last_stats(),
+                            alive=self.sup.states(), store_version=version,
+                            restarts=self.sup.restarts, dropped=self.c["dropped"],
+                            workers_target=self.c["workers_target"])
+        self.snapshot = self.monitor.snapshot()
+        self.controller.set_status.remote({**self.monitor.status(), "learner_node": self.learner_node})
+        view, wall = self.monitor.view, self._wall()
+        self.log.write("throughput", wall_time=wall, **self.monitor.throughput_record())
+        if phase == "online" and view["env_steps"] >= self.c["next_log"] and view["losses"]:
+            self.log.write("train", env_steps=view["env_steps"], critic_updates=view["critic_updates"],
+                           wall_time=wall, **view["losses"])
+            while self.c["next_log"] <= view["env_steps"]:
+                self.c["next_log"] += self.cfg.run.log_every
+        self._collect_evals()
+        if phase == "online":
+            # the eval at the last env step waits for the learner's last updates (run())
+            if self.c["next_eval"] <= view["env_steps"] < self.cfg.finetune.online_steps:
+                self._start_eval("online")
+                while self.c["next_eval"] <= view["env_steps"]:
+                    self.c["next_eval"] += self.cfg.finetune.eval_every
+            if view["env_steps"] >= self.c["next_checkpoint"]:
+                self._checkpoint()
+                while self.c["next_checkpoint"] <= view["env_steps"]:
+                    self.c["next_checkpoint"] += self.cfg.run.checkpoint_every
+
+    def _wall(self) -> float:
+        return self.c["wall_time"] + time.time() - self.t0
+
+    def _wait(self, refs: list, phase: str) -> None:
+        """Run monitor ticks until every ref in `refs` is ready."""
+        while refs:
+            _, refs = ray.wait(refs, num_returns=len(refs), timeout=self.rt.monitor_interval)
+            self._tick(phase)
+
+    # ------------------------------------------------------------------ evaluation and checkpoints
+    def _start_eval(self, phase: str) -> None:
+        if self.cfg.finetune.eval_episodes <= 0:
+            return
+        version, refs = ray.get(self.store.latest.remote(-1))
+        steps = self._env_steps()
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        ref = _evaluate.options(scheduling_strategy=here).remote(self.cfg_dict, refs[0], version)
+        self.evals.append((ref, steps, phase, version))
+
+    def _collect_evals(self, wait: bool = False) -> None:
+        keep = []
+        for ref, steps, phase, version in self.evals:
+            if wait or ray.wait([ref], timeout=0)[0]:
+                try:
+                    res = ray.get(ref)
+                except RayError as e:  # e.g. its node was lost: skip this point
+                    log.error("evaluation at %d env steps failed: %s", steps, e)
+                    continue
+                self.log.write("eval", env_steps=steps, phase=phase, weights_version=version,
+                               wall_time=self._wall(), **res)
+            else:
+                keep.append((ref, steps, phase, version))
+        self.evals = keep
+
+    def _checkpoint(self) -> Path:
+        """Learner state first, then the shards: the shards then hold at least the rows the saved
+        learner had seen, so restored counters always satisfy the limiter."""
+        learner_state = ray.get(self.learner.state_dict.remote())
+        shard_states = ray.get([s.state_dict.remote() for s in self.shards])
+        lim = learner_state["limiter"]
+        counters = {**self.c, "env_steps": sum(st["ring"]["total_inserted"] for st in shard_states),
+                    "critic_updates": lim["updates"], "version": learner_state["version"],
+                    "bundles": learner_state["bundles"], "restarts": self.sup.restarts,
+                    "wall_time": self._wall(), "config_hash": self.cfg.hash(), "stage": "online"}
+        return ckpt.save(self.run_dir, learner_state, shard_states, counters, self.rt.keep_checkpoints)
+
+    def _restore(self) -> dict[str, Any]:
+        learner_state, shard_states, counters = ckpt.load(self.resume_from)
+        if len(shard_states) != len(self.shards):
+            raise ValueError(f"checkpoint has {len(shard_states)} shards, runtime.num_shards is "
+                             f"{len(self.shards)}: resume with the same runtime.num_shards")
+        ray.get([s.load_state_dict.remote(st) for s, st in zip(self.shards, shard_states)]
+                + [self.learner.load_state_dict.remote(learner_state)])
+        for k in ("next_eval", "next_log", "next_checkpoint", "dropped", "wall_time", "workers_target"):
+            self.c[k] = counters[k]
+        self.sup.restarts = counters["restarts"]
+        lrn = ray.get(self.learner.stats.remote())
+        restored = {"env_steps": self._env_steps(), "critic_updates": lrn["critic_updates"],
+                    "version": lrn["version"], "bundles": lrn["bundles"]}
+        job.update_run_json(self.run_dir, resumed_from={
+            "checkpoint": self.resume_from.name, "saved": {k: counters[k] for k in restored},
+            "restored": restored})
+        ray.get(self.learner.publish.remote(bump=False, wait=True))  # same version again, into the fresh store
+        return restored
+
+    # ------------------------------------------------------------------ stages
+    def _prepare(self) -> None:
+        t0 = time.time()
+        self.stages["pretrain"] = self._call(self.learner.prepare.remote(), "pretrain")
+        self.stages["pretrain"]["wall_s"] = time.time() - t0
+        if job.uses_pretraining(self.cfg):
+            ray.get(self.learner.save_agent.remote(str(self.run_dir / "checkpoints" / "pretrained.pt")))
+        ray.get(self.learner.publish.remote(wait=True))  # version 0: the policy the warmup acts with
+        self._start_eval("pretrained" if job.uses_pretraining(self.cfg) else "initial")
+
+    def _call(self, ref: Any, phase: str) -> Any:
+        self._wait([ref], phase)
+        return ray.get(ref)
+
+    def _warmup(self) -> None:
+        """Workers split exactly K env steps; the learner is idle. Shares lost with a dead worker
+        are handed out again until the shards hold K rows."""
+        K, t0 = job.warmup_steps(self.cfg), time.time()
+        while True:  # process start-up: give every worker a share if it comes up within a minute
+            states = [s.state for s in self.sup.slots.values()]
+            if "idle" in states and ("starting" not in states or time.time() - t0 > 60):
+                break
+            time.sleep(0.1)
+            self.sup.supervise()
+            self._tick("warmup", every=self.rt.monitor_interval)
+        self.stages["workers_start_s"], t0 = time.time() - t0, time.time()
+        while (left := K - self._env_steps()) > 0:
+            refs = self.sup.collect(left)
+            if not refs:  # every worker is still (re)starting
+                time.sleep(self.rt.monitor_interval)
+                self.sup.supervise()
+                self._tick("warmup")
+            while refs:
+                _, refs = ray.wait(refs, num_returns=len(refs), timeout=self.rt.monitor_interval)
+                self.sup.supervise()
+                self._tick("warmup")
+            self.sup.supervise()
+        lrn = ray.get(self.learner.stats.remote())
+        self.stages["warmup"] = {"env_steps": self._env_steps(), "critic_updates": lrn["critic_updates"],
+                                 "wall_s": time.time() - t0}
+        job.update_run_json(self.run_dir, stages=self.stages)
+        if K > 0:
+            self._start_eval("after_warmup")
+
+    def _online(self) -> None:
+        total, t0 = self.cfg.finetune.online_steps, time.time()
+        ray.get(self.learner.begin_online.remote(self._env_steps()))  # before any grant
+        train_ref = self.learner.train.remote()
+        self.sup.start_runs()
+        while True:
+            if ray.wait([train_ref], timeout=0)[0]:
+                ray.get(train_ref)  # raises the learner's error; it never ends on its own
+                raise RuntimeError("the learner stopped before the online stage was over")
+            for n in ray.get(self.controller.take_requests.remote()):
+                self.c["workers_target"] = n
+                self.sup.scale(n)
+            self.sup.supervise()
+            if self.sup.all_done():
+                held = self._env_steps()
+                if held >= total:
+                    break
+                granted = ray.get(self.learner.stats.remote())["granted_env_steps"]
+                self.c["dropped"] += granted - held  # steps of chunks lost with killed workers
+                ray.get(self.learner.begin_online.remote(held))  # hand them out again
+                self.sup.start_runs()
+            self._tick("online")
+            time.sleep(self.rt.monitor_interval)
+        self.learner.finish.remote()
+        self._call(train_ref, "online")
+        self.stages["online"] = {"wall_s": time.time() - t0}
+
+    def run(self) -> Path:
+        self.log = MetricsLog(self.run_dir)
+        server = None
+        try:
+            self._create_actors()
+            server = _start_metrics(lambda: self.snapshot, self.rt)
+            job.update_run_json(self.run_dir, metrics_url=f"http://{server.host}:{server.port}/metrics",
+                                controller=controller_name(str(self.run_dir)))
+            if self.resume_from is not None:
+                self._restore()
+                self.sup.scale(self.c["workers_target"])
+            else:
+                self._prepare()
+                self.sup.scale(self.rt.num_workers)
+                self._warmup()
+            self._online()
+            self._start_eval("online")
+            self._collect_evals(wait=True)
+            self._tick("done")
+            self._checkpoint()
+            lrn = ray.get(self.learner.stats.remote())
+            job.update_run_json(
+                self.run_dir, stages=self.stages, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                env_steps=self._env_steps(), critic_updates=lrn["critic_updates"],
+                weights_version=lrn["version"], worker_restarts=self.sup.restarts,
+                dropped_env_steps=self.c["dropped"], wall_time_s=self._wall())
+        finally:
+            if server is not None:
+                server.stop()
+            self._teardown()
+            self.log.close()
+        write_report(self.run_dir)
+        return self.run_dir
+
+
+def _start_metrics(snapshot_fn, rt) -> MetricsServer:
+    server = MetricsServer(snapshot_fn, rt.metrics_host, rt.metrics_port)
+    try:
+        server.start()
+    except OSError as e:  # port taken (another job on this host): serve on a free one instead
+        log.warning("metrics port %s unavailable (%s); using a free port", rt.metrics_port, e)
+        server = MetricsServer(snapshot_fn, rt.metrics_host, 0)
+        server.start()
+    return server
+
+
+def _connect(address: str | None) -> bool:
+    """Start or join Ray; True when this call started it. Under `ray job submit` RAY_ADDRESS is set
+    and address=None joins that cluster."""
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
+    return True
+
+
+def launch(cfg: RunConfig, command: str = "") -> Path:
+    """Run the whole job on Ray (cfg.runtime.address, or a local Ray); returns the run directory."""
+    started = _connect(cfg.runtime.address)
+    try:
+        return Job(cfg, command).run()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def resume(run_dir: str | Path, command: str = "") -> Path:
+    """Continue the job in `run_dir` from its newest checkpoint with the same counters (a fresh
+    launch of its config when it has none)."""
+    run_dir = Path(run_dir)
+    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg.run.run_dir = str(run_dir)
+    started = _connect(cfg.runtime.address)
+    try:
+        return Job(cfg, command or f"resume {run_dir}", ckpt.latest(run_dir)).run()
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,267 @@
+"""Learner: replay shards -> update bundles (algo/update.py) -> versioned weights (weights.py).
+
+Hosts the UTD limiter (limiter.py): its own side is checked locally before every bundle, and rollout
+workers ask it for env steps through `acquire_env_steps`. driver.py runs it as a threaded Ray actor
+(train() in one thread; grants, stats and checkpoints answer from others).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from wsrl_dist import job
+from wsrl_dist.algo.fast import make_bundle_fn, resolve_mode
+from wsrl_dist.algo.types import Batch, batch_from_numpy
+from wsrl_dist.config import from_dict
+from wsrl_dist.envs.make import obs_act_dims
+from wsrl_dist.ops.metrics import SECONDS_BUCKETS, Histogram
+from wsrl_dist.pretrain import DeviceSampler, pretrain_agent, training_arrays
+from wsrl_dist.runtime.limiter import UtdLimiter
+
+_BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "masks")
+
+
+def first_update_step(cfg) -> int:
+    """Env steps after which the first bundle may run: the reference updates only once
+    t > max(K, min_steps_to_update) for the 0-based step t (wsrl-reference-full 1.3; local.py),
+    i.e. from the (max(K, rows * (1 - offline_ratio)) + 2)-th transition on."""
+    rows = cfg.sac.utd * cfg.sac.batch_size
+    return max(job.warmup_steps(cfg), int(rows * (1 - job.offline_ratio(cfg)))) + 1
+
+
+def to_cpu(obj: Any) -> Any:
+    """Nested containers with every tensor moved to the CPU (state leaving a GPU actor)."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+class Learner:
+    def __init__(self, cfg: dict, store: Any, shards: list | None = None):
+        self.cfg = from_dict(cfg)
+        c = self.cfg
+        torch.manual_seed(c.run.seed)
+        self.device = job.resolve_device(c.run.device)
+        self.mode = resolve_mode(c.run.fast_path, self.device)
+        self.task = c.task.spec()
+        obs_dim, act_dim = obs_act_dims(self.task)
+        self.agent = job.build_agent(c, obs_dim, act_dim, self.device,
+                                     capturable=self.mode.endswith("graph"))
+        self.store = store
+        self.shards: list = []
+        self.limiter = UtdLimiter(c.sac.utd, first_update_step(c), c.finetune.online_steps,
+                                  c.runtime.utd_slack, c.runtime.rollout_slack)
+        self._lock = threading.Lock()  # limiter, shared with the workers' grant calls
+        self._agent_lock = threading.Lock()  # agent: one bundle or one state_dict at a time
+        self._finish = threading.Event()
+        self.rng = np.random.default_rng(c.run.seed + 17)
+        self.offline: DeviceSampler | None = None
+        self.ratio = job.offline_ratio(c)
+        self._bundle = None
+        self.version = -1
+        self.bundles = 0
+        self.env_steps = 0  # rows in the shards, as last seen by the learner
+        self.shard_sizes: list[int] = []
+        self.last_info: dict[str, float] = {}
+        self.train_seconds = 0.0
+        self.step_hist = Histogram(SECONDS_BUCKETS)
+        self.publish_hist = Histogram(SECONDS_BUCKETS)
+        self._publish_acks: list[Any] = []
+        self.set_shards(shards or [])
+
+    def set_shards(self, shards: list) -> None:
+        """Replay shard handles (the driver places shards next to the learner, after creating it)."""
+        self.shards = list(shards)
+        self.shard_sizes = [0] * len(self.shards)
+
+    # ------------------------------------------------------------------ stage 1
+    def prepare(self) -> dict[str, Any]:
+        """Pretrain (when the method asks) and/or load offline data for retention baselines."""
+        c, t0, out = self.cfg, time.time(), {"pretrain_steps": 0}
+        pretrain = job.uses_pretraining(c) and not c.pretrain.checkpoint
+        if pretrain or self.ratio > 0:
+            dataset = job.load_offline_dataset(c, self.task, progress=False)
+            sampler = DeviceSampler(training_arrays(dataset, self.task, c.sac.discount), self.device,
+                                    c.run.seed)
+            out["dataset"] = dataset.source
+            if pretrain:
+                with self._agent_lock:
+                    pretrain_agent(self.agent, sampler, c, on_log=lambda s, i: out.update(last=i))
+                out["pretrain_steps"] = c.pretrain.steps
+            self.offline = sampler if self.ratio > 0 else None  # WSRL drops the offline data here
+        elif job.uses_pretraining(c):
+            job.load_agent(c.pretrain.checkpoint, self.agent)
+            out["loaded"] = c.pretrain.checkpoint
+        out["seconds"] = time.time() - t0
+        return out
+
+    def save_agent(self, path: str) -> None:
+        with self._agent_lock:
+            job.save_agent(path, self.agent, {"version": self.version})
+
+    # ------------------------------------------------------------------ weights
+    def publish(self, bump: bool = True, wait: bool = False) -> int:
+        """Export the actor, ray.put it once, hand the store [ref]; returns the version published
+        (a new one, or with bump=False the current one again: a resumed job's fresh store).
+        `wait` returns only once the store holds it; the training loop never waits."""
+        t0 = time.perf_counter()
+        weights = self.agent.export_policy()  # GPU -> CPU copy: a sync point, once per publish
+        ref = ray.put(weights)
+        self.version += int(bump)
+        self._publish_acks.append(self.store.publish.remote(self.version, [ref], self.limiter.updates))
+        self.publish_hist.observe(time.perf_counter() - t0)
+        if wait:
+            ray.get(self._publish_acks[-1])
+        if len(self._publish_acks) > 8:  # keep the ack list short without waiting on the store
+            self._publish_acks = ray.wait(self._publish_acks, num_returns=len(self._publish_acks),
+                                          timeout=0)[1]
+        return self.version
+
+    # ------------------------------------------------------------------ limiter
+    def acquire_env_steps(self, n: int, multiple: int = 1, blocked_s: float = 0.0) -> int:
+        """Rollout side: env steps a worker may take now (0 = wait, -1 = budget spent)."""
+        with self._lock:
+            if blocked_s:
+                self.limiter.add_blocked("rollout", blocked_s)
+            return self.limiter.grant(n, multiple)
+
+    def begin_online(self, env_steps: int) -> None:
+        """Align the rollout budget with what the shards hold (after warmup or a resume)."""
+        with self._lock:
+            self.limiter.sync_env_steps(env_steps)
+            self.env_steps = int(env_steps)
+
+    def finish(self) -> None:
+        """Rollout is over: run the updates still owed, then return from train()."""
+        self._finish.set()
+
+    # ------------------------------------------------------------------ training
+    @property
+    def online_rows(self) -> int:
+        """Replay rows per bundle: utd * batch_size minus the offline share (retention baselines)."""
+        n = self.cfg.sac.utd * self.cfg.sac.batch_size
+        return n - (int(round(n * self.ratio)) if self.offline is not None else 0)
+
+    def _request(self) -> list:
+        """Sample calls for one batch: utd * batch_size online rows split over shards by size."""
+        n = self.online_rows
+        sizes = np.asarray(self.shard_sizes, dtype=np.float64)
+        share = sizes / sizes.sum() if sizes.sum() > 0 else np.full(len(sizes), 1.0 / len(sizes))
+        counts = np.floor(share * n).astype(int)
+        counts[np.argsort(-(share * n - counts))[: n - counts.sum()]] += 1  # largest remainders
+        return [s.sample.remote(int(k)) for s, k in zip(self.shards, counts)]
+
+    def _assemble(self, parts: list[dict]) -> Batch:
+        self.shard_sizes = [p["size"] for p in parts]
+        self.env_steps = max(self.env_steps, sum(p["env_steps"] for p in parts))
+        rows = [p for p in parts if "rewards" in p]
+        short = self.online_rows - sum(len(p["rewards"]) for p in rows)
+        if short > 0:  # a split made on stale sizes hit an empty shard: top up from the fullest
+            rows.append(ray.get(self.shards[int(np.argmax(self.shard_sizes))].sample.remote(short)))
+        cols = {k: np.concatenate([p[k] for p in rows]) for k in _BATCH_KEYS}
+        perm = self.rng.permutation(len(cols["rewards"]))  # mix shards inside every critic minibatch
+        batch = batch_from_numpy({k: v[perm] for k, v in cols.items()}, self.device)
+        if self.offline is None:
+            return batch
+        off = self.offline.sample(self.cfg.sac.utd * self.cfg.sac.batch_size - self.online_rows)
+        # online rows first, then offline rows: the reference's concatenation order (local.py)
+        return Batch(*(torch.cat([a, b]) for a, b in zip(batch[:5], off[:5])), None)
+
+    def _poll_env_steps(self) -> None:
+        steps = ray.get([s.env_steps.remote() for s in self.shards])
+        self.env_steps = max(self.env_steps, sum(steps))
+
+    def _wait_for_room(self) -> bool:
+        """Block until the limiter allows a bundle; False once finish() is set and, with the shard
+        counts read after it, no whole bundle is still owed."""
+        t0, waited, fresh = time.perf_counter(), False, False
+        while True:
+            with self._lock:
+                avail = self.limiter.bundles_available(self.env_steps, self.cfg.sac.utd)
+                owed = self.limiter.updates_due(self.env_steps) - self.limiter.updates
+            if avail > 0:
+                if waited:
+                    with self._lock:
+                        self.limiter.add_blocked("learner", time.perf_counter() - t0)
+                return True
+            if fresh and owed < self.cfg.sac.utd:
+                return False
+            finishing = self._finish.is_set()
+            if waited:
+                time.sleep(0.001)
+            waited = True
+            self._poll_env_steps()
+            fresh = finishing
+
+    def train(self) -> dict[str, Any]:
+        """Run bundles within the limiter until finish() and every owed update is done."""
+        utd, t_start = self.cfg.sac.utd, time.perf_counter()
+        self.shard_sizes = [p["size"] for p in ray.get([s.sample.remote(0) for s in self.shards])]
+        pending = None
+        while self._wait_for_room():
+            t0 = time.perf_counter()
+            parts = ray.get(pending if pending is not None else self._request())
+            pending = self._request() if self.cfg.runtime.prefetch else None  # overlap with the update
+            batch = self._assemble(parts)
+            with self._agent_lock:
+                if self._bundle is None:  # built on first use: CUDA-graph capture needs a batch
+                    self._bundle = make_bundle_fn(self.agent, self.cfg.sac, self.mode, example=batch)
+                info = self._bundle(batch)
+                self.bundles += 1
+                if self.bundles % 20 == 1:  # CPU-GPU sync, once every 20 bundles
+                    self.last_info = {k: float(v) for k, v in info.items()}
+            with self._lock:
+                self.limiter.record_updates(utd)
+            if self.bundles % self.cfg.runtime.publish_every == 0:
+                self.publish()
+            self.step_hist.observe(time.perf_counter() - t0)
+        if pending is not None:
+            ray.get(pending)
+        self.train_seconds += time.perf_counter() - t_start
+        return self.stats()
+
+    # ------------------------------------------------------------------ reporting and state
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            lim = self.limiter.state_dict()
+            env_steps = self.env_steps
+        out = {
+            "critic_updates": lim["updates"], "bundles": self.bundles, "env_steps": env_steps,
+            "granted_env_steps": lim["granted"], "version": self.version,
+            "limiter_blocked_seconds": lim["blocked_seconds"], "losses": dict(self.last_info),
+            "train_seconds": self.train_seconds, "step_hist": self.step_hist.to_dict(),
+            "publish_hist": self.publish_hist.to_dict(), "device": str(self.device),
+        }
+        if self.device.type == "cuda":
+            out["gpu_memory_bytes"] = int(torch.cuda.memory_allocated(self.device))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Agent (+ Adam, temperature), limiter counters, weight version: CPU tensors and numbers."""
+        with self._agent_lock, self._lock:
+            return {"agent": to_cpu(self.agent.state_dict()), "limiter": self.limiter.state_dict(),
+                    "version": self.version, "bundles": self.bundles, "env_steps": self.env_steps,
+                    "torch_rng": torch.get_rng_state(), "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with self._agent_lock, self._lock:
+            self.agent.load_state_dict(state["agent"])
+            self.limiter.load_state_dict(state["limiter"])
+            self.version, self.bundles = int(state["version"]), int(state["bundles"])
+            self.env_steps = int(state["env_steps"])
+            torch.set_rng_state(state["torch_rng"])
+            self.rng.bit_generator.state = state["rng"]
+            self._bundle = None
+
+    def ping(self) -> str:
+        return ray.get_runtime_context().get_node_id()

@@ -1,0 +1,202 @@
+"""RolloutWorker: vector env + CPU Policy -> wire chunks -> one replay shard (the acting end of the data path).
+
+Rows are stamped with the weights version that chose their action; rewards stay RAW in the chunk
+(the shard scales them, once). Between chunks the worker pulls newer weights without blocking and,
+in the online stage, asks the learner's UTD limiter for env steps. driver.py runs it as a threaded Ray
+actor (max_concurrency=2) so `stop()` and `stats()` answer while `run()` loops.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from collections import deque
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from wsrl_dist.algo.policy import Policy
+from wsrl_dist.config import from_dict
+from wsrl_dist.envs.make import make_vector_env, obs_act_dims, true_next_obs
+from wsrl_dist.ops.metrics import POLICY_LAG_BUCKETS, Histogram
+from wsrl_dist.runtime.weights import WeightsClient
+from wsrl_dist.runtime.wire import encode_chunk
+
+_COLS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+
+
+class RolloutWorker:
+    """Acts in `runtime.envs_per_worker` envs, sends chunks of `runtime.chunk_size` rows to `shard`.
+
+    `learner` is the handle whose `acquire_env_steps(n, multiple, blocked_s)` hands out env steps
+    (the rollout side of limiter.UtdLimiter); `collect` ignores it (warmup has no learner to pace).
+    """
+
+    def __init__(self, cfg: dict, worker_id: int, shard: Any, store: Any, learner: Any,
+                 weights_timeout: float = 120.0):
+        torch.set_num_threads(1)  # many workers share a node's cores
+        self.cfg = from_dict(cfg)
+        rt = self.cfg.runtime
+        self.worker_id, self.shard, self.learner = int(worker_id), shard, learner
+        self.chunk_size, self.max_inflight = rt.chunk_size, rt.max_inflight_chunks
+        self.num_envs = rt.envs_per_worker
+        task = self.cfg.task.spec()
+        # a restarted actor gets fresh seeds: replaying its first life's episodes adds nothing
+        with warnings.catch_warnings():  # Ray warns about an internal call of this property
+            warnings.simplefilter("ignore")
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        seed = self.cfg.run.seed + 7919 * (self.worker_id + 1) + (os.getpid() if restarted else 0)
+        self.venv = make_vector_env(task, self.num_envs, seed=seed)
+        self.obs, _ = self.venv.reset(seed=seed)
+        obs_dim, act_dim = obs_act_dims(task)
+        self.policy = Policy(obs_dim, act_dim, self.cfg.net, seed=seed)
+        self.weights = WeightsClient(store)
+        got = self.weights.pull(timeout=weights_timeout)  # a (re)started worker acts with the latest
+        if got is None:
+            raise RuntimeError("no weights published before the rollout worker started")
+        self.policy.load(*got)
+        self.restarted = bool(restarted)
+        self._stop = threading.Event()
+        self._rows: list[dict[str, np.ndarray]] = []  # per vector step, each [E, ...] (or fewer rows)
+        self._buffered = 0
+        self._returns: list[float] = []  # episodes finished since the last chunk
+        self._ep_return = np.zeros(self.num_envs)
+        self._inflight: list[Any] = []
+        self.seq = 0
+        self.env_steps = 0  # rows produced by this incarnation
+        self.sent_rows = 0  # rows handed to the shard
+        self.inserted_rows = 0  # rows the shard acknowledged
+        self.rejected_chunks = 0
+        self.episodes = 0
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.blocked = {"limiter": 0.0, "replay": 0.0}
+        self.lag_hist = Histogram(POLICY_LAG_BUCKETS)
+        self.running = False
+
+    # ------------------------------------------------------------------ acting
+    def _step(self, keep: int) -> None:
+        """One vector step; keeps the first `keep` env rows (all envs step regardless)."""
+        actions = self.policy.act(self.obs)  # [E, A]
+        nxt, rewards, term, trunc, info = self.venv.step(actions)
+        real_next = true_next_obs(nxt, info)  # SAME_STEP autoreset: final obs, not the reset obs
+        self._ep_return += rewards
+        done = np.logical_or(term, trunc)
+        for i in np.flatnonzero(done):
+            self._returns.append(float(self._ep_return[i]))
+            self.recent_returns.append(float(self._ep_return[i]))
+            self._ep_return[i] = 0.0
+            self.episodes += 1
+        row = {
+            "observations": self.obs, "actions": actions, "rewards": rewards,
+            "next_observations": real_next, "terminals": term,
+            # terminated wins over a same-step truncation (envs/wrappers.py table)
+            "timeouts": np.logical_and(trunc, np.logical_not(term)),
+        }
+        self._rows.append({k: np.asarray(v)[:keep] for k, v in row.items()})
+        self._rows[-1]["policy_versions"] = np.full(keep, self.policy.version, dtype=np.int64)
+        self._buffered += keep
+        self.env_steps += keep
+        self.obs = nxt
+
+    def _take(self, n: int) -> None:
+        """Take exactly n env steps (the last vector step may keep only part of its rows)."""
+        while n > 0:
+            keep = min(n, self.num_envs)
+            self._step(keep)
+            n -= keep
+            if self._buffered >= self.chunk_size:
+                self._send()
+
+    # ------------------------------------------------------------------ replay side
+    def _send(self) -> None:
+        if not self._buffered:
+            return
+        cols = {k: np.concatenate([r[k] for r in self._rows]) for k in (*_COLS, "policy_versions")}
+        frame = encode_chunk({k: cols[k] for k in _COLS}, worker_id=self.worker_id, seq=self.seq,
+                             policy_versions=cols["policy_versions"], episode_returns=self._returns)
+        self.lag_hist.observe(max(0, self.weights.latest_seen - int(cols["policy_versions"].min())))
+        self._rows, self._returns = [], []
+        self.seq += 1
+        self.sent_rows += self._buffered
+        self._buffered = 0
+        self._inflight.append(self.shard.insert.remote(frame))
+        if len(self._inflight) >= self.max_inflight:  # backpressure: a slow shard slows this worker
+            t0 = time.perf_counter()
+            done, self._inflight = ray.wait(self._inflight, num_returns=1)
+            self.blocked["replay"] += time.perf_counter() - t0
+            self._ack(done)
+        self._pull_weights()
+
+    def _ack(self, refs: list) -> None:
+        for n in ray.get(refs):
+            self.inserted_rows += n
+            self.rejected_chunks += n == 0
+
+    def _drain(self) -> None:
+        self._send()
+        self._ack(self._inflight)
+        self._inflight = []
+
+    def _pull_weights(self) -> None:
+        got = self.weights.poll()
+        if got is not None:
+            self.policy.load(*got)
+
+    # ------------------------------------------------------------------ public
+    def collect(self, n_steps: int) -> dict[str, Any]:
+        """Warmup share: exactly `n_steps` env steps, all of them acknowledged by the shard on return."""
+        self.running = True
+        try:
+            self._take(int(n_steps))
+            self._drain()
+        finally:
+            self.running = False
+        return self.stats()
+
+    def run(self) -> dict[str, Any]:
+        """Online stage: step while the limiter grants env steps, until the budget is spent or stop()."""
+        self.running = True
+        blocked, backoff = 0.0, 0.0005
+        try:
+            while not self._stop.is_set():
+                want = self.chunk_size - self._buffered
+                g = ray.get(self.learner.acquire_env_steps.remote(want, self.num_envs, blocked))
+                blocked = 0.0
+                if g < 0:
+                    break
+                if g == 0:
+                    self._send()  # never sit on rows the learner is waiting for
+                    t0 = time.perf_counter()
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 0.02)
+                    blocked = time.perf_counter() - t0
+                    self.blocked["limiter"] += blocked
+                    self._pull_weights()
+                    continue
+                backoff = 0.0005
+                self._take(g)
+            self._drain()
+        finally:
+            self.running = False
+        return self.stats()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id, "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(), "restarted": self.restarted,
+            "running": self.running, "env_steps": self.env_steps, "sent_rows": self.sent_rows,
+            "inserted_rows": self.inserted_rows, "rejected_chunks": self.rejected_chunks,
+            "chunks": self.seq, "episodes": self.episodes, "recent_returns": list(self.recent_returns),
+            "version": self.policy.version, "policy_lag": self.weights.lag, "pulls": self.weights.pulls,
+            "blocked_seconds": dict(self.blocked), "lag_hist": self.lag_hist.to_dict(),
+        }
+
+    def ping(self) -> int:
+        return os.getpid()
