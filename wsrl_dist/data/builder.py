@@ -1,0 +1,430 @@
+"""D4RL-recipe dataset builder: SAC behaviour policy -> rollouts -> D4RL-layout HDF5 in a cache.
+
+Source of offline files where D4RL/Minari data cannot be downloaded: `build_dataset` -> `write_d4rl_hdf5`
+-> `load_d4rl_hdf5` -> pre-training. Rewards are stored raw (docs/CONVENTIONS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from wsrl_dist.algo import sac as sac_lib
+from wsrl_dist.algo.agent import Agent, make_agent
+from wsrl_dist.algo.nets import NetConfig
+from wsrl_dist.algo.policy import Policy
+from wsrl_dist.algo.sac import SACConfig
+from wsrl_dist.algo.types import Batch, batch_from_numpy
+from wsrl_dist.algo.update import polyak, sac_actor_temperature_step
+from wsrl_dist.data.d4rl import load_d4rl_hdf5, write_d4rl_hdf5
+from wsrl_dist.data.ring import RingBuffer
+from wsrl_dist.data.schema import COLUMN_NAMES, OfflineDataset, episode_bounds
+from wsrl_dist.envs.make import make_env, obs_act_dims
+from wsrl_dist.envs.tasks import TaskSpec, get_task
+from wsrl_dist.evaluation import evaluate
+
+RECIPES = ("random", "medium", "medium-replay", "expert", "medium-expert")
+BUILDER_VERSION = 1
+DATASET_NOTE = "built by wsrl_dist's D4RL-recipe builder, not the original D4RL data"
+# Families where "SAC to a return target" makes sense: dense rewards. AntMaze/Kitchen/Adroit data came
+# from planners, demos and BC rollouts, which SAC from scratch on a sparse reward cannot stand in for.
+BUILDABLE_FAMILIES = ("locomotion", "classic")
+# Medium targets for tasks without D4RL reference scores: 1/3 of the way from a random policy's return
+# to a solved one's. Pendulum-v1: random ~ -1230, solved ~ -150 (200-step episodes) -> -870.
+DEFAULT_MEDIUM_TARGETS: dict[str, float] = {"pendulum-v1": -870.0}
+
+
+def recipe_from_task(task_name: str) -> str:
+    """The recipe word in a D4RL-style name ('hopper-medium-replay-v2' -> 'medium-replay'); 'medium'
+    when there is none ('inverted-pendulum-v5'). Two-word recipes are matched before one-word ones."""
+    padded = f"-{re.sub(r'-v[0-9]+$', '', task_name)}-"
+    for recipe in sorted(RECIPES, key=len, reverse=True):
+        if f"-{recipe}-" in padded:
+            return recipe
+    return "medium"
+
+
+def behaviour_sac_config() -> SACConfig:
+    """Plain SAC as D4RL's behaviour learner (rlkit SAC): clipped double Q (2 critics, target = min of
+    both), entropy in the backup, lr 3e-4 everywhere, UTD 1, batch 256. WSRL's 10-member ensemble,
+    LayerNorm and 1e-4 actor lr are fine-tuning choices (wsrl-reference), not needed to make data."""
+    return SACConfig(critic_ensemble_size=2, critic_subsample_size=2, backup_entropy=True,
+                     actor_lr=3e-4, critic_lr=3e-4, temperature_lr=3e-4, utd=1, batch_size=256,
+                     ghost_adam_steps=False)
+
+
+@dataclass
+class BuildSpec:
+    """What to build. None fields are filled by `resolved()`; `device` does not enter the cache key."""
+
+    task: str
+    recipe: str | None = None  # None -> recipe_from_task(task)
+    # Rows written. medium-replay writes the whole buffer, capped to its last `transitions` rows.
+    transitions: int = 1_000_000
+    train_steps: int = 1_000_000  # SAC env-step budget of the behaviour run
+    # medium / medium-replay stop here; medium-expert snapshots its medium half here; expert ignores it
+    # (trains the whole budget). None -> ref_max_score / 3 (D4RL: 1/3 of expert), else DEFAULT_MEDIUM_TARGETS.
+    target_return: float | None = None
+    seed: int = 0
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    sac: SACConfig = field(default_factory=behaviour_sac_config)
+    random_steps: int = 5_000  # uniform random actions, no updates, before SAC starts (as CleanRL's SAC)
+    eval_every: int = 10_000
+    eval_episodes: int = 10
+    device: str = "cpu"
+
+    def resolved(self) -> BuildSpec:
+        """A validated copy with recipe and target_return filled in."""
+        task = get_task(self.task)
+        if task.family not in BUILDABLE_FAMILIES:
+            raise ValueError(f"task {self.task!r}: family {task.family!r} cannot be built by SAC rollouts "
+                             f"(buildable families: {BUILDABLE_FAMILIES})")
+        recipe = self.recipe or recipe_from_task(self.task)
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe {recipe!r} not in {RECIPES}")
+        for name in ("transitions", "eval_every", "eval_episodes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if recipe != "random" and self.train_steps <= self.random_steps:
+            raise ValueError(f"train_steps ({self.train_steps}) must exceed random_steps ({self.random_steps})")
+        self.sac.validate()
+        target = self.target_return
+        if target is None and recipe != "random":
+            target = medium_target(task)
+        return dataclasses.replace(self, recipe=recipe, target_return=target, hidden=list(self.hidden),
+                                   sac=dataclasses.replace(self.sac))
+
+    def net_config(self) -> NetConfig:
+        # No LayerNorm: plain SAC nets (the fine-tuning nets use it, wsrl-reference "Networks").
+        return NetConfig(actor_hidden=list(self.hidden), critic_hidden=list(self.hidden), layer_norm=False)
+
+    def key(self) -> dict[str, Any]:
+        """The fields that decide the file's content (device excluded; no training fields for random)."""
+        d = dataclasses.asdict(self)
+        d.pop("device")
+        if d["recipe"] == "random":
+            for k in ("train_steps", "target_return", "sac", "random_steps", "eval_every"):
+                d.pop(k)
+        return {"builder_version": BUILDER_VERSION, **d}
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def medium_target(task: TaskSpec) -> float:
+    if task.ref_max_score is not None and task.ref_max_score > 0:
+        return task.ref_max_score / 3.0
+    if task.name in DEFAULT_MEDIUM_TARGETS:
+        return DEFAULT_MEDIUM_TARGETS[task.name]
+    raise ValueError(f"task {task.name!r} has no reference score: set BuildSpec.target_return")
+
+
+@dataclass
+class TrainHistory:
+    """One behaviour run: periodic deterministic eval returns and the policies the recipes need."""
+
+    env_steps: list[int] = field(default_factory=list)
+    eval_returns: list[float] = field(default_factory=list)
+    train_steps_used: int = 0
+    target_return: float | None = None
+    target_reached_at: int | None = None  # env steps at the first eval >= target_return
+    wall_s: float = 0.0
+    medium_weights: dict[str, np.ndarray] | None = None  # actor at target_reached_at (exported)
+    final_weights: dict[str, np.ndarray] | None = None  # actor at the end of the run
+
+    def scalars(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if not k.endswith("_weights")}
+
+
+def _critic_target(agent: Agent, batch: Batch, cfg: SACConfig) -> torch.Tensor:
+    """y = r + gamma * mask * (min Q_targ(s', a') - [alpha * logp]) [B]. When the subsample is the whole
+    ensemble the min is taken over all members (clipped double Q): sac.subsampled_min draws members WITH
+    replacement (WSRL's REDQ rule), which for 2 of 2 would use a single critic half of the time."""
+    with torch.no_grad():
+        a2, logp2 = agent.actor(batch.next_observations)
+        tq = agent.target_critic(batch.next_observations, a2)  # [E, B]
+        if cfg.critic_subsample_size == cfg.critic_ensemble_size:
+            tmin = tq.min(0).values
+        else:
+            tmin = sac_lib.subsampled_min(tq, cfg.critic_subsample_size)
+        if cfg.backup_entropy:
+            tmin = tmin - agent.temperature() * logp2
+        return batch.rewards + cfg.discount * batch.masks * tmin
+
+
+def sac_update(agent: Agent, batch: Batch, cfg: SACConfig) -> None:
+    """One plain-SAC step on `batch` [B]: critic + Polyak, then actor and temperature (algo/update.py)."""
+    y = _critic_target(agent, batch, cfg)
+    loss = sac_lib.critic_td_loss(agent.critic(batch.observations, batch.actions), y)
+    agent.critic_opt.zero_grad(set_to_none=False)
+    loss.backward()
+    agent.critic_opt.step()
+    polyak(agent.target_critic, agent.critic, cfg.soft_target_update_rate)
+    sac_actor_temperature_step(agent, batch)
+
+
+def policy_from_weights(task: TaskSpec, net: NetConfig, weights: dict[str, np.ndarray] | None,
+                        seed: int) -> Policy:
+    """A CPU `Policy`; weights None -> a freshly (seeded) initialised actor: D4RL's "random" policy."""
+    obs_dim, act_dim = obs_act_dims(task)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        policy = Policy(obs_dim, act_dim, net, seed=seed)
+    if weights is not None:
+        policy.load(weights, version=0)
+    return policy
+
+
+def _eval_return(policy: Policy, task: TaskSpec, episodes: int, seed: int) -> float:
+    """Mean raw return of the deterministic policy (evaluation.evaluate: eval env, seeded episodes)."""
+    return float(evaluate(policy, task, episodes, seed)["return_mean"])
+
+
+def train_behaviour_policy(spec: BuildSpec, progress: bool = True
+                           ) -> tuple[Agent, dict[str, np.ndarray], TrainHistory]:
+    """SAC from scratch on make_env(task): `random_steps` uniform actions first, then one update per env
+    step; deterministic eval every `eval_every` steps. medium / medium-replay stop at the first eval
+    >= target_return; other recipes train the whole budget (medium-expert keeps the actor at that
+    point). Returns (agent, replay columns [N rows, raw rewards, oldest first], history)."""
+    spec = spec.resolved()
+    task, net, cfg = get_task(spec.task), spec.net_config(), spec.sac
+    obs_dim, act_dim = obs_act_dims(task)
+    stop_at_target = spec.recipe in ("medium", "medium-replay")
+    hist = TrainHistory(target_return=spec.target_return)
+    t0 = time.perf_counter()
+    env = make_env(task, seed=spec.seed)
+    rng = np.random.default_rng(spec.seed)
+    buf = RingBuffer(spec.train_steps, obs_dim, act_dim)
+    bar = tqdm(total=spec.train_steps, desc=f"SAC {spec.task} ({spec.recipe})", disable=not progress,
+               mininterval=1.0)
+    with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's torch RNG
+        torch.manual_seed(spec.seed)
+        agent = make_agent(obs_dim, act_dim, net, cfg, device=spec.device)
+        obs, _ = env.reset()
+        step = 0
+        try:
+            while step < spec.train_steps:
+                step += 1
+                if step <= spec.random_steps:
+                    action = rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
+                else:
+                    with torch.no_grad():
+                        o = torch.as_tensor(obs, dtype=torch.float32, device=agent.device)[None]
+                        action = agent.actor(o)[0][0].cpu().numpy()
+                next_obs, reward, terminated, truncated, _ = env.step(action)
+                buf.insert(_row(obs, action, reward, next_obs, terminated, truncated), source="sac run")
+                obs = env.reset()[0] if (terminated or truncated) else next_obs
+                if step > spec.random_steps:
+                    sac_update(agent, batch_from_numpy(buf.sample(cfg.batch_size, rng), agent.device), cfg)
+                bar.update(1)
+                if step % spec.eval_every == 0 or step == spec.train_steps:
+                    policy = policy_from_weights(task, net, agent.export_policy(), spec.seed)
+                    ret = _eval_return(policy, task, spec.eval_episodes, spec.seed)
+                    hist.env_steps.append(step)
+                    hist.eval_returns.append(ret)
+                    bar.set_postfix(eval_return=f"{ret:.1f}", target=f"{spec.target_return:.1f}")
+                    if hist.target_reached_at is None and ret >= spec.target_return:
+                        hist.target_reached_at = step
+                        hist.medium_weights = agent.export_policy()
+                        if stop_at_target:
+                            break
+        finally:
+            bar.close()
+            env.close()
+    hist.train_steps_used = step
+    hist.final_weights = agent.export_policy()
+    hist.wall_s = time.perf_counter() - t0
+    replay = buf.export()
+    _end_last_episode(replay)
+    return agent, replay, hist
+
+
+def _row(obs, action, reward, next_obs, terminated, truncated) -> dict[str, np.ndarray]:
+    """One transition as a 1-row chunk. Terminated wins over a same-step truncation (no bootstrap)."""
+    f32 = np.float32
+    return {"observations": np.asarray(obs, f32)[None], "actions": np.asarray(action, f32)[None],
+            "rewards": np.array([reward], f32), "next_observations": np.asarray(next_obs, f32)[None],
+            "terminals": np.array([terminated], f32), "timeouts": np.array([truncated and not terminated], f32)}
+
+
+def _end_last_episode(cols: dict[str, np.ndarray]) -> None:
+    """Mark the final row a timeout unless it terminated: the data stops mid-episode there (D4RL)."""
+    if len(cols["terminals"]) and not cols["terminals"][-1]:
+        cols["timeouts"][-1] = 1.0
+
+
+def rollout_dataset(policy: Policy, task: str | TaskSpec, n_transitions: int, seed: int,
+                    deterministic: bool = False, *, progress: bool = False) -> OfflineDataset:
+    """`n_transitions` rows of `policy` acting in make_env(task, seed): D4RL columns, raw rewards,
+    timeouts at TimeLimit truncation and on the last row (a partial episode) unless it terminated."""
+    task = task if isinstance(task, TaskSpec) else get_task(task)
+    obs_dim, act_dim = obs_act_dims(task)
+    n = int(n_transitions)
+    cols = {k: np.zeros((n, obs_dim) if k in ("observations", "next_observations")
+                        else (n, act_dim) if k == "actions" else (n,), np.float32) for k in COLUMN_NAMES}
+    env = make_env(task, seed=seed)
+    try:
+        obs, _ = env.reset()
+        for i in tqdm(range(n), desc=f"rollout {task.name}", disable=not progress, mininterval=1.0):
+            action = policy.act(obs[None], deterministic=deterministic)[0]
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            for k, v in _row(obs, action, reward, next_obs, terminated, truncated).items():
+                cols[k][i] = v[0]
+            obs = env.reset()[0] if (terminated or truncated) else next_obs
+    finally:
+        env.close()
+    _end_last_episode(cols)
+    return OfflineDataset.from_columns(cols, metadata={"task_name": task.name, "env_id": task.env_id},
+                                       source=f"rollout:{task.name}")
+
+
+def episode_returns(ds: OfflineDataset) -> np.ndarray:
+    """Sum of raw rewards per episode [E] (the last, possibly partial, episode included)."""
+    starts, stops = episode_bounds(ds.terminals, ds.timeouts)
+    return np.add.reduceat(ds.rewards.astype(np.float64), starts) if len(ds) else np.zeros(0)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("WSRL_DIST_CACHE") or "~/.cache/wsrl_dist/datasets").expanduser()
+
+
+def dataset_path(spec: BuildSpec, cache_dir: str | os.PathLike | None = None) -> Path:
+    """<cache>/<task>-<recipe>-n<transitions>-seed<seed>-<spec hash>.hdf5"""
+    spec = spec.resolved()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / f"{spec.task}-{spec.recipe}-n{spec.transitions}-seed{spec.seed}-{spec.hash()}.hdf5"
+
+
+def _load_cached(path: Path, spec: BuildSpec) -> OfflineDataset | None:
+    """The cached dataset if `path` loads cleanly and was built from this spec, else None."""
+    if not path.is_file():
+        return None
+    try:
+        ds = load_d4rl_hdf5(path)
+    except Exception as e:  # truncated/corrupt/foreign file: rebuild it
+        warnings.warn(f"rebuilding {path}: cached file does not load ({e})", stacklevel=3)
+        return None
+    meta = ds.metadata
+    if meta.get("spec_hash") != spec.hash() or meta.get("builder_version") != BUILDER_VERSION:
+        warnings.warn(f"rebuilding {path}: it was built from another spec", stacklevel=3)
+        return None
+    return ds
+
+
+def _train_cached(spec: BuildSpec, root: Path, progress: bool) -> tuple[dict[str, np.ndarray], TrainHistory]:
+    """train_behaviour_policy with its result (replay columns + history with actor weights) kept in
+    <cache>/runs/: medium and medium-replay share one run, expert and medium-expert another."""
+    mode = "to-target" if spec.recipe in ("medium", "medium-replay") else "full-budget"
+    key = {**spec.key(), "recipe": mode, "transitions": None}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    path = root / "runs" / f"{spec.task}-{mode}-seed{spec.seed}-{digest}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                hist = TrainHistory(**json.loads(str(z["history"])))
+                for part in ("medium", "final"):
+                    w = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(f"{part}/")}
+                    setattr(hist, f"{part}_weights", w or None)
+                replay = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("replay/")}
+            return replay, hist
+        except Exception as e:
+            warnings.warn(f"retraining: cached run {path} does not load ({e})", stacklevel=3)
+    _, replay, hist = train_behaviour_policy(spec, progress)
+    arrays = {"history": np.array(json.dumps(hist.scalars()))}
+    arrays.update({f"replay/{k}": v for k, v in replay.items()} if mode == "to-target" else {})
+    for part in ("medium", "final"):
+        arrays.update({f"{part}/{k}": v for k, v in (getattr(hist, f"{part}_weights") or {}).items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return replay, hist
+
+
+def _behaviour(spec: BuildSpec, root: Path, progress: bool
+               ) -> tuple[dict[str, dict | None], dict[str, np.ndarray], TrainHistory]:
+    """({part name: actor weights (None = random init)}, replay columns, history) for the recipe."""
+    if spec.recipe == "random":
+        return {"random": None}, {}, TrainHistory()
+    replay, hist = _train_cached(spec, root, progress)
+    reached = hist.target_reached_at is not None
+    if not reached and spec.recipe != "expert":
+        warnings.warn(f"{spec.task}: behaviour run never reached target_return {spec.target_return:.1f} "
+                      f"in {hist.train_steps_used} steps (last evals {hist.eval_returns[-3:]}); "
+                      "using its final policy as the medium one", stacklevel=3)
+    medium = hist.medium_weights if reached else hist.final_weights
+    if spec.recipe == "medium-expert":
+        return {"medium": medium, "expert": hist.final_weights}, replay, hist
+    return {spec.recipe: hist.final_weights if spec.recipe == "expert" else medium}, replay, hist
+
+
+def build_dataset(spec: BuildSpec, cache_dir: str | os.PathLike | None = None,
+                  progress: bool = True) -> Path:
+    """Build (or find in the cache) the D4RL-layout HDF5 for `spec`; returns its path.
+
+    medium-expert = transitions/2 rows of the medium policy then the rest of the expert's (D4RL
+    concatenated two 1M files). The behaviour eval return in the metadata is a fresh deterministic
+    eval (other episodes than the ones that stopped training), one value per part.
+    """
+    path = dataset_path(spec, cache_dir)
+    spec = spec.resolved()
+    if _load_cached(path, spec) is not None:
+        return path
+    task, net, t0 = get_task(spec.task), spec.net_config(), time.perf_counter()
+    weights, replay, hist = _behaviour(spec, path.parent, progress)
+    parts, evals = [], []
+    for i, (name, w) in enumerate(weights.items()):
+        policy = policy_from_weights(task, net, w, spec.seed + 1 + i)
+        evals.append(_eval_return(policy, task, spec.eval_episodes, spec.seed + 100))
+        if name == "medium-replay":  # the buffer itself, its last `transitions` rows at most
+            parts.append({k: v[-spec.transitions:] for k, v in replay.items()})
+        else:
+            n = spec.transitions // len(weights) + (i < spec.transitions % len(weights))
+            parts.append(rollout_dataset(policy, task, n, spec.seed + 1 + i, progress=progress).columns())
+    ds = OfflineDataset.from_columns({k: np.concatenate([p[k] for p in parts]) for k in COLUMN_NAMES})
+    rets = episode_returns(ds)
+    one = len(evals) == 1
+    meta: dict[str, Any] = dict(
+        env_id=task.env_id, task_name=spec.task, recipe=spec.recipe, builder_version=BUILDER_VERSION,
+        seed=spec.seed, spec_hash=spec.hash(), spec_json=json.dumps(spec.key(), sort_keys=True),
+        algorithm="SAC", dataset_note=DATASET_NOTE, transitions=len(ds),
+        behaviour_parts=list(weights), behaviour_eval_return=evals[0] if one else evals,
+        train_steps_used=int(hist.train_steps_used), train_wall_s=float(hist.wall_s),
+        dataset_episodes=len(rets), dataset_return_mean=float(rets.mean()),
+    )
+    if task.has_ref_scores:
+        score = task.normalized_score(np.asarray(evals))
+        meta["behaviour_normalized_score"] = float(score[0]) if one else score
+    if spec.recipe != "random":
+        meta.update(target_return=float(spec.target_return),
+                    target_reached=hist.target_reached_at is not None,
+                    target_reached_at=int(hist.target_reached_at or -1),
+                    eval_history_steps=np.asarray(hist.env_steps, np.int64),
+                    eval_history_returns=np.asarray(hist.eval_returns, np.float64))
+    if len(ds) < spec.transitions:  # medium-replay: the buffer is all there is (D4RL's size varies too)
+        meta["transitions_requested"] = spec.transitions
+    meta["build_wall_s"] = time.perf_counter() - t0
+    write_d4rl_hdf5(path, ds, meta)
+    return path
+
+
+def load_or_build(spec: BuildSpec, cache_dir: str | os.PathLike | None = None, *,
+                  progress: bool = True) -> OfflineDataset:
+    """The dataset for `spec` from the cache, built first if needed."""
+    path = dataset_path(spec, cache_dir)
+    ds = _load_cached(path, spec.resolved())
+    if ds is None:
+        ds = load_d4rl_hdf5(build_dataset(spec, cache_dir, progress))
+    return ds
