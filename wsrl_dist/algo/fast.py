@@ -44,8 +44,7 @@ def make_bundle_fn(agent: Agent, cfg: SACConfig, mode: str, example: Batch | Non
     fn: BundleFn = bundle
     if mode.startswith("compile"):
         # no cudagraphs inside compile: the whole bundle is captured below as ONE graph instead
-        fn = torch.compile(bundle, mode="max-autotune-no-cudagraphs" if agent.device.type == "cuda"
-                           else "default", dynamic=False)
+        fn = torch.compile(bundle, mode="default", dynamic=False)
     if not mode.endswith("graph"):
         return fn
     if example is None:

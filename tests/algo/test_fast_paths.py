@@ -1,0 +1,92 @@
+"""The speed switch (algo/fast.py) must not change the math: every fast path reproduces eager bundles.
+
+Randomness is pinned (zero policy noise, fixed target subsample) so the comparison is exact up to fp
+tolerance. The CUDA-graph cases run where a GPU is present (the device machine); CI has none.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wsrl_dist.algo import sac as sac_lib
+from wsrl_dist.algo.agent import make_agent
+from wsrl_dist.algo.fast import make_bundle_fn
+from wsrl_dist.algo.nets import NetConfig
+from wsrl_dist.algo.sac import SACConfig
+from wsrl_dist.algo.types import Batch
+
+OBS, ACT = 5, 2
+NET = NetConfig(actor_hidden=[32, 32], critic_hidden=[32, 32])
+SAC = SACConfig(critic_ensemble_size=4, batch_size=16, utd=4)
+
+
+@pytest.fixture
+def pinned_randomness(monkeypatch):
+    """No policy noise and a fixed target subsample {0, 1}: the bundle becomes a pure function."""
+    monkeypatch.setattr(torch, "randn_like", lambda t, **kw: torch.zeros_like(t))
+    monkeypatch.setattr(sac_lib, "subsampled_min", lambda q, k: q[:2].min(0).values)
+
+
+def _batches(n: int, device: str) -> list[Batch]:
+    g = torch.Generator().manual_seed(3)
+    rows = SAC.utd * SAC.batch_size
+    out = []
+    for _ in range(n):
+        out.append(Batch(torch.randn(rows, OBS, generator=g), torch.rand(rows, ACT, generator=g) * 2 - 1,
+                         torch.randn(rows, generator=g), torch.randn(rows, OBS, generator=g),
+                         (torch.rand(rows, generator=g) > 0.1).float()).to(device))
+    return out
+
+
+def _agent(device: str, capturable: bool):
+    torch.manual_seed(0)
+    return make_agent(OBS, ACT, NET, SAC, device=device, capturable=capturable)
+
+
+def _run(mode: str, device: str, n: int = 5):
+    agent = _agent(device, capturable=mode.endswith("graph"))
+    batches = _batches(n, device)
+    fn = make_bundle_fn(agent, SAC, mode, example=batches[0])
+    infos = [{k: v.clone() for k, v in fn(b).items()} for b in batches]
+    return agent, infos
+
+
+def _assert_same(a, b, atol=1e-4):
+    (agent_a, infos_a), (agent_b, infos_b) = a, b
+    for ia, ib in zip(infos_a, infos_b):
+        for k in ia:
+            torch.testing.assert_close(ia[k].cpu(), ib[k].cpu(), atol=atol, rtol=1e-4, msg=k)
+    for name in ("actor", "critic", "target_critic", "temperature"):
+        for pa, pb in zip(getattr(agent_a, name).parameters(), getattr(agent_b, name).parameters()):
+            torch.testing.assert_close(pa.detach().cpu(), pb.detach().cpu(), atol=atol, rtol=1e-4)
+
+
+def test_pinned_bundles_are_deterministic(pinned_randomness):
+    _assert_same(_run("eager", "cpu"), _run("eager", "cpu"), atol=0)
+
+
+@pytest.mark.slow
+def test_compiled_bundle_matches_eager_on_cpu(pinned_randomness):
+    _assert_same(_run("eager", "cpu"), _run("compile", "cpu"))
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_cuda_graph_bundle_matches_eager(pinned_randomness):
+    """Capture warm-up runs on the real agent; its state must be restored, so five graph replays
+    give the same parameters as five eager bundles."""
+    _assert_same(_run("eager", "cuda"), _run("cuda_graph", "cuda"))
+
+
+@cuda
+def test_compiled_cuda_graph_bundle_matches_eager(pinned_randomness):
+    _assert_same(_run("eager", "cuda"), _run("compile_graph", "cuda"), atol=1e-3)
+
+
+def test_graph_modes_are_refused_on_cpu():
+    agent = _agent("cpu", capturable=False)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        make_bundle_fn(agent, SAC, "cuda_graph", example=_batches(1, "cpu")[0])
