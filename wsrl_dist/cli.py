@@ -37,6 +37,25 @@ def _load(items: list[str], extra: list[str] | None = None):
     return config.load(files, sets + (extra or []))
 
 
+def _load_run(run_dir: str, items: list[str], extra: list[str]):
+    """The config a run was started with (its run dir's config.yaml), plus new overrides."""
+    import yaml
+
+    from wsrl_dist import config
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise SystemExit(f"wsrl-dist: no config.yaml in {run_dir}: not a run directory")
+    cfg = config.from_dict(yaml.safe_load(path.read_text()))
+    files, sets = _split(items)
+    for f in files:
+        config.merge(cfg, config._read_yaml(Path(f)))
+    for o in sets + extra:
+        config.merge(cfg, config.parse_override(o))
+    cfg.run.run_dir = str(run_dir)
+    return cfg.validate()
+
+
 def _command() -> str:
     return "wsrl-dist " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -77,16 +96,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd in ("run", "pretrain", "launch"):
-        extra = []
-        if args.resume:
-            extra = [f"run.run_dir={args.resume}"]
-        if args.cmd == "pretrain":
-            extra += ["finetune.online_steps=0"]
-        cfg = _load(args.items, extra)
+        if args.resume and args.cmd == "launch":
+            from wsrl_dist.runtime import driver
+
+            print(f"run dir: {driver.resume(args.resume, _command())}")
+            return 0
+        extra = ["finetune.online_steps=0"] if args.cmd == "pretrain" else []
+        cfg = _load_run(args.resume, args.items, extra) if args.resume else _load(args.items, extra)
         if args.cmd == "launch":
             from wsrl_dist.runtime import driver
 
-            run_dir = driver.launch(cfg, _command(), resume=bool(args.resume))
+            run_dir = driver.launch(cfg, _command())
         else:
             from wsrl_dist import local
 
