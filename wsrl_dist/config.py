@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class DatasetConfig:
     build_transitions: int = 100_000  # builder: rows written
     build_train_steps: int | None = None  # builder: SAC env steps for the behaviour policy (None: recipe)
     build_target_return: float | None = None  # builder: stop training at this return (None: recipe)
+    build_hidden: list[int] = field(default_factory=lambda: [256, 256])  # behaviour policy nets
+    build_random_steps: int = 5_000  # builder: uniform-random actions before SAC updates start
+    build_eval_every: int = 10_000  # builder: env steps between behaviour-policy evaluations
 
 
 @dataclass
@@ -98,11 +102,16 @@ class RunConfig:
     run: RunSection = field(default_factory=RunSection)
 
     def validate(self) -> RunConfig:
-        self.net.validate()
-        self.sac.validate()
-        self.pretrain.cql.validate()
-        self.pretrain.iql.validate()
-        self.runtime.validate()
+        try:  # section checks raise ValueError; the CLI reports ConfigError cleanly, not as a traceback
+            self.net.validate()
+            self.sac.validate()
+            self.pretrain.cql.validate()
+            self.pretrain.iql.validate()
+            self.runtime.validate()
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
         _check_choice("pretrain.algo", self.pretrain.algo, ("calql", "cql", "iql", "none"))
         _check_choice("finetune.method", self.finetune.method, FINETUNE_METHODS)
         _check_choice("dataset.source", self.dataset.source, ("auto", "d4rl", "minari", "built"))
@@ -130,6 +139,9 @@ class RunConfig:
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+
+
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -164,6 +176,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_RE.match(value):
+            return float(value)  # PyYAML (YAML 1.1) reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -177,7 +191,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 def merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     """Apply a nested mapping onto dataclass `obj` in place, strictly."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in data.items():
@@ -235,7 +249,9 @@ def load(paths: list[str | Path] | None = None, overrides: list[str] | None = No
     # the task name decides which family YAML to layer, so find it before merging
     task_name = "hopper-medium-v2"
     for layer in [_read_yaml(CONFIG_DIR / "wsrl.yaml"), *user, *sets]:
-        task_name = (layer.get("task") or {}).get("name", task_name)
+        task = layer.get("task")
+        if isinstance(task, dict) and isinstance(task.get("name"), str):
+            task_name = task["name"]  # other shapes and types fail in merge() below, naming the key
     layers = [_read_yaml(CONFIG_DIR / "wsrl.yaml"), _read_yaml(family_config_path(task_name))]
     cfg = RunConfig()
     for layer in [*layers, *user, *sets]:

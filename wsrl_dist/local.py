@@ -200,11 +200,11 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
                       utd_actual=(c.updates - last_log[2]) / max(c.env_steps - last_log[1], 1))
             bar.set_postfix(critic=f"{vals.get('critic_loss', 0):.3g}", q=f"{vals.get('q_mean', 0):.3g}")
             last_log = (now, c.env_steps, c.updates)
-        if c.env_steps == K and K > 0:
-            _evaluate(agent, cfg, task, log, c, "after_warmup", t0)
-        if c.env_steps >= c.next_eval:
-            _evaluate(agent, cfg, task, log, c, "online", t0)
-            c.next_eval += ft.eval_every
+        warmup_done = K > 0 and c.env_steps == K
+        if warmup_done or c.env_steps >= c.next_eval:  # one eval per step, warmup's end labelled
+            _evaluate(agent, cfg, task, log, c, "after_warmup" if warmup_done else "online", t0)
+            while c.next_eval <= c.env_steps:
+                c.next_eval += ft.eval_every
         if c.env_steps >= c.next_checkpoint:
             _save(run_dir, agent, buffer, c, rng)
             c.next_checkpoint += cfg.run.checkpoint_every
