@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 import yaml
-from ray.exceptions import RayError
+from ray.exceptions import ActorUnavailableError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from wsrl_dist import job
@@ -72,11 +72,18 @@ class Job:
         gpus = rt.learner_gpus
         if gpus is None:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and self.cfg.run.device != "cpu" else 0
-        self.store = ray.remote(WeightStore).options(num_cpus=0).remote()
-        self.learner = ray.remote(Learner).options(num_cpus=1, num_gpus=gpus, max_concurrency=8).remote(
-            self.cfg_dict, self.store)
+        # Losing a rollout node must not take the job's state along: the store (no CPU, metadata
+        # only) lives on the driver's node, shards on the learner's (hard affinity; Ray's soft
+        # affinity spills zero-CPU actors off a node whose CPUs are taken). A CPU learner prefers
+        # the driver's node; a GPU learner goes where the GPU is.
+        here = _on_this_node()
+        opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus, "max_concurrency": 8}
+        if not gpus:
+            opts["scheduling_strategy"] = _on_this_node(soft=True)
+        self.store = ray.remote(WeightStore).options(num_cpus=0, scheduling_strategy=here).remote()
+        self.learner = ray.remote(Learner).options(**opts).remote(self.cfg_dict, self.store)
         self.learner_node = ray.get(self.learner.ping.remote())
-        near = NodeAffinitySchedulingStrategy(self.learner_node, soft=True)
+        near = NodeAffinitySchedulingStrategy(self.learner_node, soft=False)
         task = self.cfg.task.spec()
         from wsrl_dist.envs.make import obs_act_dims
 
@@ -93,8 +100,7 @@ class Job:
 
     def _make_controller(self) -> Any:
         name = controller_name(str(self.run_dir))
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        opts = dict(name=name, namespace=NAMESPACE, num_cpus=0, scheduling_strategy=here)
+        opts = dict(name=name, namespace=NAMESPACE, num_cpus=0, scheduling_strategy=_on_this_node())
         try:
             return ray.remote(JobController).options(**opts).remote(str(self.run_dir))
         except ValueError:  # a killed driver's controller can outlive it for a moment
@@ -115,10 +121,17 @@ class Job:
         return sum(ray.get([s.env_steps.remote() for s in self.shards]))
 
     def _tick(self, phase: str, every: float = 0.0) -> None:
-        """Poll all stats once; `every` skips the tick if the last one is more recent than that."""
+        """Poll all stats once; `every` skips the tick if the last one is more recent than that.
+        A transient ActorUnavailableError (e.g. while a node is being declared dead) skips a tick."""
         if time.time() - self.last_tick < every:
             return
         self.last_tick = time.time()
+        try:
+            self._poll_and_record(phase)
+        except ActorUnavailableError as e:
+            log.warning("monitor tick skipped: %s", e)
+
+    def _poll_and_record(self, phase: str) -> None:
         lrn_ref, version_ref = self.learner.stats.remote(), self.store.get_version.remote()
         shards = ray.get([s.stats.remote() for s in self.shards])
         lrn, version = ray.get([lrn_ref, version_ref])
@@ -163,8 +176,7 @@ class Job:
             return
         version, refs = ray.get(self.store.latest.remote(-1))
         steps = self._env_steps()
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        ref = _evaluate.options(scheduling_strategy=here).remote(self.cfg_dict, refs[0], version)
+        ref = _evaluate.options(scheduling_strategy=_on_this_node()).remote(self.cfg_dict, refs[0], version)
         self.evals.append((ref, steps, phase, version))
 
     def _collect_evals(self, wait: bool = False) -> None:
@@ -266,7 +278,11 @@ class Job:
             if ray.wait([train_ref], timeout=0)[0]:
                 ray.get(train_ref)  # raises the learner's error; it never ends on its own
                 raise RuntimeError("the learner stopped before the online stage was over")
-            for n in ray.get(self.controller.take_requests.remote()):
+            try:
+                requests = ray.get(self.controller.take_requests.remote())
+            except ActorUnavailableError:
+                requests = []
+            for n in requests:
                 self.c["workers_target"] = n
                 self.sup.scale(n)
             self.sup.supervise()
@@ -309,6 +325,7 @@ class Job:
                 self.run_dir, stages=self.stages, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                 env_steps=self._env_steps(), critic_updates=lrn["critic_updates"],
                 weights_version=lrn["version"], worker_restarts=self.sup.restarts,
+                workers=self.monitor.view["workers"],
                 dropped_env_steps=self.c["dropped"], wall_time_s=self._wall())
         finally:
             if server is not None:
@@ -317,6 +334,10 @@ class Job:
             self.log.close()
         write_report(self.run_dir)
         return self.run_dir
+
+
+def _on_this_node(soft: bool = False) -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=soft)
 
 
 def _start_metrics(snapshot_fn, rt) -> MetricsServer:

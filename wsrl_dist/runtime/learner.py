@@ -213,6 +213,7 @@ class Learner:
             parts = ray.get(pending if pending is not None else self._request())
             pending = self._request() if self.cfg.runtime.prefetch else None  # overlap with the update
             batch = self._assemble(parts)
+            # bundle, counters and publish under one lock: a checkpoint sees all of them or none
             with self._agent_lock:
                 if self._bundle is None:  # built on first use: CUDA-graph capture needs a batch
                     self._bundle = make_bundle_fn(self.agent, self.cfg.sac, self.mode, example=batch)
@@ -220,10 +221,10 @@ class Learner:
                 self.bundles += 1
                 if self.bundles % 20 == 1:  # CPU-GPU sync, once every 20 bundles
                     self.last_info = {k: float(v) for k, v in info.items()}
-            with self._lock:
-                self.limiter.record_updates(utd)
-            if self.bundles % self.cfg.runtime.publish_every == 0:
-                self.publish()
+                with self._lock:
+                    self.limiter.record_updates(utd)
+                if self.bundles % self.cfg.runtime.publish_every == 0:
+                    self.publish()
             self.step_hist.observe(time.perf_counter() - t0)
         if pending is not None:
             ray.get(pending)

@@ -1,0 +1,74 @@
+"""Resume after the driver process is killed mid-run: the restored counters equal the checkpoint's,
+and the resumed job ends with the same totals an uninterrupted run has."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tests.runtime.conftest import read_records, run_json
+from wsrl_dist.runtime import checkpoint
+from wsrl_dist.runtime.learner import first_update_step
+
+K, TOTAL, UTD = 100, 700, 4
+REPO = Path(__file__).resolve().parents[2]
+OVERRIDES = [f"finetune.warmup_steps={K}", f"finetune.online_steps={TOTAL}", "finetune.eval_every=100000",
+             "run.checkpoint_every=150", "runtime.num_workers=2", "runtime.utd_slack=16",
+             "runtime.rollout_slack=32"]
+CHILD = """
+import sys
+from tests.runtime.conftest import tiny_config
+from wsrl_dist.runtime import driver
+cfg = tiny_config(sys.argv[1], f"runtime.address={sys.argv[2]}", *sys.argv[3:])
+driver.launch(cfg, "pytest child")
+"""
+
+
+def test_resume_after_driver_kill_restores_identical_counters_and_finishes(ray_local, tmp_path):
+    from tests.runtime.conftest import tiny_config
+    from wsrl_dist.runtime import driver
+
+    run_dir = tmp_path / "resume"
+    log = open(tmp_path / "child.log", "w")
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(run_dir), ray_local, *OVERRIDES],
+                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    saved = None
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 180 and child.poll() is None:
+            path = checkpoint.latest(run_dir)
+            if path is not None:
+                saved = json.loads((path / "meta.json").read_text())["counters"]
+                if saved["env_steps"] >= 300:
+                    break
+            time.sleep(0.2)
+        assert child.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
+        os.kill(child.pid, signal.SIGKILL)  # the driver dies; its actors die with it
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert saved is not None and K < saved["env_steps"] < TOTAL
+
+    cfg_done = driver.resume(run_dir)
+    info = run_json(cfg_done)
+    back = info["resumed_from"]
+    assert back["saved"] == back["restored"]  # env steps, critic updates, weight version, bundles
+    assert back["saved"]["env_steps"] >= saved["env_steps"]
+    first = first_update_step(tiny_config(run_dir, *OVERRIDES))
+    assert (info["env_steps"], info["critic_updates"]) == (TOTAL, UTD * (TOTAL - first))
+    assert info["weights_version"] == info["critic_updates"] // UTD
+    _, shards, _ = checkpoint.load(checkpoint.latest(run_dir))
+    assert shards[0]["ring"]["total_inserted"] == TOTAL
+    versions = shards[0]["ring"]["arrays"]["policy_versions"]
+    assert (versions[:K] == 0).all() and versions.max() > back["saved"]["version"]
+    tps = read_records(run_dir, "throughput")
+    walls = [r["wall_time"] for r in tps]
+    assert np.all(np.diff(walls) > -1.0)  # the resumed job's clock continues the first one's

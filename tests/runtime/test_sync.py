@@ -1,0 +1,88 @@
+"""1 worker, 1 shard, synchronous limiter (no slack either side, no prefetch), after a real pretrain
+stage on the learner: exact counters, causal weight versions, and local.py's step counting."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.runtime.conftest import read_records, run_json, tiny_config
+from wsrl_dist.runtime import checkpoint
+from wsrl_dist.runtime.learner import first_update_step
+
+K, TOTAL, UTD = 150, 300, 4
+
+
+def write_d4rl_file(path, n=400, seed=0):
+    """A small D4RL-layout HDF5 with InvertedPendulum dims (obs 4, act 1)."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        f["observations"] = rng.normal(size=(n, 4)).astype(np.float32)
+        f["next_observations"] = rng.normal(size=(n, 4)).astype(np.float32)
+        f["actions"] = rng.uniform(-1, 1, size=(n, 1)).astype(np.float32)
+        f["rewards"] = np.ones(n, np.float32)
+        f["terminals"] = (np.arange(n) % 100 == 99).astype(np.float32)
+        f["timeouts"] = np.zeros(n, np.float32)
+
+
+def sync_overrides(data):
+    return [f"finetune.warmup_steps={K}", f"finetune.online_steps={TOTAL}", "finetune.method=wsrl",
+            "pretrain.algo=cql", "pretrain.steps=30", "pretrain.batch_size=32", "dataset.source=d4rl",
+            f"dataset.path={data}", "finetune.eval_every=100000", "run.checkpoint_every=100000",
+            "runtime.num_workers=1", "runtime.num_shards=1", "runtime.chunk_size=1",
+            "runtime.utd_slack=0", "runtime.rollout_slack=1", "runtime.prefetch=false"]
+
+
+@pytest.fixture(scope="module")
+def sync_run(ray_local, tmp_path_factory):
+    from wsrl_dist.runtime import driver
+
+    tmp = tmp_path_factory.mktemp("sync")
+    write_d4rl_file(tmp / "data.hdf5")
+    cfg = tiny_config(tmp / "sync", *sync_overrides(tmp / "data.hdf5"))
+    return cfg, driver.launch(cfg, "pytest sync")
+
+
+def test_pretrain_stage_runs_on_the_learner_and_saves_the_pretrained_agent(sync_run):
+    cfg, run_dir = sync_run
+    info = run_json(run_dir)
+    assert info["stages"]["pretrain"]["pretrain_steps"] == 30
+    assert (run_dir / "checkpoints" / "pretrained.pt").is_file()
+    assert [e["phase"] for e in read_records(run_dir, "eval")][0] == "pretrained"
+
+
+def test_synchronous_run_makes_exactly_utd_updates_per_env_step_after_the_first_update_step(sync_run):
+    cfg, run_dir = sync_run
+    first = first_update_step(cfg)
+    assert first == max(K, UTD * 32) + 1
+    info = run_json(run_dir)
+    assert info["stages"]["warmup"] == {**info["stages"]["warmup"], "env_steps": K, "critic_updates": 0}
+    assert (info["env_steps"], info["critic_updates"]) == (TOTAL, UTD * (TOTAL - first))
+    assert info["weights_version"] == TOTAL - first  # one publish per bundle
+    for r in read_records(run_dir, "throughput"):
+        if r["phase"] == "online":
+            gap = r["critic_updates"] - UTD * max(0, r["learner_env_steps"] - first)
+            assert -2 * UTD <= gap <= 0, r  # never ahead; behind by at most the step in flight
+
+
+def test_rows_are_stamped_with_versions_that_existed_when_they_were_acted(sync_run):
+    cfg, run_dir = sync_run
+    first = first_update_step(cfg)
+    _, shards, _ = checkpoint.load(checkpoint.latest(run_dir))
+    versions = shards[0]["ring"]["arrays"]["policy_versions"]  # one worker: row i is env step i + 1
+    steps = np.arange(1, TOTAL + 1)
+    bound = np.maximum(0, steps - 1 - first)  # bundles that can exist when step e is acted
+    assert (versions <= bound).all()
+    assert (np.diff(versions) >= 0).all()
+    assert versions[-1] > 0 and (bound - versions)[first:].mean() < 8
+
+
+def test_counters_match_the_single_process_reference(sync_run, tmp_path):
+    from wsrl_dist import local
+
+    cfg, run_dir = sync_run
+    ref_cfg = tiny_config(tmp_path / "local", *sync_overrides(cfg.dataset.path))
+    ref = run_json(local.run(ref_cfg, "pytest local"))
+    info = run_json(run_dir)
+    assert (info["env_steps"], info["critic_updates"]) == (ref["env_steps"], ref["critic_updates"])
