@@ -86,3 +86,30 @@ def test_counters_match_the_single_process_reference(sync_run, tmp_path):
     ref = run_json(local.run(ref_cfg, "pytest local"))
     info = run_json(run_dir)
     assert (info["env_steps"], info["critic_updates"]) == (ref["env_steps"], ref["critic_updates"])
+
+
+def test_retention_baseline_samples_offline_rows_on_the_learner_never_in_the_shards(ray_local, tmp_path):
+    from wsrl_dist.runtime import driver
+
+    write_d4rl_file(tmp_path / "data.hdf5")
+    total, k = 200, 50
+    cfg = tiny_config(tmp_path / "rlpd", "finetune.method=rlpd", f"finetune.warmup_steps={k}",
+                      f"finetune.online_steps={total}", "finetune.eval_every=100000", "dataset.source=d4rl",
+                      f"dataset.path={tmp_path / 'data.hdf5'}", "run.checkpoint_every=100000",
+                      "runtime.num_workers=1")
+    run_dir = driver.launch(cfg, "pytest rlpd")
+    info = run_json(run_dir)
+    assert info["stages"]["online"]["offline_rows_per_bundle"] == UTD * 32 // 2  # RLPD's 50/50
+    assert first_update_step(cfg) == max(k, UTD * 32 // 2) + 1  # online rows alone gate the start
+    assert info["critic_updates"] == UTD * (total - first_update_step(cfg))
+    _, shards, _ = checkpoint.load(checkpoint.latest(run_dir))
+    assert shards[0]["ring"]["total_inserted"] == total  # the 400 offline rows never entered replay
+
+
+def test_methods_that_keep_the_offline_loss_online_are_refused_by_the_ray_job(ray_local, tmp_path):
+    from wsrl_dist.runtime import driver
+
+    cfg = tiny_config(tmp_path / "refused", "finetune.method=offline_continued", "pretrain.algo=cql")
+    with pytest.raises(ValueError, match="local.py"):
+        driver.launch(cfg, "pytest refused")
+    assert not (tmp_path / "refused").exists()

@@ -49,8 +49,14 @@ def _evaluate(cfg: dict, weights: dict, version: int) -> dict[str, Any]:
     return evaluate(policy, task, c.finetune.eval_episodes, c.run.seed)
 
 
+UNSUPPORTED_METHODS = ("offline_continued", "offline_retained")  # keep the offline loss online
+
+
 class Job:
     def __init__(self, cfg: RunConfig, command: str, resume_from: Path | None = None):
+        if cfg.finetune.method in UNSUPPORTED_METHODS:
+            raise ValueError(f"finetune.method={cfg.finetune.method} keeps the pre-training loss online; "
+                             "the Ray learner runs SAC bundles only: use `wsrl-dist run` (local.py)")
         self.cfg, self.rt, self.command = cfg, cfg.runtime, command
         self.run_dir = job.prepare_run_dir(cfg, command, extra={"runtime": "ray", "utd_target": cfg.sac.utd})
         self.resume_from = resume_from
@@ -297,8 +303,9 @@ class Job:
             self._tick("online")
             time.sleep(self.rt.monitor_interval)
         self.learner.finish.remote()
-        self._call(train_ref, "online")
-        self.stages["online"] = {"wall_s": time.time() - t0}
+        final = self._call(train_ref, "online")
+        self.stages["online"] = {"wall_s": time.time() - t0, "bundles": final["bundles"],
+                                 "offline_rows_per_bundle": final["offline_rows_per_bundle"]}
 
     def run(self) -> Path:
         self.log = MetricsLog(self.run_dir)

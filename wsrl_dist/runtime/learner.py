@@ -184,7 +184,7 @@ class Learner:
     def _wait_for_room(self) -> bool:
         """Block until the limiter allows a bundle; False once finish() is set and, with the shard
         counts read after it, no whole bundle is still owed."""
-        t0, waited, fresh = time.perf_counter(), False, False
+        t0, waited, fresh, polls = time.perf_counter(), False, False, 0
         while True:
             with self._lock:
                 avail = self.limiter.bundles_available(self.env_steps, self.cfg.sac.utd)
@@ -197,8 +197,9 @@ class Learner:
             if fresh and owed < self.cfg.sac.utd:
                 return False
             finishing = self._finish.is_set()
-            if waited:
-                time.sleep(0.001)
+            if waited:  # poll the shards at up to 1 kHz, backing off to 100 Hz while starved
+                time.sleep(min(0.01, 0.001 * 2 ** min(polls, 4)))
+            polls += waited
             waited = True
             self._poll_env_steps()
             fresh = finishing
@@ -242,6 +243,7 @@ class Learner:
             "limiter_blocked_seconds": lim["blocked_seconds"], "losses": dict(self.last_info),
             "train_seconds": self.train_seconds, "step_hist": self.step_hist.to_dict(),
             "publish_hist": self.publish_hist.to_dict(), "device": str(self.device),
+            "offline_rows_per_bundle": self.cfg.sac.utd * self.cfg.sac.batch_size - self.online_rows,
         }
         if self.device.type == "cuda":
             out["gpu_memory_bytes"] = int(torch.cuda.memory_allocated(self.device))
