@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from wsrl_dist import job
 from wsrl_dist.config import RunConfig, from_dict
+from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.ops.metrics import MetricsServer
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.runtime import checkpoint as ckpt
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 def _evaluate(cfg: dict, weights: dict, version: int) -> dict[str, Any]:
     """Deterministic evaluation of one weights version (a Ray task, off the monitor loop)."""
     from wsrl_dist.algo.policy import Policy
-    from wsrl_dist.envs.make import obs_act_dims
     from wsrl_dist.evaluation import evaluate
 
     c = from_dict(cfg)
@@ -91,8 +91,6 @@ class Job:
         self.learner_node = ray.get(self.learner.ping.remote())
         near = NodeAffinitySchedulingStrategy(self.learner_node, soft=False)
         task = self.cfg.task.spec()
-        from wsrl_dist.envs.make import obs_act_dims
-
         obs_dim, act_dim = obs_act_dims(task)
         capacity = -(-self.cfg.finetune.replay_capacity // rt.num_shards)
         self.shards = [ray.remote(ReplayShard).options(num_cpus=rt.shard_cpus, scheduling_strategy=near)
@@ -214,6 +212,8 @@ class Job:
 
     def _restore(self) -> dict[str, Any]:
         learner_state, shard_states, counters = ckpt.load(self.resume_from)
+        if job.offline_ratio(self.cfg) > 0:  # retention baselines: the offline sampler again
+            self._call(self.learner.prepare.remote(pretrain=False), "online")
         if len(shard_states) != len(self.shards):
             raise ValueError(f"checkpoint has {len(shard_states)} shards, runtime.num_shards is "
                              f"{len(self.shards)}: resume with the same runtime.num_shards")

@@ -85,21 +85,22 @@ class Learner:
         self.shard_sizes = [0] * len(self.shards)
 
     # ------------------------------------------------------------------ stage 1
-    def prepare(self) -> dict[str, Any]:
-        """Pretrain (when the method asks) and/or load offline data for retention baselines."""
+    def prepare(self, pretrain: bool = True) -> dict[str, Any]:
+        """Pretrain or load the pre-trained agent (when the method asks) and load offline data for
+        retention baselines. A resumed job passes pretrain=False: only the offline sampler returns."""
         c, t0, out = self.cfg, time.time(), {"pretrain_steps": 0}
-        pretrain = job.uses_pretraining(c) and not c.pretrain.checkpoint
-        if pretrain or self.ratio > 0:
+        warm = pretrain and job.uses_pretraining(c)
+        if (warm and not c.pretrain.checkpoint) or self.ratio > 0:
             dataset = job.load_offline_dataset(c, self.task, progress=False)
             sampler = DeviceSampler(training_arrays(dataset, self.task, c.sac.discount), self.device,
                                     c.run.seed)
             out["dataset"] = dataset.source
-            if pretrain:
+            if warm and not c.pretrain.checkpoint:
                 with self._agent_lock:
                     pretrain_agent(self.agent, sampler, c, on_log=lambda s, i: out.update(last=i))
                 out["pretrain_steps"] = c.pretrain.steps
             self.offline = sampler if self.ratio > 0 else None  # WSRL drops the offline data here
-        elif job.uses_pretraining(c):
+        if warm and c.pretrain.checkpoint:
             job.load_agent(c.pretrain.checkpoint, self.agent)
             out["loaded"] = c.pretrain.checkpoint
         out["seconds"] = time.time() - t0

@@ -33,6 +33,7 @@ class Slot:
     ping: Any = None  # pending ping() while (re)starting
     since: float = field(default_factory=time.time)
     stats: dict[str, Any] = field(default_factory=dict)
+    replaced: int = 0  # fresh actors made since this slot last came up
 
 
 class Supervisor:
@@ -57,6 +58,10 @@ class Supervisor:
         slot.state, slot.ping, slot.since, slot.ref = state, slot.handle.ping.remote(), time.time(), None
 
     def _replace(self, slot: Slot) -> None:
+        if slot.replaced > self.rt.max_restarts:  # e.g. its constructor fails every time
+            raise RuntimeError(f"rollout worker {slot.wid} could not be started "
+                               f"{slot.replaced} times in a row; see its actor's log")
+        slot.replaced += 1
         ray.kill(slot.handle, no_restart=True)
         slot.handle = self._actor(slot.wid)
         self._await_start(slot, "restarting")
@@ -138,7 +143,7 @@ class Supervisor:
             return
         if slot.state == "restarting":
             self.restarts += 1
-        slot.state, slot.ping = "idle", None
+        slot.state, slot.ping, slot.replaced = "idle", None, 0
         if self.online:
             slot.ref, slot.state = slot.handle.run.remote(), "running"
 
