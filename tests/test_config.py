@@ -1,0 +1,230 @@
+"""Config system (wsrl_dist.config): YAML layering by task family, strict overrides, round trips."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wsrl_dist import config
+from wsrl_dist.config import ConfigError, RunConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- layering
+
+
+def test_defaults_come_from_wsrl_yaml_reference_values():
+    cfg = config.load()
+    assert cfg.sac.critic_ensemble_size == 10 and cfg.sac.critic_subsample_size == 2
+    assert cfg.sac.utd == 4 and cfg.sac.batch_size == 256
+    assert (cfg.sac.actor_lr, cfg.sac.critic_lr, cfg.sac.temperature_lr) == (1e-4, 3e-4, 1e-4)
+    assert cfg.sac.backup_entropy is False and cfg.finetune.warmup_steps == 5000
+    assert cfg.net.layer_norm is True
+
+
+def test_antmaze_task_layers_the_antmaze_family_yaml():
+    cfg = config.load(overrides=["task.name=antmaze-large-diverse-v2"])
+    assert cfg.net.critic_hidden == [256] * 4 and cfg.net.actor_hidden == [256, 256]
+    assert cfg.net.std_parameterization == "uniform"
+    assert cfg.sac.max_target_backup is True
+    assert cfg.pretrain.algo == "calql" and cfg.pretrain.steps == 1_000_000
+    assert cfg.pretrain.cql.cql_autotune_alpha is True and cfg.pretrain.cql.cql_target_action_gap == 0.8
+
+
+def test_locomotion_task_layers_the_locomotion_family_yaml():
+    cfg = config.load(overrides=["task.name=walker2d-medium-replay-v2"])
+    assert cfg.net.critic_hidden == [256, 256] and cfg.net.std_parameterization == "exp"
+    assert cfg.sac.max_target_backup is False
+    assert cfg.pretrain.algo == "cql" and cfg.pretrain.cql.cql_alpha == 5.0
+    assert cfg.pretrain.cql.cql_autotune_alpha is False and cfg.pretrain.steps == 250_000
+
+
+def test_kitchen_and_adroit_family_values():
+    kitchen = config.load(overrides=["task.name=kitchen-partial-v0"])
+    assert kitchen.net.critic_hidden == [512] * 3 and kitchen.net.kernel_scale_final is None
+    assert kitchen.pretrain.cql.cql_importance_sample is False and kitchen.pretrain.cql.cql_alpha == 5.0
+    adroit = config.load(overrides=["task.name=pen-binary-v0"])
+    assert adroit.net.actor_hidden == [512, 512] and adroit.pretrain.steps == 20_000
+    assert adroit.pretrain.cql.cql_alpha == 1.0
+
+
+def test_task_name_in_a_user_yaml_picks_the_family(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("task:\n  name: antmaze-umaze-v2\n")
+    assert config.load([user]).net.std_parameterization == "uniform"
+
+
+def test_user_yaml_overrides_the_family_and_set_overrides_the_user_yaml(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("net:\n  critic_hidden: [32, 32]\nsac:\n  utd: 8\n  critic_lr: 1.0e-3\n")
+    cfg = config.load([user], ["task.name=antmaze-large-play-v2", "sac.utd=2"])
+    assert cfg.net.critic_hidden == [32, 32]  # user file beat antmaze.yaml's 4x256
+    assert cfg.sac.utd == 2  # --set beat the user file
+    assert cfg.sac.critic_lr == 1e-3
+    assert cfg.net.std_parameterization == "uniform"  # untouched family value survives
+
+
+# ---------------------------------------------------------------- --set overrides
+
+
+@pytest.mark.parametrize("text, path, want", [
+    ("sac.utd=8", ("sac", "utd"), 8),
+    ("sac.actor_lr=1e-3", ("sac", "actor_lr"), 1e-3),  # YAML 1.1 reads this as a string: still a float
+    ("sac.critic_lr=0.002", ("sac", "critic_lr"), 0.002),
+    ("sac.discount=1", ("sac", "discount"), 1.0),  # int accepted where a float is declared
+    ("sac.backup_entropy=true", ("sac", "backup_entropy"), True),
+    ("net.critic_hidden=[64, 32]", ("net", "critic_hidden"), [64, 32]),
+    ("net.kernel_scale_final=null", ("net", "kernel_scale_final"), None),
+    ("sac.target_entropy=-2.5", ("sac", "target_entropy"), -2.5),
+    ("run.run_dir=/tmp/x=y", ("run", "run_dir"), "/tmp/x=y"),  # split at the first '=' only
+])
+def test_set_overrides_are_parsed_by_type(text, path, want):
+    cfg = config.load(overrides=[text])
+    got = getattr(getattr(cfg, path[0]), path[1])
+    assert got == want and type(got) is type(want)
+
+
+def test_later_overrides_win():
+    assert config.load(overrides=["sac.utd=3", "sac.utd=5"]).sac.utd == 5
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        config.parse_override("sac.utd")
+
+
+# ---------------------------------------------------------------- errors name the key
+
+
+@pytest.mark.parametrize("text, key, suggestion", [
+    ("sac.critc_lr=1.0", "sac.critc_lr", "sac.critic_lr"),
+    ("finetune.warmup_step=10", "finetune.warmup_step", "finetune.warmup_steps"),
+    ("pretrain.cql.cql_alpah=1.0", "pretrain.cql.cql_alpah", "pretrain.cql.cql_alpha"),
+])
+def test_unknown_key_error_names_the_dotted_path_and_the_nearest_key(text, key, suggestion):
+    with pytest.raises(ConfigError) as e:
+        config.load(overrides=[text])
+    assert f"'{key}'" in str(e.value) and f"'{suggestion}'" in str(e.value)
+
+
+def test_unknown_section_lists_the_valid_sections():
+    with pytest.raises(ConfigError, match="'zzz'.*sac"):
+        config.load(overrides=["zzz.a=1"])
+
+
+@pytest.mark.parametrize("text, key", [
+    ("sac.utd=abc", "sac.utd"),
+    ("sac.utd=2.5", "sac.utd"),
+    ("sac.utd=true", "sac.utd"),  # bool is not an int here
+    ("sac.actor_lr=fast", "sac.actor_lr"),
+    ("sac.backup_entropy=1", "sac.backup_entropy"),
+    ("net.critic_hidden=256", "net.critic_hidden"),
+    ("net.critic_hidden=[256, wide]", "net.critic_hidden[1]"),
+    ("task.name=5", "task.name"),
+    ("sac=3", "sac"),
+])
+def test_wrong_type_names_the_key(text, key):
+    with pytest.raises(ConfigError) as e:
+        config.load(overrides=[text])
+    assert str(e.value).startswith(f"{key}:")
+
+
+def test_section_checks_are_config_errors_naming_the_key():
+    with pytest.raises(ConfigError, match="sac.critic_subsample_size"):
+        config.load(overrides=["sac.critic_subsample_size=11"])
+    with pytest.raises(ConfigError, match="net.std_parameterization"):
+        config.load(overrides=["net.std_parameterization=softplus"])
+    with pytest.raises(ConfigError, match="finetune.offline_ratio"):
+        config.load(overrides=["finetune.offline_ratio=1.0"])
+
+
+def test_unknown_task_is_a_config_error_naming_close_tasks():
+    with pytest.raises(ConfigError) as e:
+        config.load(overrides=["task.name=hoper-medium-v2"])
+    msg = str(e.value)
+    assert msg.startswith("task.name:") and "hopper-medium-v2" in msg
+
+
+@pytest.mark.parametrize("text, key", [
+    ("finetune.method=wsrl_plus", "finetune.method"),
+    ("pretrain.algo=bcq", "pretrain.algo"),
+    ("dataset.source=s3", "dataset.source"),
+    ("run.fast_path=jit", "run.fast_path"),
+])
+def test_bad_choice_values_name_the_key_and_the_choices(text, key):
+    with pytest.raises(ConfigError) as e:
+        config.load(overrides=[text])
+    assert str(e.value).startswith(f"{key}:")
+
+
+@pytest.mark.parametrize("body", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_yaml_file_that_is_not_a_mapping_is_rejected(tmp_path, body):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match="bad.yaml.*mapping"):
+        config.load([path])
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("sac: {utd: [1,\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        config.load([path])
+
+
+def test_section_given_a_scalar_in_a_yaml_file_names_the_section(tmp_path):
+    path = tmp_path / "flat.yaml"
+    path.write_text("task: hopper-medium-v2\n")
+    with pytest.raises(ConfigError, match="^task: expected a mapping"):
+        config.load([path])
+
+
+def test_empty_yaml_file_changes_nothing(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing\n")
+    assert config.load([path]) == config.load()
+
+
+# ---------------------------------------------------------------- round trips and hashes
+
+
+def test_from_dict_of_to_dict_round_trips():
+    cfg = config.load(overrides=["task.name=antmaze-medium-play-v2", "sac.utd=7", "sac.actor_lr=2e-4"])
+    again = config.from_dict(cfg.to_dict())
+    assert again == cfg and again.hash() == cfg.hash()
+    assert again.net.critic_hidden == [256] * 4
+
+
+def test_dumped_config_yaml_reloads_to_the_same_config(tmp_path):
+    cfg = config.load(overrides=["task.name=kitchen-mixed-v0", "sac.target_entropy=-3.0",
+                                 "net.kernel_scale_final=1e-3"])
+    cfg.dump(tmp_path / "config.yaml")
+    again = config.load([tmp_path / "config.yaml"])
+    assert again == cfg and again.hash() == cfg.hash()
+
+
+def test_from_dict_is_strict():
+    data = RunConfig().to_dict()
+    data["sac"]["utd_ratio"] = 4
+    with pytest.raises(ConfigError, match="sac.utd_ratio"):
+        config.from_dict(data)
+
+
+def test_hash_tracks_hyperparameters_but_not_run_dir_or_progress():
+    base = config.load()
+    assert config.load(overrides=["run.run_dir=/somewhere", "run.progress=false"]).hash() == base.hash()
+    assert config.load(overrides=["sac.critic_lr=0.0003000001"]).hash() != base.hash()
+    assert config.load(overrides=["run.seed=1"]).hash() != base.hash()
+    assert len(base.hash()) == 12 and int(base.hash(), 16) >= 0
+
+
+def test_hash_is_stable_across_interpreters():
+    code = "from wsrl_dist import config; print(config.load(overrides=['sac.utd=3']).hash())"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                           env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"}).stdout.strip()
+            for seed in ("1", "2")}
+    assert outs == {config.load(overrides=["sac.utd=3"]).hash()}
