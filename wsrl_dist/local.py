@@ -175,7 +175,9 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
                                                     if task.sparse_reward else None).astype(np.float32)
                 buffer.insert(ep, source="env")
                 episode = []
-            log.write("episode", env_steps=c.env_steps, episode_return=ep_return)
+            # our clock, as for every other record here (MetricsLog's own started earlier)
+            log.write("episode", env_steps=c.env_steps, episode_return=ep_return,
+                      wall_time=time.time() - t0)
             c.episodes += 1
             obs, _ = env.reset()
             ep_return = 0.0
