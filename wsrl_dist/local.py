@@ -203,7 +203,8 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
             bar.set_postfix(critic=f"{vals.get('critic_loss', 0):.3g}", q=f"{vals.get('q_mean', 0):.3g}")
             last_log = (now, c.env_steps, c.updates)
         warmup_done = K > 0 and c.env_steps == K
-        if warmup_done or c.env_steps >= c.next_eval:  # one eval per step, warmup's end labelled
+        last = c.env_steps == ft.online_steps  # the reference also evaluates at the end
+        if warmup_done or last or c.env_steps >= c.next_eval:  # one eval per step
             _evaluate(agent, cfg, task, log, c, "after_warmup" if warmup_done else "online", t0)
             while c.next_eval <= c.env_steps:
                 c.next_eval += ft.eval_every

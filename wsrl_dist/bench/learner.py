@@ -100,6 +100,29 @@ def time_variant(size: str, variant: str, device: torch.device, sac: SACConfig, 
     return rate
 
 
+def time_multiseed(size: str, seeds: int, device: torch.device, sac: SACConfig, seconds: float,
+                   compile: bool = False) -> float:
+    """Aggregate bundles/s of `seeds` independent learners replayed on concurrent streams."""
+    from wsrl_dist.algo.fast import MultiSeedBundles
+
+    agents, batches = [], []
+    for i in range(seeds):
+        torch.manual_seed(i)
+        agents.append(_agent(size, "stacked-graph", device, sac)[0])
+        batches.append(_batch(size, sac.utd * sac.batch_size, device))
+    multi = MultiSeedBundles(agents, sac, batches, compile=compile)
+    for _ in range(3):
+        multi(batches)
+    _sync(device)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(10):
+            multi(batches)
+        n += 10
+        _sync(device)
+    return seeds * n / (time.perf_counter() - t0)
+
+
 def run_anchor(path: str) -> dict[str, float]:
     """Run the reference anchor script and parse its 'variant bundles/s critic upd/s' rows."""
     proc = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=900)
@@ -121,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--anchor", default=None, help="path to shared/anchors/learner_bench.py")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off: fp32 like the anchor)")
+    ap.add_argument("--seeds", default="", help="multi-seed rows on GPU, e.g. 1,2,4,8 (aggregate rate)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
                           ("cpu" if args.device == "auto" else args.device))
@@ -147,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
                 rates[v] = time_variant(size, v, device, sac, args.seconds)
             except Exception as e:  # report and continue: one failing variant must not hide the rest
                 print(f"{size:<11}{v:<24} failed: {type(e).__name__}: {str(e)[:200]}")
+        for s in [int(x) for x in args.seeds.split(",") if x] if device.type == "cuda" else []:
+            for comp in (False, True):
+                name = f"multiseed-{'compile-' if comp else ''}graph-S{s}"
+                try:
+                    rates[name] = time_multiseed(size, s, device, sac, args.seconds, compile=comp)
+                except Exception as e:
+                    print(f"{size:<11}{name:<24} failed: {type(e).__name__}: {str(e)[:200]}")
         if size == "locomotion":
             rates.update(anchor)  # the anchor measures locomotion sizes only
         base = rates.get("naive-eager")
