@@ -77,6 +77,7 @@ class Learner:
         self.step_hist = Histogram(SECONDS_BUCKETS)
         self.publish_hist = Histogram(SECONDS_BUCKETS)
         self._publish_acks: list[Any] = []
+        self._train_start = (0.0, 0)  # (perf_counter, critic updates) when train() began
         self.set_shards(shards or [])
 
     def set_shards(self, shards: list) -> None:
@@ -208,6 +209,7 @@ class Learner:
     def train(self) -> dict[str, Any]:
         """Run bundles within the limiter until finish() and every owed update is done."""
         utd, t_start = self.cfg.sac.utd, time.perf_counter()
+        self._train_start = (t_start, self.limiter.updates)
         self.shard_sizes = [p["size"] for p in ray.get([s.sample.remote(0) for s in self.shards])]
         pending = None
         while self._wait_for_room():
@@ -238,16 +240,20 @@ class Learner:
         with self._lock:
             lim = self.limiter.state_dict()
             env_steps = self.env_steps
+        t0, u0 = self._train_start
+        elapsed = time.perf_counter() - t0 if t0 else 0.0
         out = {
             "critic_updates": lim["updates"], "bundles": self.bundles, "env_steps": env_steps,
+            "critic_updates_per_second": (lim["updates"] - u0) / elapsed if elapsed > 0 else 0.0,
             "granted_env_steps": lim["granted"], "version": self.version,
             "limiter_blocked_seconds": lim["blocked_seconds"], "losses": dict(self.last_info),
             "train_seconds": self.train_seconds, "step_hist": self.step_hist.to_dict(),
             "publish_hist": self.publish_hist.to_dict(), "device": str(self.device),
             "offline_rows_per_bundle": self.cfg.sac.utd * self.cfg.sac.batch_size - self.online_rows,
         }
-        if self.device.type == "cuda":
-            out["gpu_memory_bytes"] = int(torch.cuda.memory_allocated(self.device))
+        # 0 on a CPU learner: the series always exists, so the dashboard panel never goes blank
+        out["gpu_memory_bytes"] = (int(torch.cuda.memory_allocated(self.device))
+                                   if self.device.type == "cuda" else 0)
         return out
 
     def state_dict(self) -> dict[str, Any]:
