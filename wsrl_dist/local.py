@@ -191,16 +191,18 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
             else:
                 info = offline_step(agent, batch, online_loss, sac, cfg.pretrain.cql, cfg.pretrain.iql)
                 c.updates += 1
-        if c.env_steps % cfg.run.log_every == 0 and info:
+        if c.env_steps % cfg.run.log_every == 0:  # throughput in warmup too; losses once updating
             now = time.time()
             dt = max(now - last_log[0], 1e-9)
-            vals = {k: float(v) for k, v in info.items()}  # CPU-GPU sync once per log interval
-            log.write("train", env_steps=c.env_steps, critic_updates=c.updates, wall_time=now - t0, **vals)
             log.write("throughput", env_steps=c.env_steps, wall_time=now - t0,
                       env_steps_per_second=(c.env_steps - last_log[1]) / dt,
                       critic_updates_per_second=(c.updates - last_log[2]) / dt,
                       utd_actual=(c.updates - last_log[2]) / max(c.env_steps - last_log[1], 1))
-            bar.set_postfix(critic=f"{vals.get('critic_loss', 0):.3g}", q=f"{vals.get('q_mean', 0):.3g}")
+            if info:
+                vals = {k: float(v) for k, v in info.items()}  # CPU-GPU sync once per log interval
+                log.write("train", env_steps=c.env_steps, critic_updates=c.updates, wall_time=now - t0,
+                          **vals)
+                bar.set_postfix(critic=f"{vals.get('critic_loss', 0):.3g}", q=f"{vals.get('q_mean', 0):.3g}")
             last_log = (now, c.env_steps, c.updates)
         warmup_done = K > 0 and c.env_steps == K
         last = c.env_steps == ft.online_steps  # the reference also evaluates at the end
