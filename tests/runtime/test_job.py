@@ -117,7 +117,6 @@ def test_killed_worker_is_restarted_and_the_job_still_finishes(live):
     info = run_json(run_dir)
     assert info["worker_restarts"] >= 1
     assert info["env_steps"] == TOTAL  # steps lost with the killed chunk were handed out again
-    assert info["dropped_env_steps"] >= 0
 
 
 def test_metrics_endpoint_serves_the_job_snapshot(live):
