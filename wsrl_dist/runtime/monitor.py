@@ -50,7 +50,7 @@ class Monitor:
             lag.merge(w["lag_hist"])
         returns = [r for s in shards for r in s["recent_returns"]]
         acting = [w for wid, w in workers.items() if alive.get(wid) == "running"]
-        online = env_steps - self.first_update_step + 1
+        online = env_steps - self.first_update_step  # the limiter's count (limiter.py)
         self.view = {
             "phase": phase, "env_steps": env_steps, "critic_updates": updates,
             "env_steps_per_second": de / dt if dt > 0 else 0.0,

@@ -163,7 +163,7 @@ class RolloutWorker:
         blocked, backoff = 0.0, 0.0005
         try:
             while not self._stop.is_set():
-                want = self.chunk_size - self._buffered
+                want = max(self.num_envs, self.chunk_size - self._buffered)  # >= one vector step
                 g = ray.get(self.learner.acquire_env_steps.remote(want, self.num_envs, blocked))
                 blocked = 0.0
                 if g < 0:
