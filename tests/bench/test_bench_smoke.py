@@ -1,0 +1,75 @@
+"""Smoke tests of the rollout and replay benchmarks: tiny flags on inverted-pendulum-v5, each table row
+holds finite positive numbers. No timing is asserted (the machine is shared)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from wsrl_dist.bench import replay, rollout
+
+TASK = "inverted-pendulum-v5"
+NUM = re.compile(r"^-?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-?(nan|inf)$", re.IGNORECASE)
+
+
+def table_rows(out: str, first: str) -> list[tuple[list[str], list[float]]]:
+    """(words, numbers) of every printed line whose leading columns match `first` (a regex)."""
+    rows = []
+    for line in out.splitlines():
+        if re.match(first, line):
+            words = line.split()
+            rows.append((words, [float(w) for w in words if NUM.match(w)]))
+    return rows
+
+
+def assert_finite_positive(rows: list[tuple[list[str], list[float]]]) -> None:
+    for words, nums in rows:
+        assert nums, words
+        assert all(math.isfinite(x) and x > 0 for x in nums), words
+
+
+def test_rollout_single_worker_table_has_every_path_for_every_env_count(capsys):
+    assert rollout.main(["--task", TASK, "--parts", "single", "--seconds", "0.05", "--repeats", "1",
+                         "--envs-per-worker", "1", "--sweep-envs", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# command: wsrl-dist bench rollout --task inverted-pendulum-v5")
+    rows = table_rows(out, r"^\d+\s+(raw-env|policy|worker)\s")
+    assert sorted((w[0], w[1]) for w, _ in rows) == sorted(
+        (e, p) for e in ("1", "4") for p in ("raw-env", "policy", "worker"))
+    assert_finite_positive(rows)
+    assert re.search(r"# envs 1: policy-inference overhead -?[\d.]+%", out)
+
+
+def test_replay_local_table_compares_wire_path_with_raw_ring(capsys):
+    assert replay.main(["--task", TASK, "--parts", "local", "--seconds", "0.05", "--chunks", "64,256",
+                        "--capacity", "4096"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# command: wsrl-dist bench replay --task inverted-pendulum-v5")
+    rows = table_rows(out, r"^(insert|sample)\s")
+    assert [(w[0], w[1], w[3]) for w, _ in rows] == [
+        ("insert", "ring", "64"), ("insert", "shard", "64"), ("insert", "ring", "256"),
+        ("insert", "shard", "256"), ("sample", "ring", "1024"), ("sample", "shard", "1024")]
+    assert_finite_positive(rows)
+    assert not table_rows(out, r"^(insert|sample)\s+ray-")
+
+
+def test_ray_parts_report_scaling_and_sharded_replay_rates(capsys):
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        assert rollout.main(["--task", TASK, "--parts", "scaling", "--max-workers", "2", "--shards", "1",
+                             "--seconds", "0.3", "--warmup", "0.2", "--collect-steps", "128"]) == 0
+        assert replay.main(["--task", TASK, "--parts", "local,ray", "--seconds", "0.1", "--chunks", "64",
+                            "--shards", "1,2", "--capacity", "4096", "--window", "2"]) == 0
+        assert ray.is_initialized()  # the benchmarks leave a Ray they did not start running
+    finally:
+        ray.shutdown()
+    out = capsys.readouterr().out
+    scaling = table_rows(out, r"^\d+\s+\d+\s+[\d.]+\s")
+    assert [w[:2] for w, _ in scaling] == [["1", "1"], ["2", "1"]]
+    assert_finite_positive(scaling)
+    sharded = table_rows(out, r"^(insert|sample)\s+ray-")
+    assert sorted((w[1], w[2]) for w, _ in sharded) == sorted(
+        (p, s) for p in ("ray-feeders", "ray-serial", "ray-window") for s in ("1", "2"))
+    assert_finite_positive(sharded)
