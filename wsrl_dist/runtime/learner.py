@@ -249,6 +249,7 @@ class Learner:
             "limiter_blocked_seconds": lim["blocked_seconds"], "losses": dict(self.last_info),
             "train_seconds": self.train_seconds, "step_hist": self.step_hist.to_dict(),
             "publish_hist": self.publish_hist.to_dict(), "device": str(self.device),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],  # GPUs Ray gave this learner (placement)
             "offline_rows_per_bundle": self.cfg.sac.utd * self.cfg.sac.batch_size - self.online_rows,
         }
         # 0 on a CPU learner: the series always exists, so the dashboard panel never goes blank

@@ -59,6 +59,7 @@ class Monitor:
             "utd_cumulative": updates / online if online > 0 else None,
             "utd_target": self.utd_target,
             "learner_env_steps": learner.get("env_steps", 0),
+            "learner_device": learner.get("device"), "learner_gpu_ids": learner.get("gpu_ids"),
             "limiter_blocked_seconds": learner.get("limiter_blocked_seconds", {}),
             "replay": {i: {k: s[k] for k in ("size", "inserts", "samples", "rejected")}
                        for i, s in enumerate(shards)},
@@ -115,7 +116,7 @@ class Monitor:
                 "critic_updates_per_second", "utd_actual", "utd_cumulative", "utd_target",
                 "policy_lag", "weights_version", "workers_alive", "workers_target",
                 "worker_restarts_total", "dropped_env_steps", "workers", "learner_env_steps",
-                "env_steps_by_worker",
+                "env_steps_by_worker", "learner_device", "learner_gpu_ids",
                 "limiter_blocked_seconds", "episode_return", "updated_at")
         out = {k: v.get(k) for k in keep}
         out["replay_sizes"] = {i: r["size"] for i, r in v.get("replay", {}).items()}
