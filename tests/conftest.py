@@ -1,5 +1,5 @@
-"""tests/algo runs on 2 shared CPU cores: one intra-op thread avoids oversubscription (tiny nets
-become ~100x slower when two torch threads fight other processes for the cores)."""
+"""Every test runs on 2 shared CPU cores in CI: one torch intra-op thread avoids oversubscription
+(tiny nets become ~100x slower when two torch threads fight other processes for the cores)."""
 
 from __future__ import annotations
 

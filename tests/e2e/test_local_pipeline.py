@@ -19,15 +19,6 @@ from wsrl_dist.ops.report import read_metrics
 TASK = "inverted-pendulum-v5"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """2 shared cores: tiny nets run ~100x slower when two torch threads fight other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _cfg(run_dir: Path, *overrides: str, method: str = "sac_scratch") -> config.RunConfig:
     """Tiny nets (classic.yaml: 64x64) and batches; everything else the reference config."""
     return config.load(overrides=[

@@ -20,7 +20,7 @@ class Policy:
 
     def load(self, weights: dict[str, np.ndarray], version: int) -> None:
         """Load exported actor weights (Agent.export_policy) stamped with their version."""
-        self.actor.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+        self.actor.load_state_dict({k: torch.tensor(v) for k, v in weights.items()})  # copies: Ray arrays are read-only
         self.version = int(version)
 
     @torch.no_grad()
