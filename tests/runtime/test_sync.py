@@ -113,3 +113,15 @@ def test_methods_that_keep_the_offline_loss_online_are_refused_by_the_ray_job(ra
     with pytest.raises(ValueError, match="local.py"):
         driver.launch(cfg, "pytest refused")
     assert not (tmp_path / "refused").exists()
+
+
+def test_learner_time_split_accounts_for_its_online_wall_time(sync_run):
+    """The split of the learner's loop (limiter wait, sampling, host-to-device, update, publish) is
+    recorded; in a synchronous run the learner mostly waits on the limiter for the next env step."""
+    _, run_dir = sync_run
+    info = run_json(run_dir)
+    split = info["learner_time_split_s"]
+    assert set(split) == {"limiter_wait", "sample_wait", "assemble_to_device", "update_launch", "publish"}
+    assert all(v >= 0 for v in split.values())
+    assert split["update_launch"] > 0 and split["sample_wait"] > 0
+    assert sum(split.values()) <= info["stages"]["online"]["wall_s"] + 1.0

@@ -332,7 +332,7 @@ class Job:
                 self.run_dir, stages=self.stages, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                 env_steps=self._env_steps(), critic_updates=lrn["critic_updates"],
                 weights_version=lrn["version"], worker_restarts=self.sup.restarts,
-                workers=self.monitor.view["workers"],
+                learner_time_split_s=lrn["time_split_s"], workers=self.monitor.view["workers"],
                 dropped_env_steps=self.c["dropped"], wall_time_s=self._wall())
         finally:
             if server is not None:

@@ -76,6 +76,8 @@ class Learner:
         self.train_seconds = 0.0
         self.step_hist = Histogram(SECONDS_BUCKETS)
         self.publish_hist = Histogram(SECONDS_BUCKETS)
+        self.time_split = dict.fromkeys(
+            ("limiter_wait", "sample_wait", "assemble_to_device", "update_launch", "publish"), 0.0)
         self._publish_acks: list[Any] = []
         self._train_start = (0.0, 0)  # (perf_counter, critic updates) when train() began
         self.set_shards(shards or [])
@@ -212,11 +214,16 @@ class Learner:
         self._train_start = (t_start, self.limiter.updates)
         self.shard_sizes = [p["size"] for p in ray.get([s.sample.remote(0) for s in self.shards])]
         pending = None
+        split = self.time_split  # wall seconds per part of the loop (issue 5's time split)
+        t_wait = time.perf_counter()
         while self._wait_for_room():
             t0 = time.perf_counter()
+            split["limiter_wait"] += t0 - t_wait
             parts = ray.get(pending if pending is not None else self._request())
             pending = self._request() if self.cfg.runtime.prefetch else None  # overlap with the update
+            t1 = time.perf_counter()
             batch = self._assemble(parts)
+            t2 = time.perf_counter()
             # bundle, counters and publish under one lock: a checkpoint sees all of them or none
             with self._agent_lock:
                 if self._bundle is None:  # built on first use: CUDA-graph capture needs a batch
@@ -227,9 +234,15 @@ class Learner:
                     self.last_info = {k: float(v) for k, v in info.items()}
                 with self._lock:
                     self.limiter.record_updates(utd)
+                t3 = time.perf_counter()
                 if self.bundles % self.cfg.runtime.publish_every == 0:
-                    self.publish()
-            self.step_hist.observe(time.perf_counter() - t0)
+                    self.publish()  # copies weights to host: on a GPU this also waits for the bundle
+            t_wait = time.perf_counter()
+            split["sample_wait"] += t1 - t0
+            split["assemble_to_device"] += t2 - t1
+            split["update_launch"] += t3 - t2
+            split["publish"] += t_wait - t3
+            self.step_hist.observe(t_wait - t0)
         if pending is not None:
             ray.get(pending)
         self.train_seconds += time.perf_counter() - t_start
@@ -249,7 +262,8 @@ class Learner:
             "limiter_blocked_seconds": lim["blocked_seconds"], "losses": dict(self.last_info),
             "train_seconds": self.train_seconds, "step_hist": self.step_hist.to_dict(),
             "publish_hist": self.publish_hist.to_dict(), "device": str(self.device),
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],  # GPUs Ray gave this learner (placement)
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "time_split_s": dict(self.time_split),  # GPUs Ray gave this learner (placement)
             "offline_rows_per_bundle": self.cfg.sac.utd * self.cfg.sac.batch_size - self.online_rows,
         }
         # 0 on a CPU learner: the series always exists, so the dashboard panel never goes blank
