@@ -10,6 +10,8 @@ Run-dir layout as local.py: config.yaml, run.json, metrics.jsonl, checkpoints/, 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -358,18 +360,26 @@ def _start_metrics(snapshot_fn, rt) -> MetricsServer:
     return server
 
 
-def _connect(address: str | None) -> bool:
+def _connect(rt) -> bool:
     """Start or join Ray; True when this call started it. Under `ray job submit` RAY_ADDRESS is set
-    and address=None joins that cluster."""
+    and address=None joins that cluster.
+
+    A local Ray started here gets at least the logical CPUs the job asks for (learner + workers +
+    shards): on a 2-core laptop the default 2 workers would otherwise never be scheduled, and the
+    warmup would wait on them. Oversubscribing cores is fine for env stepping."""
     if ray.is_initialized():
         return False
-    ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
+    kwargs: dict[str, Any] = {}
+    if rt.address is None and not os.environ.get("RAY_ADDRESS"):
+        need = 1 + rt.num_workers * rt.worker_cpus + rt.num_shards * rt.shard_cpus
+        kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
+    ray.init(address=rt.address, namespace=NAMESPACE, logging_level="WARNING", **kwargs)
     return True
 
 
 def launch(cfg: RunConfig, command: str = "") -> Path:
     """Run the whole job on Ray (cfg.runtime.address, or a local Ray); returns the run directory."""
-    started = _connect(cfg.runtime.address)
+    started = _connect(cfg.runtime)
     try:
         return Job(cfg, command).run()
     finally:
@@ -383,7 +393,7 @@ def resume(run_dir: str | Path, command: str = "") -> Path:
     run_dir = Path(run_dir)
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     cfg.run.run_dir = str(run_dir)
-    started = _connect(cfg.runtime.address)
+    started = _connect(cfg.runtime)
     try:
         return Job(cfg, command or f"resume {run_dir}", ckpt.latest(run_dir)).run()
     finally:
