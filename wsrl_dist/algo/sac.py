@@ -60,11 +60,14 @@ def td_target(
     target_critic: EnsembleCritic,
     temperature: Scalar,
     cfg: SACConfig,
+    max_target_backup: bool | None = None,
 ) -> torch.Tensor:
-    """y = r + gamma * mask * Qbar(s', a') [B]; no gradient flows through it."""
+    """y = r + gamma * mask * Qbar(s', a') [B]; no gradient flows through it.
+    `max_target_backup` overrides cfg's (CQL pre-training sets its own, cql_max_target_backup)."""
+    mtb = cfg.max_target_backup if max_target_backup is None else max_target_backup
     with torch.no_grad():
         s2 = batch.next_observations
-        if cfg.max_target_backup:
+        if mtb:
             n = cfg.n_backup_actions
             a2, logp2 = actor(s2, n)  # [B, n, A], [B, n]
             s2n = s2.unsqueeze(1).expand(-1, n, -1).reshape(-1, s2.shape[-1])

@@ -8,6 +8,8 @@ Functions return detached tensors: no .item() here, the caller decides when to s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from wsrl_dist.algo import cql as cql_lib
@@ -78,8 +80,8 @@ def cql_step(
     agent: Agent, batch: Batch, sac: sac_lib.SACConfig, cfg: cql_lib.CQLConfig
 ) -> dict[str, torch.Tensor]:
     """One CQL / Cal-QL step (UTD 1): TD (+ CQL penalty on a sampled member subset), actor, alpha."""
-    target_cfg = sac_lib.SACConfig(**{**sac.__dict__, "max_target_backup": cfg.cql_max_target_backup})
-    y = sac_lib.td_target(batch, agent.actor, agent.target_critic, agent.temperature, target_cfg)
+    y = sac_lib.td_target(batch, agent.actor, agent.target_critic, agent.temperature, sac,
+                          max_target_backup=cfg.cql_max_target_backup)
     q = agent.critic(batch.observations, batch.actions)
     td = sac_lib.critic_td_loss(q, y)
     members = torch.randint(q.shape[0], (sac.critic_subsample_size,), device=q.device)
@@ -132,6 +134,6 @@ def offline_step(
     if algo == "iql":
         return iql_step(agent, batch, sac, iql)
     if algo in ("cql", "calql"):
-        cfg = cql_lib.CQLConfig(**{**cql.__dict__, "use_calql": algo == "calql"})
-        return cql_step(agent, batch, sac, cfg)
+        calql = algo == "calql"
+        return cql_step(agent, batch, sac, cql if cql.use_calql == calql else replace(cql, use_calql=calql))
     raise ValueError(f"unknown offline algorithm {algo!r}; choose one of {OFFLINE_ALGOS}")
