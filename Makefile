@@ -30,4 +30,5 @@ run: install
 	$(BIN)/wsrl-dist launch configs/runtime/local.yaml $(ARGS)
 
 test: install prometheus
+	$(BIN)/ruff check wsrl_dist tests
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -5,7 +5,7 @@ Shared by the single-process pipeline (local.py) and the Ray learner (runtime/le
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

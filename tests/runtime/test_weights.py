@@ -8,7 +8,7 @@ import time
 import numpy as np
 import ray
 
-from wsrl_dist.runtime.weights import WeightStore, WeightsClient
+from wsrl_dist.runtime.weights import WeightsClient, WeightStore
 
 
 def test_store_keeps_only_newer_versions():

@@ -9,7 +9,7 @@ import pytest
 from wsrl_dist.runtime.replay import ReplayShard
 from wsrl_dist.runtime.wire import WireError, decode_chunk, encode_chunk
 
-O, A = 4, 1
+O, A = 4, 1  # noqa: E741 - obs and action dims, as in the shape docstrings
 
 
 def columns(n: int = 8, seed: int = 0) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ static input buffers; the agent must be made with `capturable=True` on a CUDA de
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
