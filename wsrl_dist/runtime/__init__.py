@@ -11,6 +11,11 @@
                v
              weights.py (WeightStore / pull-if-newer) ──> back to rollout.py
 
+Deviation (wsrl-reference 1.4 acts with the newest weights after every update): workers act
+asynchronously with weights a few versions old (policy lag is measured and exported); setting
+runtime.utd_slack=0, runtime.rollout_slack=1, runtime.prefetch=false gives the lock-step schedule
+(tests/runtime/test_sync.py).
+
 driver.py owns the stages (pretrain -> warmup -> online), scaling and restarts. Importing this package
 does not import ray; the modules that need it import it themselves.
 """
