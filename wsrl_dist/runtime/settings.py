@@ -20,7 +20,6 @@ class RuntimeConfig:
     address: str | None = None  # Ray address; None starts a local Ray
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0 picks a free port
-    control_port: int = 0  # scale/status control server on metrics_host (0: free port)
     # Rollout side of the UTD limiter: env steps the workers may run ahead of updates / utd (None:
     # unpaced, only the learner side is limited). Must be >= envs_per_worker.
     rollout_slack: int | None = 512
