@@ -16,6 +16,7 @@ from wsrl_dist.algo.types import Batch
 from wsrl_dist.algo.update import sac_bundle
 
 BundleFn = Callable[[Batch], dict[str, torch.Tensor]]
+MultiBundleFn = Callable[[list[Batch]], list[dict[str, torch.Tensor]]]
 
 
 MODES = ("eager", "compile", "cuda_graph", "compile_graph")
@@ -141,3 +142,23 @@ class MultiSeedBundles:
         for stream in self.streams:
             main.wait_stream(stream)
         return outs
+
+
+def make_multiseed_fn(agents: list[Agent], cfg: SACConfig, mode: str,
+                      examples: list[Batch] | None = None) -> MultiBundleFn:
+    """S independent learners of one config stepped together: f([batch per seed]) -> [info per seed].
+    Seed i's bundle sees only agents[i] and batches[i]. On a GPU with a graph mode the seeds' graphs
+    replay on concurrent streams; otherwise the seeds run one after another with the same math."""
+    mode = resolve_mode(mode, agents[0].device)
+    if mode.endswith("graph"):
+        if examples is None:
+            raise ValueError(f"{mode} needs one example batch per seed to capture with")
+        return MultiSeedBundles(agents, cfg, examples, compile=mode.startswith("compile"))
+    fns = [make_bundle_fn(a, cfg, mode) for a in agents]
+
+    def step(batches: list[Batch]) -> list[dict[str, torch.Tensor]]:
+        if len(batches) != len(fns):
+            raise ValueError(f"expected {len(fns)} batches (one per seed), got {len(batches)}")
+        return [fn(b) for fn, b in zip(fns, batches)]
+
+    return step
