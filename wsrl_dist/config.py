@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from wsrl_dist.algo.cql import CQLConfig
+from wsrl_dist.algo.fast import MODES as FAST_MODES
 from wsrl_dist.algo.iql import IQLConfig
 from wsrl_dist.algo.nets import NetConfig
 from wsrl_dist.algo.sac import SACConfig
@@ -84,7 +85,9 @@ class RunSection:
     seed: int = 0
     run_dir: str | None = None  # None -> runs/<task>-<method>-s<seed>-<timestamp>
     device: str = "auto"  # auto | cpu | cuda
-    fast_path: str = "auto"  # auto (cuda_graph on GPU, eager on CPU) | eager | compile | cuda_graph | compile_graph
+    # auto (cuda_graph on GPU, eager on CPU) | eager | compile | cuda_graph | compile_graph, and the
+    # same four over algo/fused.py's formulation: fused | fused_compile | fused_graph | fused_compile_graph
+    fast_path: str = "auto"
     log_every: int = 1_000
     checkpoint_every: int = 50_000
     progress: bool = True
@@ -116,7 +119,7 @@ class RunConfig:
         _check_choice("finetune.method", self.finetune.method, FINETUNE_METHODS)
         _check_choice("dataset.source", self.dataset.source, ("auto", "d4rl", "minari", "built"))
         _check_choice("run.device", self.run.device, ("auto", "cpu", "cuda"))
-        _check_choice("run.fast_path", self.run.fast_path, ("auto", "eager", "compile", "cuda_graph", "compile_graph"))
+        _check_choice("run.fast_path", self.run.fast_path, ("auto", *FAST_MODES))
         if not 0.0 <= self.finetune.offline_ratio < 1.0:
             raise ConfigError(f"finetune.offline_ratio must be in [0, 1), got {self.finetune.offline_ratio}")
         if self.finetune.warmup_steps < 0 or self.finetune.online_steps < 0:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from wsrl_dist.algo import fused as fused_lib
 from wsrl_dist.algo.agent import Agent
 from wsrl_dist.algo.sac import SACConfig
 from wsrl_dist.algo.types import Batch
@@ -19,12 +20,15 @@ BundleFn = Callable[[Batch], dict[str, torch.Tensor]]
 MultiBundleFn = Callable[[list[Batch]], list[dict[str, torch.Tensor]]]
 
 
-MODES = ("eager", "compile", "cuda_graph", "compile_graph")
+MODES = ("eager", "compile", "cuda_graph", "compile_graph",
+         "fused", "fused_compile", "fused_graph", "fused_compile_graph")
 
 
 def resolve_mode(mode: str, device: torch.device) -> str:
     """auto -> cuda_graph on a GPU, eager on CPU. `compile` runs torch.compile (Inductor fuses the
-    elementwise work); `compile_graph` captures the compiled bundle in one CUDA graph."""
+    elementwise work); `compile_graph` captures the compiled bundle in one CUDA graph. The `fused*`
+    modes run algo/fused.py's formulation of the same bundle (flat buffers, batched actor versions,
+    seeds as a batch dim), eagerly, compiled, and/or captured."""
     if mode == "auto":
         return "cuda_graph" if device.type == "cuda" else "eager"
     if mode not in MODES:
@@ -38,6 +42,9 @@ def make_bundle_fn(agent: Agent, cfg: SACConfig, mode: str, example: Batch | Non
     """Return f(batch [utd*batch_size rows]) -> info tensors. `example` (any batch of the right
     shape) is needed for cuda_graph capture; its values do not change the agent."""
     mode = resolve_mode(mode, agent.device)
+    if mode.startswith("fused"):
+        fused = FusedBundles([agent], cfg, mode, None if example is None else [example])
+        return lambda batch: fused([batch])[0]
 
     def bundle(batch: Batch) -> dict[str, torch.Tensor]:
         return sac_bundle(agent, batch, cfg)
@@ -150,6 +157,8 @@ def make_multiseed_fn(agents: list[Agent], cfg: SACConfig, mode: str,
     Seed i's bundle sees only agents[i] and batches[i]. On a GPU with a graph mode the seeds' graphs
     replay on concurrent streams; otherwise the seeds run one after another with the same math."""
     mode = resolve_mode(mode, agents[0].device)
+    if mode.startswith("fused"):
+        return FusedBundles(agents, cfg, mode, examples)
     if mode.endswith("graph"):
         if examples is None:
             raise ValueError(f"{mode} needs one example batch per seed to capture with")
@@ -162,3 +171,79 @@ def make_multiseed_fn(agents: list[Agent], cfg: SACConfig, mode: str,
         return [fn(b) for fn, b in zip(fns, batches)]
 
     return step
+
+
+class FusedBundles:
+    """S seeds' bundles as ONE fused update (algo/fused.py): f([batch per seed]) -> [info per seed].
+
+    `fused` runs it eagerly (CPU or GPU), `fused_compile` through torch.compile (Inductor fuses the
+    elementwise work and the Adam/Polyak updates into the flat buffers), and the `*_graph` modes
+    capture noise draws + update + state write-back in one CUDA graph. Info tensors are views that
+    the next call overwrites: read or clone them first."""
+
+    def __init__(self, agents: list[Agent], cfg: SACConfig, mode: str, examples: list[Batch] | None = None):
+        mode = resolve_mode(mode, agents[0].device)
+        self.device = agents[0].device
+        self.spec = fused_lib.make_spec(agents[0], cfg)
+        self.state = fused_lib.FusedState(agents, self.spec)
+        self.seeds = len(agents)
+        spec, state = self.spec, self.state
+
+        def update(st: dict[str, torch.Tensor], batch: Batch, noise: fused_lib.Noise) -> dict[str, torch.Tensor]:
+            new, info = fused_lib.fused_bundle(spec, st, batch, noise)
+            for k in fused_lib.STATE_KEYS:  # in place: the agents' parameters are views of these
+                st[k].copy_(new[k])
+            return info
+
+        if "compile" in mode:
+            update = torch.compile(update, dynamic=False)
+
+        def step(batch: Batch) -> dict[str, torch.Tensor]:
+            return update(state.t, batch, fused_lib.draw_noise(spec, self.seeds, self.device))
+
+        self._step = step
+        self._static: Batch | None = None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        if mode.endswith("graph"):
+            if examples is None:
+                raise ValueError(f"{mode} needs one example batch per seed to capture with")
+            self._capture(self._stack(examples))
+
+    def _stack(self, batches: list[Batch]) -> Batch:
+        if len(batches) != self.seeds:
+            raise ValueError(f"expected {self.seeds} batches (one per seed), got {len(batches)}")
+        return Batch(*(torch.stack(cols) if cols[0] is not None else None for cols in zip(*batches)))
+
+    def _capture(self, example: Batch) -> None:
+        self._static = Batch(*(t.clone() if t is not None else None for t in example))
+        saved = {k: v.clone() for k, v in self.state.t.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (and compilation) outside the graph
+            for _ in range(3):
+                self._step(self._static)
+        torch.cuda.current_stream().wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._out = self._step(self._static)
+        with torch.no_grad():
+            for k, v in saved.items():
+                self.state.t[k].copy_(v)
+
+    def __call__(self, batches: list[Batch]) -> list[dict[str, torch.Tensor]]:
+        if self._graph is None:
+            info = self._step(self._stack(batches))
+        else:
+            if len(batches) != self.seeds:
+                raise ValueError(f"expected {self.seeds} batches (one per seed), got {len(batches)}")
+            for i, batch in enumerate(batches):
+                for dst, src in zip(self._static, batch):
+                    if dst is not None and src is not None:
+                        dst[i].copy_(src, non_blocking=True)
+            self._graph.replay()
+            info = self._out
+        return [{k: v[i] for k, v in info.items()} for i in range(self.seeds)]
+
+    def rebind(self) -> None:
+        """Call after loading new state into the agents (checkpoint restore)."""
+        self.state.rebind()

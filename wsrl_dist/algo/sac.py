@@ -97,11 +97,18 @@ def actor_loss(
     return (temperature().detach() * logp - q).mean(), logp
 
 
-def temperature_loss(
-    batch: Batch, actor: TanhGaussianActor, temperature: Scalar, target_entropy: float
-) -> torch.Tensor:
-    """alpha * (H_hat - H_target) with H_hat estimated at the NEXT observations (reference gotcha 6)."""
+def next_entropy(batch: Batch, actor: TanhGaussianActor) -> torch.Tensor:
+    """H_hat = -mean log pi(a'|s') at the NEXT observations (reference gotcha 6); no gradient."""
     with torch.no_grad():
         _, logp2 = actor(batch.next_observations)
-    entropy = -logp2.mean()
+    return -logp2.mean()
+
+
+def temperature_loss(
+    batch: Batch, actor: TanhGaussianActor, temperature: Scalar, target_entropy: float,
+    entropy: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """alpha * (H_hat - H_target); `entropy` passes an H_hat estimated earlier (next_entropy)."""
+    if entropy is None:
+        entropy = next_entropy(batch, actor)
     return temperature() * (entropy - target_entropy)

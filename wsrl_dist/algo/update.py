@@ -50,9 +50,14 @@ def sac_critic_step(agent: Agent, mb: Batch, cfg: sac_lib.SACConfig) -> tuple[to
 
 
 def sac_actor_temperature_step(agent: Agent, batch: Batch) -> dict[str, torch.Tensor]:
+    """Both losses from the same, pre-update actor: the official code evaluates all its loss_fns
+    on one parameter set before applying any gradient."""
     loss_pi, logp = sac_lib.actor_loss(batch, agent.actor, agent.critic, agent.temperature)
+    entropy = sac_lib.next_entropy(batch, agent.actor)
     _step(agent.actor_opt, loss_pi)
-    loss_t = sac_lib.temperature_loss(batch, agent.actor, agent.temperature, agent.target_entropy)
+    # the loss is built after the actor's step (a compiled region must not span both backward
+    # passes), but from the entropy estimated before it
+    loss_t = sac_lib.temperature_loss(batch, agent.actor, agent.temperature, agent.target_entropy, entropy)
     _step(agent.temperature_opt, loss_t)
     return {"actor_loss": loss_pi.detach(), "entropy": -logp.detach().mean(),
             "temperature": agent.temperature().detach()}

@@ -2,7 +2,9 @@
 
 Variants (same math, `algo.update.sac_bundle`): `naive-eager` swaps the stacked ensemble for a python
 loop over E separate critics (the baseline); `stacked-eager`, `stacked-compile` (torch.compile),
-`stacked-graph` (whole bundle in one CUDA graph), `stacked-compile-graph` (compiled, then captured).
+`stacked-graph` (whole bundle in one CUDA graph), `stacked-compile-graph` (compiled, then captured),
+and `fused-*` (algo/fused.py: flat buffers, batched actor versions; eager / compiled / captured).
+`--seeds 1,2,4,8` adds multi-seed rows (aggregate bundles/s over S seeds in one process).
 With `--anchor PATH` the reference anchor (../shared/anchors/learner_bench.py: PyTorch variants and a
 JAX jit of the same update) runs in the same process tree and its rows join the table with ratios.
 
@@ -35,6 +37,12 @@ SIZES = {
 }
 
 
+VARIANT_MODES = {"naive-eager": "eager", "stacked-eager": "eager", "stacked-compile": "compile",
+                 "stacked-graph": "cuda_graph", "stacked-compile-graph": "compile_graph",
+                 "fused-eager": "fused", "fused-compile": "fused_compile", "fused-graph": "fused_graph",
+                 "fused-compile-graph": "fused_compile_graph"}
+
+
 class LoopEnsemble(nn.Module):
     """Baseline: E independent critics evaluated one after another (what stacking replaces)."""
 
@@ -52,7 +60,7 @@ def _agent(size: str, variant: str, device: torch.device, sac: SACConfig):
     obs, act, actor_h, critic_h, mtb = SIZES[size]
     net = NetConfig(actor_hidden=actor_h, critic_hidden=critic_h)
     sac = SACConfig(**{**sac.__dict__, "max_target_backup": mtb})
-    agent = make_agent(obs, act, net, sac, device=device, capturable=variant.endswith("graph"))
+    agent = make_agent(obs, act, net, sac, device=device, capturable=variant.endswith("graph") and device.type == "cuda")
     if variant.startswith("naive"):
         agent.critic = LoopEnsemble(obs, act, critic_h, sac.critic_ensemble_size, True).to(device)
         agent.target_critic = LoopEnsemble(obs, act, critic_h, sac.critic_ensemble_size, True).to(device)
@@ -82,9 +90,7 @@ def time_variant(size: str, variant: str, device: torch.device, sac: SACConfig, 
     """Bundles per second, measured after warm-up for about `seconds`."""
     agent, sac = _agent(size, variant, device, sac)
     batch = _batch(size, sac.utd * sac.batch_size, device)
-    mode = {"naive-eager": "eager", "stacked-eager": "eager", "stacked-compile": "compile",
-            "stacked-graph": "cuda_graph", "stacked-compile-graph": "compile_graph"}[variant]
-    fn = make_bundle_fn(agent, sac, mode, example=batch)
+    fn = make_bundle_fn(agent, sac, VARIANT_MODES[variant], example=batch)
     for _ in range(3):
         out = fn(batch)
     _sync(device)
@@ -101,26 +107,30 @@ def time_variant(size: str, variant: str, device: torch.device, sac: SACConfig, 
 
 
 def time_multiseed(size: str, seeds: int, device: torch.device, sac: SACConfig, seconds: float,
-                   compile: bool = False) -> float:
-    """Aggregate bundles/s of `seeds` independent learners replayed on concurrent streams."""
-    from wsrl_dist.algo.fast import MultiSeedBundles
+                   mode: str = "fused_graph") -> float:
+    """Aggregate bundles/s of `seeds` independent learners in one process (algo.fast.make_multiseed_fn:
+    fused modes batch the seeds into every matmul; cuda_graph replays per-seed graphs on streams)."""
+    from wsrl_dist.algo.fast import make_multiseed_fn
 
     agents, batches = [], []
     for i in range(seeds):
         torch.manual_seed(i)
-        agents.append(_agent(size, "stacked-graph", device, sac)[0])
+        agents.append(_agent(size, "stacked-graph" if "graph" in mode else "stacked-eager", device, sac)[0])
         batches.append(_batch(size, sac.utd * sac.batch_size, device))
-    multi = MultiSeedBundles(agents, sac, batches, compile=compile)
+    multi = make_multiseed_fn(agents, sac, mode, batches)
     for _ in range(3):
         multi(batches)
     _sync(device)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for _ in range(10):
-            multi(batches)
+            out = multi(batches)
         n += 10
         _sync(device)
-    return seeds * n / (time.perf_counter() - t0)
+    rate = seeds * n / (time.perf_counter() - t0)
+    if not all(torch.isfinite(v).all() for o in out for v in o.values()):
+        raise RuntimeError(f"{size}/{mode} x{seeds}: non-finite losses")
+    return rate
 
 
 def run_anchor(path: str) -> dict[str, float]:
@@ -145,14 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anchor", default=None, help="path to shared/anchors/learner_bench.py")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off: fp32 like the anchor)")
     ap.add_argument("--seeds", default="", help="multi-seed rows on GPU, e.g. 1,2,4,8 (aggregate rate)")
+    ap.add_argument("--seed-modes", default="fused_graph",
+                    help="fast paths for the --seeds rows (fused_graph, fused_compile_graph, cuda_graph, fused)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
                           ("cpu" if args.device == "auto" else args.device))
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     variants = (args.variants.split(",") if args.variants else
-                ["naive-eager", "stacked-eager", "stacked-compile"]
-                + (["stacked-graph", "stacked-compile-graph"] if device.type == "cuda" else []))
+                ["naive-eager", "stacked-eager", "fused-eager"]
+                + (["stacked-graph", "fused-graph", "fused-compile-graph"] if device.type == "cuda" else []))
     sac = SACConfig()
     print(f"# command: wsrl-dist bench learner {' '.join(argv or sys.argv[1:])}")
     print(f"# device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
@@ -171,12 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                 rates[v] = time_variant(size, v, device, sac, args.seconds)
             except Exception as e:  # report and continue: one failing variant must not hide the rest
                 print(f"{size:<11}{v:<24} failed: {type(e).__name__}: {str(e)[:200]}")
-        for s in [int(x) for x in args.seeds.split(",") if x] if device.type == "cuda" else []:
-            name = f"multiseed-graph-S{s}"  # compiled variants recompile per seed: minutes, so not here
-            try:
-                rates[name] = time_multiseed(size, s, device, sac, args.seconds)
-            except Exception as e:
-                print(f"{size:<11}{name:<24} failed: {type(e).__name__}: {str(e)[:200]}")
+        for s in [int(x) for x in args.seeds.split(",") if x]:
+            for mode in args.seed_modes.split(","):
+                name = f"seeds-{mode}-S{s}"
+                try:
+                    rates[name] = time_multiseed(size, s, device, sac, args.seconds, mode)
+                except Exception as e:
+                    print(f"{size:<11}{name:<24} failed: {type(e).__name__}: {str(e)[:200]}")
         if size == "locomotion":
             rates.update(anchor)  # the anchor measures locomotion sizes only
         base = rates.get("naive-eager")

@@ -1,0 +1,177 @@
+"""The fused bundle (algo/fused.py) must be update.sac_bundle's math, for one seed and for S seeds.
+
+Noise is pinned on both sides (zero policy noise, target members {0, 1}) so the comparison is exact
+up to fp tolerance; the eager side runs the readable per-module code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from wsrl_dist.algo import fused as fused_lib
+from wsrl_dist.algo import sac as sac_lib
+from wsrl_dist.algo.agent import make_agent
+from wsrl_dist.algo.fast import FusedBundles, make_bundle_fn, make_multiseed_fn
+from wsrl_dist.algo.nets import NetConfig
+from wsrl_dist.algo.sac import SACConfig
+from wsrl_dist.algo.types import Batch
+
+OBS, ACT = 5, 2
+NET = NetConfig(actor_hidden=[32, 32], critic_hidden=[32, 32])
+SAC = SACConfig(critic_ensemble_size=4, batch_size=16, utd=4)
+
+
+_DRAW = fused_lib.draw_noise
+
+
+def _pinned_noise(spec, seeds, device):
+    n = _DRAW(spec, seeds, device)
+    members = torch.arange(spec.sac.critic_subsample_size, device=device).expand_as(n.members).clone()
+    return fused_lib.Noise(torch.zeros_like(n.next_eps), members, torch.zeros_like(n.actor_eps),
+                           torch.zeros_like(n.entropy_eps))
+
+
+@pytest.fixture
+def pinned_randomness(monkeypatch):
+    monkeypatch.setattr(torch, "randn_like", lambda t, **kw: torch.zeros_like(t))
+    monkeypatch.setattr(sac_lib, "subsampled_min", lambda q, k: q[:k].min(0).values)
+    monkeypatch.setattr(fused_lib, "draw_noise", _pinned_noise)
+
+
+def _batches(n: int, device: str = "cpu", seed: int = 3) -> list[Batch]:
+    g = torch.Generator().manual_seed(seed)
+    rows = SAC.utd * SAC.batch_size
+    return [Batch(torch.randn(rows, OBS, generator=g), torch.rand(rows, ACT, generator=g) * 2 - 1,
+                  torch.randn(rows, generator=g), torch.randn(rows, OBS, generator=g),
+                  (torch.rand(rows, generator=g) > 0.1).float()).to(device) for _ in range(n)]
+
+
+def _agent(seed: int, net: NetConfig = NET, sac: SACConfig = SAC, device: str = "cpu"):
+    torch.manual_seed(seed)
+    return make_agent(OBS, ACT, net, sac, device=device, capturable=device == "cuda")
+
+
+def _assert_agents_close(a, b, atol=2e-5):
+    for name in ("actor", "critic", "target_critic", "temperature"):
+        for (n, pa), pb in zip(getattr(a, name).named_parameters(), getattr(b, name).parameters()):
+            torch.testing.assert_close(pa.detach().cpu(), pb.detach().cpu(), atol=atol, rtol=1e-4,
+                                       msg=f"{name}.{n}")
+    for name in ("actor_opt", "critic_opt", "temperature_opt"):
+        for pa, pb in zip(getattr(a, name).param_groups[0]["params"], getattr(b, name).param_groups[0]["params"]):
+            sa, sb = getattr(a, name).state[pa], getattr(b, name).state[pb]
+            assert float(sa["step"]) == float(sb["step"]), name
+            for key in ("exp_avg", "exp_avg_sq"):  # fp noise scales with the tensor's magnitude
+                ref = sa[key].cpu()
+                torch.testing.assert_close(sb[key].cpu(), ref, atol=5 * atol * float(ref.abs().max()) + 1e-12,
+                                           rtol=1e-4, msg=f"{name} {key}")
+
+
+def _eager_run(agent, batches, sac=SAC):
+    fn = make_bundle_fn(agent, sac, "eager")
+    return [{k: v.clone() for k, v in fn(b).items()} for b in batches]
+
+
+@pytest.mark.parametrize("variant", ["default", "no_ghost", "backup_entropy", "max_backup", "uniform_std",
+                                     "no_layer_norm", "deep"])
+def test_fused_bundle_matches_eager(pinned_randomness, variant):
+    net, sac = NET, SAC
+    if variant == "no_ghost":
+        sac = dataclasses.replace(SAC, ghost_adam_steps=False)
+    elif variant == "backup_entropy":
+        sac = dataclasses.replace(SAC, backup_entropy=True)
+    elif variant == "max_backup":
+        sac = dataclasses.replace(SAC, max_target_backup=True, n_backup_actions=3, critic_subsample_size=1)
+    elif variant == "uniform_std":
+        net = dataclasses.replace(NET, std_parameterization="uniform")
+    elif variant == "no_layer_norm":
+        net = dataclasses.replace(NET, layer_norm=False)
+    elif variant == "deep":
+        net = dataclasses.replace(NET, actor_hidden=[16, 16, 16], critic_hidden=[16, 16, 16, 16])
+    batches = _batches(3)
+    ref = _agent(0, net, sac)
+    ref_infos = _eager_run(ref, batches, sac)
+    fast = _agent(0, net, sac)
+    fn = make_bundle_fn(fast, sac, "fused")
+    infos = [{k: v.clone() for k, v in fn(b).items()} for b in batches]
+    for ia, ib in zip(ref_infos, infos):
+        assert ia.keys() == ib.keys()
+        for k in ia:
+            torch.testing.assert_close(ia[k], ib[k], atol=2e-5, rtol=1e-4, msg=k)
+    _assert_agents_close(ref, fast)
+
+
+def test_fused_seeds_are_independent(pinned_randomness):
+    """S = 3 seeds in one fused update == three separate eager learners on their own batches."""
+    seeds = [0, 1, 2]
+    data = [_batches(2, seed=10 + s) for s in seeds]
+    refs = [_agent(s) for s in seeds]
+    ref_infos = [_eager_run(agent, batches) for agent, batches in zip(refs, data)]
+    agents = [_agent(s) for s in seeds]
+    fn = make_multiseed_fn(agents, SAC, "fused")
+    outs = [[{k: v.clone() for k, v in o.items()} for o in fn([d[j] for d in data])] for j in range(2)]
+    for i in range(len(seeds)):
+        _assert_agents_close(refs[i], agents[i])
+        for j in range(2):
+            for k, v in ref_infos[i][j].items():
+                torch.testing.assert_close(v, outs[j][i][k], atol=2e-5, rtol=1e-4, msg=f"seed {i} {k}")
+    a0, a1 = (dict(a.actor.named_parameters()) for a in agents[:2])
+    assert not torch.allclose(a0["mean.weight"], a1["mean.weight"])
+
+
+def test_fused_state_is_shared_with_the_agent():
+    """Parameters and Adam moments are views into the flat buffers: checkpoints and exported weights
+    follow the fused updates without copies, and a loaded checkpoint is picked up after rebind()."""
+    agent = _agent(0)
+    before = agent.export_policy()
+    fused = FusedBundles([agent], SAC, "fused")
+    for b in _batches(2):
+        fused([b])
+    after = agent.export_policy()
+    assert any(not torch.equal(torch.as_tensor(before[k]), torch.as_tensor(after[k])) for k in before)
+    assert float(agent.critic_opt.state[agent.critic.weights[0]]["step"]) == 2 * (SAC.utd + 1)
+    saved = _roundtrip(agent.state_dict())  # bytes now: the live views move on below
+    fused([_batches(1, seed=9)[0]])
+    agent.load_state_dict(torch.load(saved, weights_only=False))
+    fused.rebind()
+    torch.testing.assert_close(fused.state.t["critic_t"][0], torch.tensor(2.0 * (SAC.utd + 1)))
+    w = agent.critic.weights[0]
+    assert w.data_ptr() >= fused.state.t["critic"].data_ptr()  # still a view of the flat buffer
+
+
+def _roundtrip(state):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_fused_compile_matches_fused_eager_on_cpu(pinned_randomness):
+    batches = _batches(2)
+    a, b = _agent(0), _agent(0)
+    fa, fb = make_bundle_fn(a, SAC, "fused"), make_bundle_fn(b, SAC, "fused_compile")
+    for batch in batches:
+        ia, ib = fa(batch), fb(batch)
+        for k in ia:
+            torch.testing.assert_close(ia[k], ib[k], atol=1e-4, rtol=1e-4, msg=k)
+    _assert_agents_close(a, b, atol=1e-4)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("mode", ["fused_graph", "fused_compile_graph"])
+def test_fused_graph_matches_eager(pinned_randomness, mode):
+    batches = _batches(3, "cuda")
+    ref = _agent(0, device="cuda")
+    _eager_run(ref, batches)
+    fast = _agent(0, device="cuda")
+    fn = make_multiseed_fn([fast], SAC, mode, examples=[batches[0]])
+    for b in batches:
+        fn([b])
+    _assert_agents_close(ref, fast, atol=1e-4)
