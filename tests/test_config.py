@@ -154,6 +154,7 @@ def test_unknown_task_is_a_config_error_naming_close_tasks():
     ("pretrain.algo=bcq", "pretrain.algo"),
     ("dataset.source=s3", "dataset.source"),
     ("run.fast_path=jit", "run.fast_path"),
+    ("run.matmul_precision=bf16", "run.matmul_precision"),
 ])
 def test_bad_choice_values_name_the_key_and_the_choices(text, key):
     with pytest.raises(ConfigError) as e:

@@ -85,9 +85,12 @@ class RunSection:
     seed: int = 0
     run_dir: str | None = None  # None -> runs/<task>-<method>-s<seed>-<timestamp>
     device: str = "auto"  # auto | cpu | cuda
-    # auto (cuda_graph on GPU, eager on CPU) | eager | compile | cuda_graph | compile_graph, and the
+    # auto (fused_compile_graph on GPU, eager on CPU) | eager | compile | cuda_graph | compile_graph, and the
     # same four over algo/fused.py's formulation: fused | fused_compile | fused_graph | fused_compile_graph
     fast_path: str = "auto"
+    # GPU float32 matmuls: auto = tf32, which is what the official JAX code ran with (JAX computes
+    # float32 dots in TF32 on recent GPUs by default) | tf32 | fp32 (full precision, slower)
+    matmul_precision: str = "auto"
     log_every: int = 1_000
     checkpoint_every: int = 50_000
     progress: bool = True
@@ -120,6 +123,7 @@ class RunConfig:
         _check_choice("dataset.source", self.dataset.source, ("auto", "d4rl", "minari", "built"))
         _check_choice("run.device", self.run.device, ("auto", "cpu", "cuda"))
         _check_choice("run.fast_path", self.run.fast_path, ("auto", *FAST_MODES))
+        _check_choice("run.matmul_precision", self.run.matmul_precision, ("auto", "tf32", "fp32"))
         if not 0.0 <= self.finetune.offline_ratio < 1.0:
             raise ConfigError(f"finetune.offline_ratio must be in [0, 1), got {self.finetune.offline_ratio}")
         if self.finetune.warmup_steps < 0 or self.finetune.online_steps < 0:

@@ -45,6 +45,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def configure_matmul(precision: str, device: torch.device) -> None:
+    """run.matmul_precision -> torch's float32 matmul mode for this process (learner side)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision in ("auto", "tf32")
+        torch.backends.cudnn.allow_tf32 = precision in ("auto", "tf32")
+
+
 def prepare_run_dir(cfg: RunConfig, command: str, extra: dict[str, Any] | None = None) -> Path:
     """Create the run dir; write the resolved config and run.json (command, config hash, ...)."""
     if cfg.run.run_dir is None:

@@ -99,6 +99,7 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = job.resolve_device(cfg.run.device)
+    job.configure_matmul(cfg.run.matmul_precision, device)
     mode = resolve_mode(cfg.run.fast_path, device)
     obs_dim, act_dim = obs_act_dims(task)
     agent = job.build_agent(cfg, obs_dim, act_dim, device, capturable=mode == "cuda_graph")

@@ -25,12 +25,13 @@ MODES = ("eager", "compile", "cuda_graph", "compile_graph",
 
 
 def resolve_mode(mode: str, device: torch.device) -> str:
-    """auto -> cuda_graph on a GPU, eager on CPU. `compile` runs torch.compile (Inductor fuses the
+    """auto -> fused_compile_graph on a GPU (the fastest measured, BENCHMARKS.md; ~30 s of
+    compilation at start), eager on CPU (the fused formulation is no faster there). `compile` runs torch.compile (Inductor fuses the
     elementwise work); `compile_graph` captures the compiled bundle in one CUDA graph. The `fused*`
     modes run algo/fused.py's formulation of the same bundle (flat buffers, batched actor versions,
     seeds as a batch dim), eagerly, compiled, and/or captured."""
     if mode == "auto":
-        return "cuda_graph" if device.type == "cuda" else "eager"
+        return "fused_compile_graph" if device.type == "cuda" else "eager"
     if mode not in MODES:
         raise ValueError(f"fast path {mode!r} is not one of {MODES}")
     if mode.endswith("graph") and device.type != "cuda":

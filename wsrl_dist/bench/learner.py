@@ -43,6 +43,9 @@ VARIANT_MODES = {"naive-eager": "eager", "stacked-eager": "eager", "stacked-comp
                  "fused-compile-graph": "fused_compile_graph"}
 
 
+SETUP_S: dict[tuple[str, str], float] = {}  # build + compile + capture + 3 warm-up bundles
+
+
 class LoopEnsemble(nn.Module):
     """Baseline: E independent critics evaluated one after another (what stacking replaces)."""
 
@@ -90,10 +93,12 @@ def time_variant(size: str, variant: str, device: torch.device, sac: SACConfig, 
     """Bundles per second, measured after warm-up for about `seconds`."""
     agent, sac = _agent(size, variant, device, sac)
     batch = _batch(size, sac.utd * sac.batch_size, device)
+    t_setup = time.perf_counter()
     fn = make_bundle_fn(agent, sac, VARIANT_MODES[variant], example=batch)
     for _ in range(3):
         out = fn(batch)
     _sync(device)
+    SETUP_S[(size, variant)] = time.perf_counter() - t_setup
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for _ in range(10):
@@ -117,10 +122,12 @@ def time_multiseed(size: str, seeds: int, device: torch.device, sac: SACConfig, 
         torch.manual_seed(i)
         agents.append(_agent(size, "stacked-graph" if "graph" in mode else "stacked-eager", device, sac)[0])
         batches.append(_batch(size, sac.utd * sac.batch_size, device))
+    t_setup = time.perf_counter()
     multi = make_multiseed_fn(agents, sac, mode, batches)
     for _ in range(3):
         multi(batches)
     _sync(device)
+    SETUP_S[(size, f"seeds-{mode}-S{seeds}")] = time.perf_counter() - t_setup
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for _ in range(10):
@@ -174,29 +181,31 @@ def main(argv: list[str] | None = None) -> int:
           f"on {sac.utd * sac.batch_size} rows; ghost Adam steps {sac.ghost_adam_steps}")
     anchor = run_anchor(args.anchor) if args.anchor else {}
     jax = anchor.get("anchor:jax-jit")
-    print(f"{'size':<11}{'variant':<24}{'bundles/s':>11}{'critic upd/s':>14}{'x naive':>9}"
-          f"{'x jax':>8}")
+    print(f"{'size':<11}{'variant':<26}{'bundles/s':>11}{'critic upd/s':>14}{'x naive':>9}"
+          f"{'x jax':>8}{'setup s':>9}")
     for size in args.sizes.split(","):
         rates: dict[str, float] = {}
         for v in variants:
             try:
                 rates[v] = time_variant(size, v, device, sac, args.seconds)
             except Exception as e:  # report and continue: one failing variant must not hide the rest
-                print(f"{size:<11}{v:<24} failed: {type(e).__name__}: {str(e)[:200]}")
+                print(f"{size:<11}{v:<26} failed: {type(e).__name__}: {str(e)[:200]}")
         for s in [int(x) for x in args.seeds.split(",") if x]:
             for mode in args.seed_modes.split(","):
                 name = f"seeds-{mode}-S{s}"
                 try:
                     rates[name] = time_multiseed(size, s, device, sac, args.seconds, mode)
                 except Exception as e:
-                    print(f"{size:<11}{name:<24} failed: {type(e).__name__}: {str(e)[:200]}")
+                    print(f"{size:<11}{name:<26} failed: {type(e).__name__}: {str(e)[:200]}")
         if size == "locomotion":
             rates.update(anchor)  # the anchor measures locomotion sizes only
         base = rates.get("naive-eager")
         for v, r in rates.items():
             xn = f"{r / base:>9.2f}" if base else f"{'':>9}"
             xj = f"{r / jax:>8.2f}" if (jax and size == "locomotion") else f"{'':>8}"
-            print(f"{size:<11}{v:<24}{r:>11.1f}{sac.utd * r:>14.1f}{xn}{xj}")
+            setup = SETUP_S.get((size, v))
+            st = f"{setup:>9.1f}" if setup is not None else f"{'':>9}"
+            print(f"{size:<11}{v:<26}{r:>11.1f}{sac.utd * r:>14.1f}{xn}{xj}{st}")
     return 0
 
 

@@ -52,6 +52,7 @@ class Learner:
         c = self.cfg
         torch.manual_seed(c.run.seed)
         self.device = job.resolve_device(c.run.device)
+        job.configure_matmul(c.run.matmul_precision, self.device)
         self.mode = resolve_mode(c.run.fast_path, self.device)
         self.task = c.task.spec()
         obs_dim, act_dim = obs_act_dims(self.task)
