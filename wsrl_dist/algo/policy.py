@@ -170,6 +170,8 @@ class _Buffers:
     rows: tuple[np.ndarray | None, ...]  # the views as 1-D rows when N == 1, else None
     inv_std: np.ndarray  # [N, 1] LayerNorm 1/std (N > 1)
     out: np.ndarray  # [N, A] or [N, 2A] head output
+    mean: np.ndarray  # [N, A] view of out
+    log_std: np.ndarray  # [N, A] view of out ("exp"; empty for "uniform")
     noise: np.ndarray  # [N, A]
 
 
@@ -182,9 +184,10 @@ def _buffers(n: int, obs_dim: int, widths: list[int], head_out: int, act_dim: in
     aug = n == 1
     obs, obs_view = _buffer(n, obs_dim, aug)
     hidden, views = zip(*(_buffer(n, w, aug) for w in widths)) if widths else ((), ())
+    out = np.empty((n, head_out), np.float32)
     return _Buffers(aug, obs, obs_view, tuple(hidden), tuple(views),
                     tuple(v[0] if aug else None for v in views), np.empty((n, 1), np.float32),
-                    np.empty((n, head_out), np.float32), np.empty((n, act_dim), np.float32))
+                    out, out[:, :act_dim], out[:, act_dim:], np.empty((n, act_dim), np.float32))
 
 
 def _row_dot_einsum(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -273,38 +276,36 @@ class Policy:
         per-batch-size buffers, so act() is not re-entrant: one acting thread per Policy."""
         obs = np.asarray(obs)
         actor = self._actor  # read once: load() swaps the whole actor
-        out, noise = self._forward(actor, obs)
-        a = self.act_dim
+        bufs = self._forward(actor, obs)
         if deterministic:
-            action = np.tanh(out[:, :a])
+            action = np.tanh(bufs.mean)
         else:
             std = actor.std
             if std is None:  # clamp log_std, then exp: as the torch actor (and exp cannot overflow)
-                std = out[:, a:]
+                std = bufs.log_std
                 np.maximum(std, LOG_STD_MIN, out=std)
                 np.minimum(std, LOG_STD_MAX, out=std)
                 np.exp(std, out=std)
+            noise = bufs.noise
             self._rng.standard_normal(dtype=np.float32, out=noise)
             noise *= std
-            noise += out[:, :a]
+            noise += bufs.mean
             action = np.tanh(noise)
-        return action if obs.ndim == 2 else action.reshape(*obs.shape[:-1], a)
+        return action if obs.ndim == 2 else action.reshape(*obs.shape[:-1], self.act_dim)
 
     def dist_params(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """obs [N, O] -> (mean [N, A], clamped log_std [N, A]) of the pre-tanh Gaussian, as
         TanhGaussianActor.dist_params (new arrays; for checks, not the hot loop)."""
         actor = self._actor
-        out, _ = self._forward(actor, np.asarray(obs))
-        a = self.act_dim
+        bufs = self._forward(actor, np.asarray(obs))
         if actor.log_std is None:
-            log_std = np.clip(out[:, a:], LOG_STD_MIN, LOG_STD_MAX)
+            log_std = np.clip(bufs.log_std, LOG_STD_MIN, LOG_STD_MAX)
         else:
-            log_std = np.broadcast_to(actor.log_std, (out.shape[0], a)).copy()
-        return out[:, :a].copy(), log_std
+            log_std = np.broadcast_to(actor.log_std, bufs.mean.shape).copy()
+        return bufs.mean.copy(), log_std
 
-    def _forward(self, actor: _Actor, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """obs [..., O] (any float dtype) -> (head output [N, A or 2A], noise buffer [N, A]), both
-        this batch size's buffers."""
+    def _forward(self, actor: _Actor, obs: np.ndarray) -> _Buffers:
+        """obs [..., O] (any float dtype) -> this batch size's buffers, the head output in `out`."""
         x = obs if obs.ndim == 2 else obs.reshape(-1, self.obs_dim)
         bufs = self._bufs.get(x.shape[0])
         if bufs is None:
@@ -312,4 +313,4 @@ class Policy:
                                                      actor.head.b.shape[0], self.act_dim)
         np.copyto(bufs.obs_view, x, casting="same_kind")
         actor.head(_trunk(actor, bufs), bufs.out, bufs.augmented)
-        return bufs.out, bufs.noise
+        return bufs
