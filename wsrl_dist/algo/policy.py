@@ -5,10 +5,11 @@ Rollout workers and evaluators hold only this: the tanh-Gaussian actor rebuilt f
 
 Why numpy, not torch: a worker acts on 1-16 observations per env step, and at those sizes the cost
 is per-op dispatch, not arithmetic. torch put `act` at ~90 us per call inside the stepping loop,
-against ~100 us for a Hopper step (BENCHMARKS.md "Rollout"). Measured in isolation on the 2-core box
-(2x256 LayerNorm actor, 11 -> 3, BLAS on 1 thread), numpy took about a third of torch's time at
-batch 1 and 4 and still less at 16 and 64, so numpy is the only path; torch only draws the seeded
-initial weights in the constructor.
+against ~100 us for a Hopper step (BENCHMARKS.md "Rollout"). One sampled `act` call in isolation on
+the 2-core box (2x256 LayerNorm actor, 11 -> 3, one thread each), numpy vs torch: batch 1 ~15 vs
+~66 us, 4 ~27 vs ~70, 16 ~55 vs ~90, 64 ~125-145 vs ~160-200. numpy is ahead at every batch size a
+worker uses (at 16 and up the [N, 256] @ [256, 256] product, the same in both, takes over), so it
+is the only path; torch only draws the seeded initial weights in the constructor.
 
 What makes it cheap: every op that does not depend on the observation is done once per load, in
 float64, by rewriting the weights (see `_fold`): biases ride in the matmuls (a constant 1 column),
