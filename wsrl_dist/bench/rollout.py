@@ -1,6 +1,6 @@
 """Rollout benchmark: env steps/s at the acting end of the data path, against baselines of the same run.
 
-Part `single` (one process, no Ray, torch threads = 1 as in a worker): `raw-env` steps the task's vector
+Part `single` (one process, no Ray, torch and numpy-BLAS threads = 1 as in a worker): `raw-env` steps the task's vector
 env with uniform random actions (the baseline); `policy` acts with the CPU `Policy` at the task's net
 sizes; `worker` runs `RolloutWorker._step` (policy, true next obs, row bookkeeping) and packs + msgpack
 encodes a chunk every `chunk_size` rows. Rates per wall second and per CPU second of this process (the
@@ -27,7 +27,8 @@ from collections import deque
 import numpy as np
 import torch
 
-from wsrl_dist.algo.policy import Policy
+from wsrl_dist.algo.nets import TanhGaussianActor
+from wsrl_dist.algo.policy import Policy, pin_blas_threads
 from wsrl_dist.config import RunConfig, load
 from wsrl_dist.envs.make import make_vector_env, obs_act_dims
 from wsrl_dist.runtime.rollout import _COLS, RolloutWorker
@@ -113,6 +114,7 @@ def run_single(cfg: RunConfig, sweep: list[int], seconds: float,
     """Median (wall, CPU) env steps/s of every path for each envs-per-worker value; paths interleaved
     per repeat so a burst of load from elsewhere hits all of them alike."""
     torch.set_num_threads(1)  # as RolloutWorker.__init__
+    pin_blas_threads(1)
     out = {}
     for E in sweep:
         c = run_config(cfg.task.name, E, cfg.runtime.chunk_size)
@@ -199,8 +201,8 @@ def run_scaling(cfg: RunConfig, max_workers: int, num_shards: int, steps: int, w
         task, rt = cfg.task.spec(), cfg.runtime
         obs_dim, act_dim = obs_act_dims(task)
         store = ray.remote(WeightStore).options(num_cpus=0).remote()
-        actor = Policy(obs_dim, act_dim, cfg.net).actor  # what Agent.export_policy() hands out
-        weights = {k: v.numpy().copy() for k, v in actor.state_dict().items()}
+        actor = TanhGaussianActor(obs_dim, act_dim, cfg.net)
+        weights = {k: v.detach().numpy().copy() for k, v in actor.state_dict().items()}  # = export_policy()
         ray.get(store.publish.remote(0, [ray.put(weights)]))
         capacity = -(-cfg.finetune.replay_capacity // num_shards)
         shards = [ray.remote(ReplayShard).options(num_cpus=rt.shard_cpus).remote(
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     if "single" in parts:
         sweep = [args.envs_per_worker] + [int(e) for e in args.sweep_envs.split(",") if e
                                           and int(e) != args.envs_per_worker]
-        print("# single worker, no Ray, torch threads 1; x raw, overhead % = raw-env / path - 1: "
+        print("# single worker, no Ray, torch + BLAS threads 1; x raw, overhead % = raw-env / path - 1: "
               "per CPU second")
         single = run_single(cfg, sweep, args.seconds, args.repeats)
         print_single(single)

@@ -19,7 +19,7 @@ import numpy as np
 import ray
 import torch
 
-from wsrl_dist.algo.policy import Policy
+from wsrl_dist.algo.policy import Policy, pin_blas_threads
 from wsrl_dist.config import from_dict
 from wsrl_dist.envs.make import make_vector_env, obs_act_dims, true_next_obs
 from wsrl_dist.ops.metrics import POLICY_LAG_BUCKETS, Histogram
@@ -39,6 +39,7 @@ class RolloutWorker:
     def __init__(self, cfg: dict, worker_id: int, shard: Any, store: Any, learner: Any,
                  weights_timeout: float = 120.0):
         torch.set_num_threads(1)  # many workers share a node's cores
+        pin_blas_threads(1)  # and numpy's OpenBLAS (the Policy's matmuls) would spread over them all
         self.cfg = from_dict(cfg)
         rt = self.cfg.runtime
         self.worker_id, self.shard, self.learner = int(worker_id), shard, learner
