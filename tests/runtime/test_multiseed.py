@@ -1,0 +1,151 @@
+"""A 2-seed job on a local Ray: one learner, one worker group per seed. Each group warms up alone,
+both seeds train inside the UTD band, each has its own weight versions and run sub-directory, the
+seeds end with different actors, scaling applies per group, and resuming such a run is refused."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.runtime.conftest import BackgroundJob, read_records, run_json, tiny_config
+from wsrl_dist.config import ConfigError
+from wsrl_dist.runtime import checkpoint
+from wsrl_dist.runtime.learner import first_update_step
+
+SEEDS, K, TOTAL, UTD, UTD_SLACK, ROLLOUT_SLACK = (0, 1), 150, 1000, 4, 16, 32
+
+
+@pytest.fixture(scope="module")
+def multi(ray_local, tmp_path_factory):
+    cfg = tiny_config(
+        tmp_path_factory.mktemp("multi") / "two-seeds", f"run.seeds={list(SEEDS)}",
+        f"finetune.warmup_steps={K}", f"finetune.online_steps={TOTAL}", "finetune.eval_every=100000",
+        "runtime.num_workers=1", f"runtime.utd_slack={UTD_SLACK}", f"runtime.rollout_slack={ROLLOUT_SLACK}",
+        "run.checkpoint_every=100000",
+    )
+    bg = BackgroundJob(cfg)
+    events: dict = {}
+    bg.wait_for(lambda s: s["phase"] == "online" and all(
+        st.get("env_steps", 0) > K + 50 for st in s["seeds"].values()))
+    url = run_json(cfg.run.run_dir)["metrics_url"]
+    events["metrics"] = urllib.request.urlopen(url, timeout=10).read().decode()
+    from wsrl_dist.runtime import driver
+
+    events["ack"] = driver.scale(None, 2, job=cfg.run.run_dir.rsplit("/", 1)[-1])
+    events["scaled"] = bg.wait_for(lambda s: all(st["workers_alive"] == 2 for st in s["seeds"].values()))
+    run_dir = bg.join()
+    return cfg, run_dir, bg, events
+
+
+def _seed_dir(run_dir, seed):
+    return run_dir / f"seed-{seed}"
+
+
+def test_each_group_warms_up_with_exactly_k_env_steps_and_zero_updates(multi):
+    _, run_dir, _, _ = multi
+    for seed in SEEDS:
+        d = _seed_dir(run_dir, seed)
+        warm = run_json(d)["stages"]["warmup"]
+        assert (warm["env_steps"], warm["critic_updates"]) == (K, 0), seed
+        tps = read_records(d, "throughput")
+        assert all(r["critic_updates"] == 0 for r in tps if r["phase"] in ("pretrain", "warmup"))
+        _, shards, _ = checkpoint.load(checkpoint.latest(d))
+        assert (shards[0]["ring"]["arrays"]["policy_versions"][:K] == 0).all()
+    # each group acted in its own envs (env seeds derived from the run's seed)
+    first_obs = [checkpoint.load(checkpoint.latest(_seed_dir(run_dir, s)))[1][0]["ring"]["arrays"]
+                 ["observations"][:K] for s in SEEDS]
+    assert not np.allclose(first_obs[0], first_obs[1])
+
+
+def test_both_seeds_train_inside_the_utd_band(multi):
+    cfg, run_dir, _, _ = multi
+    first = first_update_step(cfg)
+    for seed in SEEDS:
+        d = _seed_dir(run_dir, seed)
+        online = [r for r in read_records(d, "throughput") if r["phase"] == "online"]
+        assert len(online) >= 5
+        assert max(r["critic_updates"] for r in online) > 0
+        for r in online:
+            gap = r["critic_updates"] - UTD * max(0, r["learner_env_steps"] - first)
+            assert -UTD * (ROLLOUT_SLACK + 1) <= gap <= UTD_SLACK, (seed, r)
+        info = run_json(d)
+        assert info["env_steps"] == TOTAL
+        assert info["critic_updates"] == UTD * (TOTAL - first)  # a finished run owes nothing
+        late = [r["utd_cumulative"] for r in online if r["env_steps"] > TOTAL // 2]
+        assert late and all(abs(u - UTD) < 0.5 for u in late)
+        assert read_records(d, "train")
+
+
+def test_each_seeds_weight_versions_advance_and_its_workers_act_with_them(multi):
+    _, run_dir, bg, _ = multi
+    for seed in SEEDS:
+        d = _seed_dir(run_dir, seed)
+        info = run_json(d)
+        assert info["weights_version"] == info["critic_updates"] // UTD  # publish_every = 1
+        versions = checkpoint.load(checkpoint.latest(d))[1][0]["ring"]["arrays"]["policy_versions"]
+        quarters = [q.mean() for q in np.array_split(versions[K:], 4)]
+        assert quarters == sorted(quarters) and quarters[-1] > 0.5 * info["weights_version"]
+        seen = [st["seeds"][str(seed)]["weights_version"] for st in bg.statuses
+                if st.get("phase") == "online" and st["seeds"].get(str(seed))]
+        assert seen[-1] > seen[0] >= 0
+
+
+def test_the_two_seeds_end_with_different_actor_weights(multi):
+    _, run_dir, _, _ = multi
+    actors = []
+    for seed in SEEDS:
+        state = torch.load(checkpoint.latest(_seed_dir(run_dir, seed)) / "learner.pt", weights_only=True)
+        actors.append({k: v for k, v in state["agent"]["actor"].items()})
+    assert actors[0].keys() == actors[1].keys()
+    assert any(not torch.allclose(actors[0][k], actors[1][k]) for k in actors[0])
+
+
+def test_run_dir_has_a_sub_directory_per_seed_with_the_single_seed_layout(multi):
+    _, run_dir, _, _ = multi
+    top = run_json(run_dir)
+    assert top["seeds"] == list(SEEDS) and top["seed_dirs"] == [f"seed-{s}" for s in SEEDS]
+    assert set(top["per_seed"]) == {str(s) for s in SEEDS}
+    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()
+    for seed in SEEDS:
+        d = _seed_dir(run_dir, seed)
+        for name in ("config.yaml", "run.json", "metrics.jsonl", "results.md", "learning_curve.png",
+                     "throughput.png"):
+            assert (d / name).exists(), (seed, name)
+        assert checkpoint.latest(d) is not None
+        info = run_json(d)
+        assert info["seed"] == seed and info["multiseed_run"] == str(run_dir)
+        assert {r["phase"] for r in read_records(d, "eval")} >= {"initial", "after_warmup", "online"}
+
+
+def test_scaling_applies_to_every_group_and_metrics_carry_a_seed_label(multi):
+    _, run_dir, bg, events = multi
+    assert events["ack"]["requested"] == 2
+    online = [s for s in bg.statuses if s.get("phase") == "online" and s.get("seeds")]
+    assert all(st["workers_alive"] == 1 for st in online[0]["seeds"].values())
+    assert all(st["workers_alive"] == 2 for st in events["scaled"]["seeds"].values())
+    for seed in SEEDS:
+        workers = run_json(_seed_dir(run_dir, seed))["workers"]
+        assert {w["id"] for w in workers} == {0, 1} and all(w["env_steps"] > 0 for w in workers)
+    fams = {f.name: f for f in text_string_to_metric_families(events["metrics"])}
+    phase = {(s.labels["seed"], s.labels["phase"]): s.value for s in fams["wsrl_phase"].samples}
+    steps = {s.labels["seed"]: s.value for s in fams["wsrl_env_steps"].samples}
+    for seed in map(str, SEEDS):
+        assert phase[(seed, "online")] == 1.0 and steps[seed] > K
+
+
+def test_resuming_a_multi_seed_run_is_refused_with_a_clear_error(multi):
+    from wsrl_dist.cli import main
+    from wsrl_dist.runtime import driver
+
+    _, run_dir, _, _ = multi
+    before = (run_dir / "run.json").read_text()
+    with pytest.raises(ConfigError, match=r"run\.seeds=\[0, 1\].*multi-seed run.*not supported"):
+        driver.resume(run_dir)
+    assert main(["launch", "--resume", str(run_dir)]) == 2
+    assert (run_dir / "run.json").read_text() == before
+    assert json.loads(before)["per_seed"]["0"]["env_steps"] == TOTAL
