@@ -149,3 +149,16 @@ def test_resuming_a_multi_seed_run_is_refused_with_a_clear_error(multi):
     assert main(["launch", "--resume", str(run_dir)]) == 2
     assert (run_dir / "run.json").read_text() == before
     assert json.loads(before)["per_seed"]["0"]["env_steps"] == TOTAL
+
+
+def test_each_seed_starts_from_the_agent_a_single_seed_learner_of_that_seed_builds(tmp_path):
+    from wsrl_dist.runtime.learner import Learner
+    from wsrl_dist.runtime.multilearner import MultiSeedLearner
+
+    cfgs = [tiny_config(tmp_path / f"s{s}", f"run.seed={s}").to_dict() for s in (3, 8)]
+    multi = MultiSeedLearner(cfgs, [None, None])  # no Ray needed until the shards are used
+    for cfg, agent in zip(cfgs, (lrn.agent for lrn in multi.learners)):
+        alone = Learner(cfg, None).agent.state_dict()["actor"]
+        assert all(torch.equal(v, agent.state_dict()["actor"][k]) for k, v in alone.items())
+    a, b = (lrn.agent.state_dict()["actor"] for lrn in multi.learners)
+    assert any(not torch.equal(a[k], b[k]) for k in a)

@@ -5,6 +5,7 @@ Actors: WeightStore, Learner (GPU when the cluster has one; hosts the UTD limite
 status from other processes). A ~1 s monitor loop polls stats, serves Prometheus metrics, writes
 metrics.jsonl, evaluates, checkpoints, restarts or replaces dead workers and applies scale requests.
 Run-dir layout as local.py: config.yaml, run.json, metrics.jsonl, checkpoints/, report.
+Two or more run.seeds: launch() hands the job to multiseed.MultiSeedJob (a Job per seed, one learner).
 """
 
 from __future__ import annotations

@@ -84,6 +84,7 @@ class MultiSeedJob:
         self.run_dir = job.prepare_run_dir(cfg, command, extra={
             "runtime": "ray", "utd_target": cfg.sac.utd, "seeds": self.seeds,
             "seed_dirs": [seed_dir_name(s) for s in self.seeds]})
+        job.update_run_json(self.run_dir, seed=None)  # run.seed is not one of the seeds trained
         with contextlib.suppress(OSError):  # each seed-<s>/ has its own checkpoints/; none at the top
             os.rmdir(self.run_dir / "checkpoints")
         self.groups = [SeedGroup(c, command, self) for c in seed_configs(cfg)]
