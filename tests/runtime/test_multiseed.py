@@ -1,11 +1,12 @@
 """A 2-seed job on a local Ray: one learner, one worker group per seed. Each group warms up alone,
 both seeds train inside the UTD band, each has its own weight versions and run sub-directory, the
-seeds end with different actors, scaling applies per group, and resuming such a run is refused."""
+seeds end with different actors, scaling applies per group. (Resume: tests/runtime/test_resume.py.)"""
 
 from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,6 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.runtime.conftest import BackgroundJob, read_records, run_json, tiny_config
-from wsrl_dist.config import ConfigError
 from wsrl_dist.runtime import checkpoint
 from wsrl_dist.runtime.learner import first_update_step
 
@@ -138,17 +138,24 @@ def test_scaling_applies_to_every_group_and_metrics_carry_a_seed_label(multi):
         assert phase[(seed, "online")] == 1.0 and steps[seed] > K
 
 
-def test_resuming_a_multi_seed_run_is_refused_with_a_clear_error(multi):
-    from wsrl_dist.cli import main
-    from wsrl_dist.runtime import driver
+def test_resume_picks_the_newest_checkpoint_step_every_seed_has(tmp_path):
+    from wsrl_dist.runtime.multiseed import common_checkpoints
 
-    _, run_dir, _, _ = multi
-    before = (run_dir / "run.json").read_text()
-    with pytest.raises(ConfigError, match=r"run\.seeds=\[0, 1\].*multi-seed run.*not supported"):
-        driver.resume(run_dir)
-    assert main(["launch", "--resume", str(run_dir)]) == 2
-    assert (run_dir / "run.json").read_text() == before
-    assert json.loads(before)["per_seed"]["0"]["env_steps"] == TOTAL
+    def save(seed: int, env_steps: int, bundles: int) -> Path:
+        path = tmp_path / f"seed-{seed}" / "checkpoints" / f"step_{env_steps:010d}"
+        path.mkdir(parents=True)
+        (path / "meta.json").write_text(json.dumps({"counters": {"bundles": bundles}}))
+        return path
+
+    dirs = [tmp_path / "seed-0", tmp_path / "seed-1"]
+    assert common_checkpoints(dirs) == [None, None]  # nothing saved: a fresh launch
+    a0, a1 = save(0, 300, 40), save(1, 310, 40)
+    save(0, 450, 77)  # killed after seed 0's save of the next step, before seed 1's
+    assert common_checkpoints(dirs) == [a0, a1]
+    save(1, 470, 90)
+    (tmp_path / "seed-0" / "checkpoints" / "step_0000000300" / "meta.json").unlink()
+    with pytest.raises(RuntimeError, match="no checkpoint of the same step"):
+        common_checkpoints(dirs)
 
 
 def test_each_seed_starts_from_the_agent_a_single_seed_learner_of_that_seed_builds(tmp_path):

@@ -23,7 +23,7 @@ from ray.exceptions import ActorUnavailableError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from wsrl_dist import job
-from wsrl_dist.config import ConfigError, RunConfig, from_dict
+from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.ops.metrics import MetricsServer
 from wsrl_dist.ops.report import MetricsLog, write_report
@@ -158,10 +158,13 @@ class Job:
                 self._start_eval("online")
                 while self.c["next_eval"] <= view["env_steps"]:
                     self.c["next_eval"] += self.cfg.finetune.eval_every
-            if view["env_steps"] >= self.c["next_checkpoint"]:
-                self._checkpoint()
-                while self.c["next_checkpoint"] <= view["env_steps"]:
-                    self.c["next_checkpoint"] += self.cfg.run.checkpoint_every
+            self._maybe_checkpoint(view["env_steps"])
+
+    def _maybe_checkpoint(self, env_steps: int) -> None:
+        if env_steps >= self.c["next_checkpoint"]:
+            self._checkpoint()
+            while self.c["next_checkpoint"] <= env_steps:
+                self.c["next_checkpoint"] += self.cfg.run.checkpoint_every
 
     def _push_status(self) -> None:
         self.controller.set_status.remote({**self.monitor.status(), "learner_node": self.learner_node})
@@ -199,10 +202,11 @@ class Job:
                 keep.append((ref, steps, phase, version))
         self.evals = keep
 
-    def _checkpoint(self) -> Path:
-        """Learner state first, then the shards: the shards then hold at least the rows the saved
-        learner had seen, so restored counters always satisfy the limiter."""
-        learner_state = ray.get(self.learner.state_dict.remote())
+    def _checkpoint(self, learner_state: dict[str, Any] | None = None) -> Path:
+        """Learner state first (or the one given), then the shards: the shards then hold at least the
+        rows the saved learner had seen, so restored counters always satisfy the limiter."""
+        if learner_state is None:
+            learner_state = ray.get(self.learner.state_dict.remote())
         shard_states = ray.get([s.state_dict.remote() for s in self.shards])
         lim = learner_state["limiter"]
         counters = {**self.c, "env_steps": sum(st["ring"]["total_inserted"] for st in shard_states),
@@ -413,12 +417,12 @@ def resume(run_dir: str | Path, command: str = "") -> Path:
     run_dir = Path(run_dir)
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     cfg.run.run_dir = str(run_dir)
-    if len(cfg.run.seeds) > 1:
-        raise ConfigError(f"run.seeds={cfg.run.seeds}: {run_dir} is a multi-seed run, and resuming one "
-                          "is not supported yet; launch it again, or resume one seed on its own from "
-                          "its seed-<s>/ subdirectory (a complete single-seed run dir)")
-    started = _connect(cfg.runtime)
+    started = _connect(cfg.runtime, max(1, len(cfg.run.seeds)))
     try:
+        if len(cfg.run.seeds) > 1:
+            from wsrl_dist.runtime.multiseed import MultiSeedJob
+
+            return MultiSeedJob(cfg, command or f"resume {run_dir}", resume=True).run()
         return Job(cfg, command or f"resume {run_dir}", ckpt.latest(run_dir)).run()
     finally:
         if started:

@@ -10,6 +10,7 @@ Learner handle, so rollout workers, the supervisor and the per-seed driver code 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +42,7 @@ class MultiSeedLearner:
         first = self.learners[0]
         self.cfg, self.device, self.mode = first.cfg, first.device, first.mode
         self._fn = None  # make_multiseed_fn, built on the first step (graph capture needs batches)
+        self._step_lock = threading.Lock()  # one whole multi-seed step, or one state_dicts() call
         self.steps = 0  # multi-seed bundles (each = one bundle per seed)
 
     def _one(self, group: int) -> Learner:
@@ -88,6 +90,12 @@ class MultiSeedLearner:
     def state_dict(self, group: int) -> dict[str, Any]:
         return self._one(group).state_dict()
 
+    def state_dicts(self) -> list[dict[str, Any]]:
+        """Every seed's state_dict() from between two steps: a lock-step job's checkpoints must
+        agree on the step count (resume runs the seeds in lock-step again)."""
+        with self._step_lock:
+            return [lrn.state_dict() for lrn in self.learners]
+
     def load_state_dict(self, group: int, state: dict[str, Any]) -> None:
         self._one(group).load_state_dict(state)
         self._fn = None
@@ -119,6 +127,7 @@ class MultiSeedLearner:
             batches = [lrn._assemble(p) for lrn, p in zip(lrns, parts)]
             t2 = time.perf_counter()
             with contextlib.ExitStack() as held:  # every agent: a checkpoint sees a whole step or none
+                held.enter_context(self._step_lock)
                 for lrn in lrns:
                     held.enter_context(lrn._agent_lock)
                 if self._fn is None:

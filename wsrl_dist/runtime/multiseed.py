@@ -8,7 +8,8 @@ MultiSeedLearner actor (runtime/multilearner.py), which steps every seed togethe
 slowest group gates the others). The top run dir holds config.yaml and run.json listing the seeds;
 the Prometheus exporter serves every seed's snapshot under a `seed` label. Warmup is per group (K
 env steps each, concurrently); `wsrl-dist scale --workers N` gives EVERY group N workers.
-Not supported: resuming a multi-seed run (driver.resume refuses it).
+Checkpoints are taken for all seeds at once (same multi-seed step: lock-step needs equal counts on
+resume); `launch --resume` restores every seed from them.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class SeedGroup(Job):
     def _push_status(self) -> None:  # the parent pushes every group's status as one
         self.status_dict = self.monitor.status()
 
+    def _maybe_checkpoint(self, env_steps: int) -> None:  # the parent checkpoints all seeds at once
+        return None
+
     def _wait(self, refs: list, phase: str) -> None:  # keep every group's monitor ticking
         while refs:
             _, refs = ray.wait(refs, num_returns=len(refs), timeout=self.rt.monitor_interval)
@@ -72,7 +76,7 @@ class SeedGroup(Job):
 
 
 class MultiSeedJob:
-    def __init__(self, cfg: RunConfig, command: str):
+    def __init__(self, cfg: RunConfig, command: str, resume: bool = False):
         if cfg.finetune.method in UNSUPPORTED_METHODS:
             raise ValueError(f"finetune.method={cfg.finetune.method} keeps the pre-training loss online; "
                              "the Ray learner runs SAC bundles only: use `wsrl-dist run` (local.py)")
@@ -88,6 +92,10 @@ class MultiSeedJob:
         with contextlib.suppress(OSError):  # each seed-<s>/ has its own checkpoints/; none at the top
             os.rmdir(self.run_dir / "checkpoints")
         self.groups = [SeedGroup(c, command, self) for c in seed_configs(cfg)]
+        if resume:  # no checkpoint at all: a fresh launch of the config, as driver.resume does
+            for g, path in zip(self.groups, common_checkpoints([g.run_dir for g in self.groups])):
+                g.resume_from = path
+        self.next_checkpoint = cfg.run.checkpoint_every
         for g in self.groups:
             job.update_run_json(g.run_dir, multiseed_run=str(self.run_dir), seeds=self.seeds)
         self.snapshot: dict[str, Any] = {}
@@ -132,6 +140,19 @@ class MultiSeedJob:
             g._tick(phase)
         self.snapshot = {str(g.cfg.run.seed): g.snapshot for g in self.groups}
         self.controller.set_status.remote(self.status())
+        steps = min(g.monitor.view.get("env_steps", 0) for g in self.groups)
+        if phase == "online" and steps >= self.next_checkpoint:
+            while self.next_checkpoint <= steps:
+                self.next_checkpoint += self.cfg.run.checkpoint_every
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Every seed's checkpoint from the same multi-seed step (a kill between two seeds' saves
+        leaves an older common one: common_checkpoints)."""
+        states = ray.get(self.learner.state_dicts.remote())
+        for g, state in zip(self.groups, states):
+            g.c["next_checkpoint"] = self.next_checkpoint
+            g._checkpoint(state)
 
     def status(self) -> dict[str, Any]:
         """What `wsrl-dist status` prints: totals over the seeds plus each seed's own status."""
@@ -245,10 +266,18 @@ class MultiSeedJob:
             url = f"http://{server.host}:{server.port}/metrics"
             for path in [self.run_dir, *(g.run_dir for g in self.groups)]:
                 job.update_run_json(path, metrics_url=url, controller=controller_name(str(self.run_dir)))
-            self._prepare()
-            for g in self.groups:
-                g.sup.scale(self.rt.num_workers)
-            self._warmup()
+            if self.groups[0].resume_from is not None:
+                for g in self.groups:
+                    g._restore()
+                    g.sup.scale(g.c["workers_target"])
+                self.next_checkpoint = self.groups[0].c["next_checkpoint"]
+                job.update_run_json(self.run_dir, resumed_from={
+                    str(g.cfg.run.seed): g.resume_from.name for g in self.groups})
+            else:
+                self._prepare()
+                for g in self.groups:
+                    g.sup.scale(self.rt.num_workers)
+                self._warmup()
             self._online()
             for g in self.groups:
                 g._finish_records()
@@ -264,6 +293,26 @@ class MultiSeedJob:
         for g in self.groups:
             write_report(g.run_dir)
         return self.run_dir
+
+
+def common_checkpoints(run_dirs: list[Path]) -> list[Path | None]:
+    """Per seed run dir, its newest checkpoint of the newest multi-seed step every seed has one of
+    (all None when none has any). Raises when the seeds share no step."""
+    found = []
+    for d in run_dirs:
+        points = {}
+        for path in sorted((Path(d) / "checkpoints").glob("step_*")):
+            if (path / "meta.json").is_file():
+                points[json.loads((path / "meta.json").read_text())["counters"]["bundles"]] = path
+        found.append(points)
+    if not any(found):
+        return [None] * len(run_dirs)
+    common = set.intersection(*(set(p) for p in found))
+    if not common:
+        raise RuntimeError(f"the seeds of {Path(run_dirs[0]).parent} have no checkpoint of the same "
+                           f"step in common ({[sorted(p) for p in found]} bundles): cannot resume")
+    step = max(common)
+    return [p[step] for p in found]
 
 
 def _summary(run_dir: Path) -> dict[str, Any]:
