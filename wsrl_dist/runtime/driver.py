@@ -28,7 +28,7 @@ from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.ops.metrics import MetricsServer
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.runtime import checkpoint as ckpt
-from wsrl_dist.runtime.control import NAMESPACE, JobController, controller_name, scale, status
+from wsrl_dist.runtime.control import NAMESPACE, controller_name, make_controller, scale, status
 from wsrl_dist.runtime.learner import Learner, first_update_step
 from wsrl_dist.runtime.monitor import Monitor
 from wsrl_dist.runtime.replay import ReplayShard
@@ -350,18 +350,6 @@ class Job:
             self.log.close()
         write_report(self.run_dir)
         return self.run_dir
-
-
-def make_controller(run_dir: Path) -> Any:
-    """The job's named JobController (scale / status from other processes)."""
-    name = controller_name(str(run_dir))
-    opts = dict(name=name, namespace=NAMESPACE, num_cpus=0, scheduling_strategy=_on_this_node())
-    try:
-        return ray.remote(JobController).options(**opts).remote(str(run_dir))
-    except ValueError:  # a killed driver's controller can outlive it for a moment
-        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
-        time.sleep(1.0)
-        return ray.remote(JobController).options(**opts).remote(str(run_dir))
 
 
 def _on_this_node(soft: bool = False) -> NodeAffinitySchedulingStrategy:

@@ -27,14 +27,8 @@ from ray.exceptions import ActorUnavailableError
 from wsrl_dist import job
 from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.ops.report import MetricsLog, write_report
-from wsrl_dist.runtime.control import controller_name
-from wsrl_dist.runtime.driver import (
-    UNSUPPORTED_METHODS,
-    Job,
-    _on_this_node,
-    _start_metrics,
-    make_controller,
-)
+from wsrl_dist.runtime.control import controller_name, make_controller
+from wsrl_dist.runtime.driver import UNSUPPORTED_METHODS, Job, _on_this_node, _start_metrics
 from wsrl_dist.runtime.multilearner import LearnerView, MultiSeedLearner
 from wsrl_dist.runtime.supervisor import Supervisor
 from wsrl_dist.runtime.weights import WeightStore
