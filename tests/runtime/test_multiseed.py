@@ -169,3 +169,28 @@ def test_each_seed_starts_from_the_agent_a_single_seed_learner_of_that_seed_buil
         assert all(torch.equal(v, agent.state_dict()["actor"][k]) for k, v in alone.items())
     a, b = (lrn.agent.state_dict()["actor"] for lrn in multi.learners)
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_each_seed_is_pre_trained_exactly_as_a_single_seed_learner_of_that_seed(tmp_path):
+    from tests.runtime.test_sync import write_d4rl_file
+    from wsrl_dist.runtime.learner import Learner
+    from wsrl_dist.runtime.multilearner import MultiSeedLearner
+
+    write_d4rl_file(tmp_path / "data.hdf5")
+    pre = ["finetune.method=wsrl", "pretrain.algo=cql", "pretrain.steps=20", "pretrain.batch_size=32",
+           "dataset.source=d4rl", f"dataset.path={tmp_path / 'data.hdf5'}"]
+    cfgs = [tiny_config(tmp_path / f"s{s}", f"run.seed={s}", *pre).to_dict() for s in (0, 5)]
+    multi = MultiSeedLearner(cfgs, [None, None])
+    assert multi.prepare(1)["pretrain_steps"] == 20  # seed 5 first: each seed draws from its own stream
+    alone = Learner(cfgs[0], None)  # re-seeds the process-wide torch RNG in between
+    alone.prepare()
+    multi.prepare(0)
+    for i, ref in ((0, alone), (1, None)):
+        if ref is None:
+            ref = Learner(cfgs[1], None)
+            ref.prepare()
+        want, got = ref.agent.state_dict(), multi.learners[i].agent.state_dict()
+        for part in ("actor", "critic"):
+            assert all(torch.equal(v, got[part][k]) for k, v in want[part].items()), (i, part)
+    a, b = (lrn.agent.state_dict()["critic"] for lrn in multi.learners)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
