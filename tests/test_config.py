@@ -229,3 +229,39 @@ def test_hash_is_stable_across_interpreters():
                            env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"}).stdout.strip()
             for seed in ("1", "2")}
     assert outs == {config.load(overrides=["sac.utd=3"]).hash()}
+
+
+# ---------------------------------------------------------------- run.seeds
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[0, -1]", r"run\.seeds\[1\]: expected a non-negative integer, got -1"),
+    ("[0, 1, 0]", r"run\.seeds: each seed may appear once, repeated: \[0\]"),
+    ("[0, 1.5]", r"run\.seeds\[1\]: expected an integer, got 1\.5"),
+    ("[true, 2]", r"run\.seeds\[0\]: expected an integer, got True"),
+    ("[a, b]", r"run\.seeds\[0\]: expected an integer, got 'a'"),
+    ("3", r"run\.seeds: expected a list, got int 3"),
+])
+def test_bad_run_seeds_fail_naming_the_key(value, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(overrides=[f"run.seeds={value}"])
+
+
+def test_run_seeds_default_empty_one_entry_is_run_seed_and_single_seed_hash_is_unchanged():
+    plain = config.load(overrides=["run.seed=3"])
+    assert plain.run.seeds == []
+    one = config.load(overrides=["run.seeds=[3]"])
+    assert (one.run.seed, one.run.seeds) == (3, [])
+    assert one.hash() == plain.hash()
+    d = plain.to_dict()
+    del d["run"]["seeds"]  # a config.yaml written before run.seeds existed still loads
+    assert config.from_dict(d).hash() == plain.hash()
+    many = config.load(overrides=["run.seeds=[4, 0, 9]"])
+    assert many.run.seeds == [4, 0, 9] and many.hash() != plain.hash()
+
+
+def test_wsrl_dist_run_refuses_several_seeds(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "wsrl_dist.cli", "run", "run.seeds=[0,1]",
+                          f"run.run_dir={tmp_path / 'r'}"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2 and "run.seeds=[0, 1]" in out.stderr and "launch" in out.stderr
+    assert not (tmp_path / "r").exists()

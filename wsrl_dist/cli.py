@@ -8,6 +8,7 @@
   wsrl-dist status [--address A]              phase, throughput, UTD, replay, policy lag
   wsrl-dist build-dataset TASK [k=v...]       D4RL-recipe dataset into the cache
   wsrl-dist report RUN_DIR                    learning curve, throughput plot, results table
+                                              (a multi-seed run dir: one per seed-<s>/)
   wsrl-dist bench learner|rollout|replay      benchmarks (tables with ratios vs in-run baselines)
 """
 
@@ -135,8 +136,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "report":
         from wsrl_dist.ops.report import write_report
 
-        for name, path in write_report(args.run_dir).items():
-            print(f"{name}: {path}")
+        run_json = Path(args.run_dir) / "run.json"
+        seed_dirs = json.loads(run_json.read_text()).get("seed_dirs") if run_json.is_file() else None
+        for run_dir in [Path(args.run_dir) / d for d in seed_dirs] if seed_dirs else [args.run_dir]:
+            for name, path in write_report(run_dir).items():  # a multi-seed run: one report per seed
+                print(f"{name}: {path}")
         return 0
     if args.cmd == "bench":
         import importlib

@@ -82,7 +82,12 @@ class FinetuneConfig:
 
 @dataclass
 class RunSection:
-    seed: int = 0
+    seed: int = 0  # a multi-seed run ignores it
+    # Several seeds of this config trained by ONE learner (`wsrl-dist launch` only): each seed gets its
+    # own rollout worker group, replay shards, weights and UTD limiter, and <run_dir>/seed-<s>/ holds
+    # what a single-seed run dir holds (runtime/multiseed.py). Empty (default) or one entry: a plain
+    # single-seed run with run.seed (one entry replaces run.seed).
+    seeds: list[int] = field(default_factory=list)
     run_dir: str | None = None  # None -> runs/<task>-<method>-s<seed>-<timestamp>
     device: str = "auto"  # auto | cpu | cuda
     # auto (fused_compile_graph on GPU, eager on CPU) | eager | compile | cuda_graph | compile_graph, and the
@@ -128,6 +133,9 @@ class RunConfig:
             raise ConfigError(f"finetune.offline_ratio must be in [0, 1), got {self.finetune.offline_ratio}")
         if self.finetune.warmup_steps < 0 or self.finetune.online_steps < 0:
             raise ConfigError("finetune.warmup_steps and finetune.online_steps must be >= 0")
+        _check_seeds(self.run.seeds)
+        if len(self.run.seeds) == 1:  # one seed is a plain run: every code path reads run.seed
+            self.run.seed, self.run.seeds = self.run.seeds[0], []
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,10 +145,22 @@ class RunConfig:
         """Short content hash of the resolved config (run dir and seed excluded)."""
         d = self.to_dict()
         d["run"] = {k: v for k, v in d["run"].items() if k not in ("run_dir", "progress")}
+        if not d["run"]["seeds"]:  # single-seed configs hash as they did before run.seeds existed
+            del d["run"]["seeds"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def dump(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _check_seeds(seeds: list[int]) -> None:
+    """run.seeds: distinct non-negative integers (types were checked by merge already)."""
+    for i, s in enumerate(seeds):
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ConfigError(f"run.seeds[{i}]: expected a non-negative integer, got {s!r}")
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise ConfigError(f"run.seeds: each seed may appear once, repeated: {dup}")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

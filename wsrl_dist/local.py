@@ -23,7 +23,7 @@ from wsrl_dist.algo.fast import make_bundle_fn, resolve_mode
 from wsrl_dist.algo.policy import Policy
 from wsrl_dist.algo.types import Batch, batch_from_numpy
 from wsrl_dist.algo.update import offline_step
-from wsrl_dist.config import RunConfig
+from wsrl_dist.config import ConfigError, RunConfig
 from wsrl_dist.data.returns import mc_returns_to_go
 from wsrl_dist.data.ring import RingBuffer
 from wsrl_dist.envs.make import make_env, obs_act_dims
@@ -92,6 +92,9 @@ def _sample(buffer: RingBuffer, n: int, rng, device, offline: DeviceSampler | No
 
 def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     """Run the whole pipeline; returns the run directory (config, metrics, checkpoints, report)."""
+    if len(cfg.run.seeds) > 1:
+        raise ConfigError(f"run.seeds={cfg.run.seeds}: several seeds in one job need the Ray learner "
+                          "(`wsrl-dist launch`); `wsrl-dist run` trains run.seed only")
     run_dir = job.prepare_run_dir(cfg, command)
     log = MetricsLog(run_dir)
     task = cfg.task.spec()

@@ -153,6 +153,22 @@ def test_missing_keys_are_not_exported_and_a_bad_value_drops_only_its_metric():
         metric_families({"policy_lag": Histogram([1.0, 2.0]).to_dict()}, strict=True)
 
 
+def test_a_labelled_server_exports_each_seeds_snapshot_under_a_seed_label():
+    one, two = full_snapshot(), {**full_snapshot(), "env_steps_total": 7, "phase": "warmup",
+                                 "policy_lag": Histogram([1.0, 2.0]).to_dict()}  # seed 2's lag is bad
+    with MetricsServer(lambda: {0: one, 2: two}, label="seed") as srv:
+        fams = _scrape(srv.port)
+    assert _samples(fams["wsrl_env_steps"], "wsrl_env_steps_total") == {
+        (("seed", "0"),): 1000.0, (("seed", "2"),): 7.0}
+    assert _samples(fams["wsrl_replay_rejected"], "wsrl_replay_rejected_total") == {
+        (("reason", "stale_version"), ("seed", "0"), ("shard", "0")): 2.0,
+        (("reason", "stale_version"), ("seed", "2"), ("shard", "0")): 2.0}
+    assert _samples(fams["wsrl_phase"])[(("phase", "warmup"), ("seed", "2"))] == 1.0
+    lag = _samples(fams["wsrl_policy_lag_versions"], "wsrl_policy_lag_versions_count")
+    assert lag == {(("seed", "0"),): 6.0}  # a bad value drops only that seed's series
+    assert all("seed" in s.labels for f in fams.values() for s in f.samples)
+
+
 def test_snapshot_is_read_at_scrape_time():
     state = {"snap": {"env_steps_total": 1}}
     with MetricsServer(lambda: state["snap"]) as srv:

@@ -1,5 +1,5 @@
 """Resume after the driver process is killed mid-run: the restored counters equal the checkpoint's,
-and the resumed job ends with the same totals an uninterrupted run has."""
+and the resumed job ends with the same totals an uninterrupted run has (single- and multi-seed)."""
 
 from __future__ import annotations
 
@@ -72,3 +72,48 @@ def test_resume_after_driver_kill_restores_identical_counters_and_finishes(ray_l
     tps = read_records(run_dir, "throughput")
     walls = [r["wall_time"] for r in tps]
     assert np.all(np.diff(walls) > -1.0)  # the resumed job's clock continues the first one's
+
+
+def test_multi_seed_resume_after_driver_kill_restores_every_seed_at_one_step_and_finishes(ray_local, tmp_path):
+    from tests.runtime.conftest import tiny_config
+    from wsrl_dist.runtime import driver
+
+    run_dir = tmp_path / "multi"
+    overrides = [*OVERRIDES, "run.seeds=[0,1]", "runtime.num_workers=1"]
+    log = open(tmp_path / "child.log", "w")
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(run_dir), ray_local, *overrides],
+                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    saved = None
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 240 and child.poll() is None:
+            paths = [checkpoint.latest(run_dir / f"seed-{s}") for s in (0, 1)]
+            if all(paths):
+                metas = [json.loads((p / "meta.json").read_text())["counters"] for p in paths]
+                if min(m["env_steps"] for m in metas) >= 300:
+                    saved = metas
+                    break
+            time.sleep(0.2)
+        assert child.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert saved is not None and saved[0]["bundles"] == saved[1]["bundles"]  # saved at one step
+    assert all(K < m["env_steps"] < TOTAL for m in saved)  # killed mid-run
+
+    done = driver.resume(run_dir)
+    assert set(run_json(done)["resumed_from"]) == {"0", "1"}
+    first = first_update_step(tiny_config(run_dir, *OVERRIDES))
+    for seed in (0, 1):
+        d = run_dir / f"seed-{seed}"
+        info = run_json(d)
+        back = info["resumed_from"]
+        assert back["saved"] == back["restored"]
+        assert back["saved"]["bundles"] >= saved[seed]["bundles"]
+        assert (info["env_steps"], info["critic_updates"]) == (TOTAL, UTD * (TOTAL - first))
+        assert info["weights_version"] == info["critic_updates"] // UTD
+        _, shards, _ = checkpoint.load(checkpoint.latest(d))
+        versions = shards[0]["ring"]["arrays"]["policy_versions"]
+        assert (versions[:K] == 0).all() and versions.max() > back["saved"]["version"]

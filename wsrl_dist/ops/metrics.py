@@ -31,6 +31,8 @@ SNAPSHOT schema (every key optional; a missing key is simply not exported):
     normalized_score          float  the same, normalized per task (D4RL convention, 0-100)
     learner_step_seconds      histogram dict, wall time of one learner update step
     gpu_memory_bytes          int  learner GPU memory allocated (torch.cuda.memory_allocated)
+A multi-seed job serves one snapshot per seed, each series with a leading `seed` label
+(`labelled_metric_families`); a single-seed job's series carry no seed label.
 A histogram dict is {"buckets": [upper bounds, +Inf excluded], "counts": [non-cumulative count per
 bucket, len(buckets) + 1, the last one for values above the last bound], "sum": float, "count": int}.
 """
@@ -194,8 +196,8 @@ def series_names() -> frozenset[str]:
     return frozenset(METRIC_NAMES) | extra
 
 
-def _family(spec: MetricSpec) -> Metric:
-    labels = list(spec.labels)
+def _family(spec: MetricSpec, extra: tuple[str, ...] = ()) -> Metric:
+    labels = [*extra, *spec.labels]
     if spec.type == "counter":
         return CounterMetricFamily(spec.name, spec.help, labels=labels)
     if spec.type == "gauge":
@@ -207,35 +209,37 @@ def _fmt_le(x: float) -> str:
     return str(float(x))
 
 
-def _add_histogram(fam: HistogramMetricFamily, spec: MetricSpec, d: Mapping[str, Any]) -> None:
+def _add_histogram(fam: HistogramMetricFamily, spec: MetricSpec, d: Mapping[str, Any],
+                   pre: list[str]) -> None:
     h = Histogram(spec.buckets or d["buckets"]).merge(d)  # validates buckets match the definition
     cum = np.cumsum(h.counts)
     buckets = [(_fmt_le(b), float(c)) for b, c in zip(h.buckets, cum[:-1], strict=True)]
     buckets.append(("+Inf", float(cum[-1])))
-    fam.add_metric([], buckets, h.sum)
+    fam.add_metric(pre, buckets, h.sum)
 
 
-def _fill(fam: Metric, spec: MetricSpec, val: Any) -> None:
+def _fill(fam: Metric, spec: MetricSpec, val: Any, pre: list[str]) -> None:
+    """Add the samples of one snapshot value; `pre` = values of labels put before the spec's own."""
     if spec.source == "scalar":
-        fam.add_metric([], float(val))
+        fam.add_metric(pre, float(val))
     elif spec.source == "map":
         for k, v in sorted(val.items(), key=lambda kv: str(kv[0])):
-            fam.add_metric([str(k)], float(v))
+            fam.add_metric([*pre, str(k)], float(v))
     elif spec.source == "phase":
         if val not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {val!r}")
         for p in PHASES:
-            fam.add_metric([p], 1.0 if p == val else 0.0)
+            fam.add_metric([*pre, p], 1.0 if p == val else 0.0)
     elif spec.source == "replay":
         for shard, st in sorted(val.items(), key=lambda kv: str(kv[0])):
             if spec.field in st:
-                fam.add_metric([str(shard)], float(st[spec.field]))
+                fam.add_metric([*pre, str(shard)], float(st[spec.field]))
     elif spec.source == "replay_rejected":
         for shard, st in sorted(val.items(), key=lambda kv: str(kv[0])):
             for reason, n in sorted(st.get("rejected", {}).items()):
-                fam.add_metric([str(shard), str(reason)], float(n))
+                fam.add_metric([*pre, str(shard), str(reason)], float(n))
     elif spec.source == "histogram":
-        _add_histogram(fam, spec, val)
+        _add_histogram(fam, spec, val, pre)
     else:  # pragma: no cover - guarded by the METRICS table
         raise AssertionError(spec.source)
 
@@ -246,20 +250,40 @@ def metric_families(snapshot: Mapping[str, Any], strict: bool = False) -> list[M
     A malformed value (wrong type, histogram with foreign buckets, unknown phase) raises when `strict`,
     else it is logged and only that metric is dropped, so one bad stat never blanks the whole scrape.
     """
+    return _families({(): snapshot}, (), strict)
+
+
+def labelled_metric_families(label: str, snapshots: Mapping[Any, Mapping[str, Any]],
+                             strict: bool = False) -> list[Metric]:
+    """Several snapshots in one scrape, told apart by `label` (the first label of every series):
+    {label value: snapshot}, e.g. one snapshot per seed of a multi-seed job (label "seed")."""
+    return _families({(str(k),): s for k, s in snapshots.items()}, (label,), strict)
+
+
+def _families(snapshots: Mapping[tuple[str, ...], Mapping[str, Any]], extra: tuple[str, ...],
+              strict: bool) -> list[Metric]:
     out: list[Metric] = []
     for spec in METRICS:
-        val = snapshot.get(spec.key)
-        if val is None:
-            continue
-        fam = _family(spec)
-        try:
-            _fill(fam, spec, val)
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            if strict:
-                raise ValueError(f"snapshot[{spec.key!r}] -> {spec.name}: {e}") from e
-            log.error("dropping %s: bad snapshot[%r]: %s", spec.name, spec.key, e)
-            continue
-        out.append(fam)
+        fam = None
+        for pre, snapshot in snapshots.items():
+            val = snapshot.get(spec.key)
+            if val is None:
+                continue
+            part = _family(spec, extra)
+            try:
+                _fill(part, spec, val, list(pre))
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                where = f"{dict(zip(extra, pre))} " if pre else ""
+                if strict:
+                    raise ValueError(f"{where}snapshot[{spec.key!r}] -> {spec.name}: {e}") from e
+                log.error("dropping %s: bad %ssnapshot[%r]: %s", spec.name, where, spec.key, e)
+                continue
+            if fam is None:
+                fam = part
+            else:
+                fam.samples.extend(part.samples)
+        if fam is not None:
+            out.append(fam)
     return out
 
 
@@ -270,10 +294,13 @@ class SnapshotCollector(Collector):
     dict the driver replaces wholesale, never one it mutates in place).
     """
 
-    def __init__(self, snapshot_fn: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(self, snapshot_fn: Callable[[], Mapping[str, Any]], label: str | None = None) -> None:
         self._snapshot_fn = snapshot_fn
+        self._label = label  # set: snapshot_fn returns {label value: snapshot} (labelled_metric_families)
 
     def collect(self) -> Iterable[Metric]:
+        if self._label is not None:
+            return labelled_metric_families(self._label, self._snapshot_fn() or {})
         return metric_families(self._snapshot_fn() or {})
 
     def describe(self) -> Iterator[Metric]:
@@ -285,10 +312,11 @@ class MetricsServer:
     """HTTP /metrics exporter for one job, with its own registry (never the global one)."""
 
     def __init__(
-        self, snapshot_fn: Callable[[], Mapping[str, Any]], host: str = "127.0.0.1", port: int = 0
+        self, snapshot_fn: Callable[[], Mapping[str, Any]], host: str = "127.0.0.1", port: int = 0,
+        label: str | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SnapshotCollector(snapshot_fn))
+        self.registry.register(SnapshotCollector(snapshot_fn, label))
         self.host, self.port = host, port
         self._server: Any = None
         self._thread: threading.Thread | None = None

@@ -8,9 +8,11 @@ every tick. `scale(address, n)` and `status(address)` connect to the cluster and
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 NAMESPACE = "wsrl_dist"
 PREFIX = "controller:"
@@ -42,6 +44,19 @@ class JobController:
 
     def status(self) -> dict[str, Any]:
         return dict(self._status)
+
+
+def make_controller(run_dir: str | Path) -> Any:
+    """Start the job's named JobController on this (the driver's) node."""
+    name = controller_name(str(run_dir))
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    opts = dict(name=name, namespace=NAMESPACE, num_cpus=0, scheduling_strategy=here)
+    try:
+        return ray.remote(JobController).options(**opts).remote(str(run_dir))
+    except ValueError:  # a killed driver's controller can outlive it for a moment
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+        time.sleep(1.0)
+        return ray.remote(JobController).options(**opts).remote(str(run_dir))
 
 
 def controller_name(run_dir: str) -> str:

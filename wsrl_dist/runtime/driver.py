@@ -5,6 +5,7 @@ Actors: WeightStore, Learner (GPU when the cluster has one; hosts the UTD limite
 status from other processes). A ~1 s monitor loop polls stats, serves Prometheus metrics, writes
 metrics.jsonl, evaluates, checkpoints, restarts or replaces dead workers and applies scale requests.
 Run-dir layout as local.py: config.yaml, run.json, metrics.jsonl, checkpoints/, report.
+Two or more run.seeds: launch() hands the job to multiseed.MultiSeedJob (a Job per seed, one learner).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.ops.metrics import MetricsServer
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.runtime import checkpoint as ckpt
-from wsrl_dist.runtime.control import NAMESPACE, JobController, controller_name, scale, status
+from wsrl_dist.runtime.control import NAMESPACE, controller_name, make_controller, scale, status
 from wsrl_dist.runtime.learner import Learner, first_update_step
 from wsrl_dist.runtime.monitor import Monitor
 from wsrl_dist.runtime.replay import ReplayShard
@@ -76,43 +77,38 @@ class Job:
 
     # ------------------------------------------------------------------ actors
     def _create_actors(self) -> None:
-        rt = self.rt
-        gpus = rt.learner_gpus
-        if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and self.cfg.run.device != "cpu" else 0
+        self.store = ray.remote(WeightStore).options(num_cpus=0, scheduling_strategy=_on_this_node()).remote()
+        self.learner = ray.remote(Learner).options(**self._learner_options()).remote(self.cfg_dict, self.store)
+        self.learner_node = ray.get(self.learner.ping.remote())
+        self.shards = self._make_shards(self.learner_node)
+        ray.get(self.learner.set_shards.remote(self.shards))
+        self.controller = make_controller(self.run_dir)
+        self.sup = Supervisor(self.cfg_dict, self.shards, self.store, self.learner, self.monitor)
+
+    def _learner_options(self) -> dict[str, Any]:
         # Losing a rollout node must not take the job's state along: the store (no CPU, metadata
         # only) lives on the driver's node, shards on the learner's (hard affinity; Ray's soft
         # affinity spills zero-CPU actors off a node whose CPUs are taken). A CPU learner prefers
         # the driver's node; a GPU learner goes where the GPU is.
-        here = _on_this_node()
+        gpus = self.rt.learner_gpus
+        if gpus is None:
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and self.cfg.run.device != "cpu" else 0
         opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus, "max_concurrency": 8}
         if not gpus:
             opts["scheduling_strategy"] = _on_this_node(soft=True)
-        self.store = ray.remote(WeightStore).options(num_cpus=0, scheduling_strategy=here).remote()
-        self.learner = ray.remote(Learner).options(**opts).remote(self.cfg_dict, self.store)
-        self.learner_node = ray.get(self.learner.ping.remote())
-        near = NodeAffinitySchedulingStrategy(self.learner_node, soft=False)
+        return opts
+
+    def _make_shards(self, learner_node: str) -> list:
+        """runtime.num_shards ReplayShard actors on the learner's node, seeded from run.seed."""
+        rt, near = self.rt, NodeAffinitySchedulingStrategy(learner_node, soft=False)
         task = self.cfg.task.spec()
         obs_dim, act_dim = obs_act_dims(task)
         capacity = -(-self.cfg.finetune.replay_capacity // rt.num_shards)
-        self.shards = [ray.remote(ReplayShard).options(num_cpus=rt.shard_cpus, scheduling_strategy=near)
-                       .remote(capacity, obs_dim, act_dim, self.cfg.run.seed + 101 * i,
-                               reward_scale=task.reward_scale, reward_bias=task.reward_bias,
-                               max_frame_bytes=rt.max_frame_bytes, shard_id=i)
-                       for i in range(rt.num_shards)]
-        ray.get(self.learner.set_shards.remote(self.shards))
-        self.controller = self._make_controller()
-        self.sup = Supervisor(self.cfg_dict, self.shards, self.store, self.learner, self.monitor)
-
-    def _make_controller(self) -> Any:
-        name = controller_name(str(self.run_dir))
-        opts = dict(name=name, namespace=NAMESPACE, num_cpus=0, scheduling_strategy=_on_this_node())
-        try:
-            return ray.remote(JobController).options(**opts).remote(str(self.run_dir))
-        except ValueError:  # a killed driver's controller can outlive it for a moment
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE))
-            time.sleep(1.0)
-            return ray.remote(JobController).options(**opts).remote(str(self.run_dir))
+        return [ray.remote(ReplayShard).options(num_cpus=rt.shard_cpus, scheduling_strategy=near)
+                .remote(capacity, obs_dim, act_dim, self.cfg.run.seed + 101 * i,
+                        reward_scale=task.reward_scale, reward_bias=task.reward_bias,
+                        max_frame_bytes=rt.max_frame_bytes, shard_id=i)
+                for i in range(rt.num_shards)]
 
     def _teardown(self) -> None:
         if hasattr(self, "sup"):
@@ -147,7 +143,7 @@ class Job:
                             restarts=self.sup.restarts, dropped=self.c["dropped"],
                             workers_target=self.c["workers_target"])
         self.snapshot = self.monitor.snapshot()
-        self.controller.set_status.remote({**self.monitor.status(), "learner_node": self.learner_node})
+        self._push_status()
         view, wall = self.monitor.view, self._wall()
         self.log.write("throughput", wall_time=wall, **self.monitor.throughput_record())
         if phase == "online" and view["env_steps"] >= self.c["next_log"] and view["losses"]:
@@ -162,10 +158,16 @@ class Job:
                 self._start_eval("online")
                 while self.c["next_eval"] <= view["env_steps"]:
                     self.c["next_eval"] += self.cfg.finetune.eval_every
-            if view["env_steps"] >= self.c["next_checkpoint"]:
-                self._checkpoint()
-                while self.c["next_checkpoint"] <= view["env_steps"]:
-                    self.c["next_checkpoint"] += self.cfg.run.checkpoint_every
+            self._maybe_checkpoint(view["env_steps"])
+
+    def _maybe_checkpoint(self, env_steps: int) -> None:
+        if env_steps >= self.c["next_checkpoint"]:
+            self._checkpoint()
+            while self.c["next_checkpoint"] <= env_steps:
+                self.c["next_checkpoint"] += self.cfg.run.checkpoint_every
+
+    def _push_status(self) -> None:
+        self.controller.set_status.remote({**self.monitor.status(), "learner_node": self.learner_node})
 
     def _wall(self) -> float:
         return self.c["wall_time"] + time.time() - self.t0
@@ -200,10 +202,11 @@ class Job:
                 keep.append((ref, steps, phase, version))
         self.evals = keep
 
-    def _checkpoint(self) -> Path:
-        """Learner state first, then the shards: the shards then hold at least the rows the saved
-        learner had seen, so restored counters always satisfy the limiter."""
-        learner_state = ray.get(self.learner.state_dict.remote())
+    def _checkpoint(self, learner_state: dict[str, Any] | None = None) -> Path:
+        """Learner state first (or the one given), then the shards: the shards then hold at least the
+        rows the saved learner had seen, so restored counters always satisfy the limiter."""
+        if learner_state is None:
+            learner_state = ray.get(self.learner.state_dict.remote())
         shard_states = ray.get([s.state_dict.remote() for s in self.shards])
         lim = learner_state["limiter"]
         counters = {**self.c, "env_steps": sum(st["ring"]["total_inserted"] for st in shard_states),
@@ -309,6 +312,20 @@ class Job:
         self.stages["online"] = {"wall_s": time.time() - t0, "bundles": final["bundles"],
                                  "offline_rows_per_bundle": final["offline_rows_per_bundle"]}
 
+    def _finish_records(self) -> None:
+        """After the online stage: last eval, last tick, last checkpoint, totals into run.json."""
+        self._start_eval("online")
+        self._collect_evals(wait=True)
+        self._tick("done")
+        self._checkpoint()
+        lrn = ray.get(self.learner.stats.remote())
+        job.update_run_json(
+            self.run_dir, stages=self.stages, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            env_steps=self._env_steps(), critic_updates=lrn["critic_updates"],
+            weights_version=lrn["version"], worker_restarts=self.sup.restarts,
+            learner_time_split_s=lrn["time_split_s"], workers=self.monitor.view["workers"],
+            dropped_env_steps=self.c["dropped"], wall_time_s=self._wall())
+
     def run(self) -> Path:
         self.log = MetricsLog(self.run_dir)
         server = None
@@ -325,17 +342,7 @@ class Job:
                 self.sup.scale(self.rt.num_workers)
                 self._warmup()
             self._online()
-            self._start_eval("online")
-            self._collect_evals(wait=True)
-            self._tick("done")
-            self._checkpoint()
-            lrn = ray.get(self.learner.stats.remote())
-            job.update_run_json(
-                self.run_dir, stages=self.stages, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                env_steps=self._env_steps(), critic_updates=lrn["critic_updates"],
-                weights_version=lrn["version"], worker_restarts=self.sup.restarts,
-                learner_time_split_s=lrn["time_split_s"], workers=self.monitor.view["workers"],
-                dropped_env_steps=self.c["dropped"], wall_time_s=self._wall())
+            self._finish_records()
         finally:
             if server is not None:
                 server.stop()
@@ -349,38 +356,43 @@ def _on_this_node(soft: bool = False) -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=soft)
 
 
-def _start_metrics(snapshot_fn, rt) -> MetricsServer:
-    server = MetricsServer(snapshot_fn, rt.metrics_host, rt.metrics_port)
+def _start_metrics(snapshot_fn, rt, label: str | None = None) -> MetricsServer:
+    server = MetricsServer(snapshot_fn, rt.metrics_host, rt.metrics_port, label=label)
     try:
         server.start()
     except OSError as e:  # port taken (another job on this host): serve on a free one instead
         log.warning("metrics port %s unavailable (%s); using a free port", rt.metrics_port, e)
-        server = MetricsServer(snapshot_fn, rt.metrics_host, 0)
+        server = MetricsServer(snapshot_fn, rt.metrics_host, 0, label=label)
         server.start()
     return server
 
 
-def _connect(rt) -> bool:
+def _connect(rt, groups: int = 1) -> bool:
     """Start or join Ray; True when this call started it. Under `ray job submit` RAY_ADDRESS is set
     and address=None joins that cluster.
 
     A local Ray started here gets at least the logical CPUs the job asks for (learner + workers +
-    shards): on a 2-core laptop the default 2 workers would otherwise never be scheduled, and the
-    warmup would wait on them. Oversubscribing cores is fine for env stepping."""
+    shards, per seed group): on a 2-core laptop the default 2 workers would otherwise never be
+    scheduled, and the warmup would wait on them. Oversubscribing cores is fine for env stepping."""
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {}
     if rt.address is None and not os.environ.get("RAY_ADDRESS"):
-        need = 1 + rt.num_workers * rt.worker_cpus + rt.num_shards * rt.shard_cpus
+        need = 1 + groups * (rt.num_workers * rt.worker_cpus + rt.num_shards * rt.shard_cpus)
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
     ray.init(address=rt.address, namespace=NAMESPACE, logging_level="WARNING", **kwargs)
     return True
 
 
 def launch(cfg: RunConfig, command: str = "") -> Path:
-    """Run the whole job on Ray (cfg.runtime.address, or a local Ray); returns the run directory."""
-    started = _connect(cfg.runtime)
+    """Run the whole job on Ray (cfg.runtime.address, or a local Ray); returns the run directory.
+    Two or more run.seeds: one learner trains them all (runtime/multiseed.py)."""
+    started = _connect(cfg.runtime, max(1, len(cfg.run.seeds)))
     try:
+        if len(cfg.run.seeds) > 1:
+            from wsrl_dist.runtime.multiseed import MultiSeedJob
+
+            return MultiSeedJob(cfg, command).run()
         return Job(cfg, command).run()
     finally:
         if started:
@@ -393,8 +405,12 @@ def resume(run_dir: str | Path, command: str = "") -> Path:
     run_dir = Path(run_dir)
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     cfg.run.run_dir = str(run_dir)
-    started = _connect(cfg.runtime)
+    started = _connect(cfg.runtime, max(1, len(cfg.run.seeds)))
     try:
+        if len(cfg.run.seeds) > 1:
+            from wsrl_dist.runtime.multiseed import MultiSeedJob
+
+            return MultiSeedJob(cfg, command or f"resume {run_dir}", resume=True).run()
         return Job(cfg, command or f"resume {run_dir}", ckpt.latest(run_dir)).run()
     finally:
         if started:

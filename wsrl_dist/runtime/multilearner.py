@@ -1,0 +1,190 @@
+"""MultiSeedLearner: ONE learner process training S seeds of one config (learner box of the data path, x S).
+
+Each seed keeps what a single-seed job's Learner has (agent, UTD limiter, replay shards, WeightStore,
+weight versions): it IS a `learner.Learner`, held as a plain object inside this actor. `train()` steps
+all agents together with `algo.fast.make_multiseed_fn` (one call per env step's worth of bundles, the
+seeds overlapping on a GPU). `LearnerView(handle, group)` is one seed's face of the actor, shaped like a
+Learner handle, so rollout workers, the supervisor and the per-seed driver code run unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+import torch
+
+from wsrl_dist.algo.fast import make_multiseed_fn
+from wsrl_dist.runtime.learner import Learner
+
+
+class MultiSeedLearner:
+    """Learner actor for S seeds; per-seed methods take the seed's group index (0..S-1) first.
+
+    `cfgs[i]` is seed i's single-seed config dict (run.seed = that seed), `stores[i]` its WeightStore.
+    """
+
+    def __init__(self, cfgs: list[dict], stores: list):
+        if len(cfgs) != len(stores) or not cfgs:
+            raise ValueError("one config and one weight store per seed")
+        self.learners: list[Learner] = []
+        self._rng: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        for cfg, store in zip(cfgs, stores):
+            # Learner() seeds torch with its run.seed and builds that seed's agent: the same init a
+            # single-seed job of this seed gets. Its RNG stream is kept for its own prepare().
+            lrn = Learner(cfg, store)
+            self.learners.append(lrn)
+            self._rng.append(_rng_state(lrn.device))
+        first = self.learners[0]
+        self.cfg, self.device, self.mode = first.cfg, first.device, first.mode
+        self._fn = None  # make_multiseed_fn, built on the first step (graph capture needs batches)
+        self._step_lock = threading.Lock()  # one whole multi-seed step, or one state_dicts() call
+        self.steps = 0  # multi-seed bundles (each = one bundle per seed)
+
+    def _one(self, group: int) -> Learner:
+        return self.learners[int(group)]
+
+    @contextlib.contextmanager
+    def _seed_rng(self, group: int) -> Iterator[None]:
+        """Run with seed `group`'s own torch RNG stream (pre-training draws the same numbers a
+        single-seed learner of that seed draws). The online step shares one stream: the seeds'
+        bundles run inside one make_multiseed_fn call."""
+        cpu, cuda = self._rng[group]
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, self.device)
+        try:
+            yield
+        finally:
+            self._rng[group] = _rng_state(self.device)
+
+    # ------------------------------------------------------------------ per seed (Learner's API)
+    def set_shards(self, group: int, shards: list) -> None:
+        self._one(group).set_shards(shards)
+
+    def prepare(self, group: int, pretrain: bool = True) -> dict[str, Any]:
+        with self._seed_rng(group):
+            return self._one(group).prepare(pretrain)
+
+    def save_agent(self, group: int, path: str) -> None:
+        self._one(group).save_agent(path)
+
+    def publish(self, group: int, bump: bool = True, wait: bool = False) -> int:
+        return self._one(group).publish(bump, wait)
+
+    def acquire_env_steps(self, group: int, n: int, multiple: int = 1, blocked_s: float = 0.0) -> int:
+        return self._one(group).acquire_env_steps(n, multiple, blocked_s)
+
+    def begin_online(self, group: int, env_steps: int) -> None:
+        self._one(group).begin_online(env_steps)
+
+    def stats(self, group: int) -> dict[str, Any]:
+        out = self._one(group).stats()
+        out.update(seed=self._one(group).cfg.run.seed, multiseed_steps=self.steps)
+        return out
+
+    def state_dict(self, group: int) -> dict[str, Any]:
+        return self._one(group).state_dict()
+
+    def state_dicts(self) -> list[dict[str, Any]]:
+        """Every seed's state_dict() from between two steps: a lock-step job's checkpoints must
+        agree on the step count (resume runs the seeds in lock-step again)."""
+        with self._step_lock:
+            return [lrn.state_dict() for lrn in self.learners]
+
+    def load_state_dict(self, group: int, state: dict[str, Any]) -> None:
+        self._one(group).load_state_dict(state)
+        self._fn = None
+
+    # ------------------------------------------------------------------ all seeds
+    def finish(self) -> None:
+        """Every group's rollout is over: run the updates still owed, then return from train()."""
+        for lrn in self.learners:
+            lrn.finish()
+
+    def train(self) -> list[dict[str, Any]]:
+        """Lock-step: one multi-seed step runs a bundle for EVERY seed, and only once every seed's
+        own limiter allows one. The slowest worker group therefore gates the others (each seed still
+        stays inside its own UTD band; none runs ahead of its data). Returns stats per seed."""
+        lrns, utd = self.learners, self.cfg.sac.utd
+        t_start = time.perf_counter()
+        for lrn in lrns:
+            lrn._train_start = (t_start, lrn.limiter.updates)
+            lrn.shard_sizes = [p["size"] for p in ray.get([s.sample.remote(0) for s in lrn.shards])]
+        pending = None
+        t_wait = time.perf_counter()
+        # all() stops at the first seed with nothing owed: lock-step gives every seed the same count
+        while all(lrn._wait_for_room() for lrn in lrns):
+            t_prev, t0 = t_wait, time.perf_counter()
+            refs = pending if pending is not None else [lrn._request() for lrn in lrns]
+            parts = [ray.get(r) for r in refs]
+            pending = [lrn._request() for lrn in lrns] if self.cfg.runtime.prefetch else None
+            t1 = time.perf_counter()
+            batches = [lrn._assemble(p) for lrn, p in zip(lrns, parts)]
+            t2 = time.perf_counter()
+            with contextlib.ExitStack() as held:  # every agent: a checkpoint sees a whole step or none
+                held.enter_context(self._step_lock)
+                for lrn in lrns:
+                    held.enter_context(lrn._agent_lock)
+                if self._fn is None:
+                    self._fn = make_multiseed_fn([lrn.agent for lrn in lrns], self.cfg.sac, self.mode,
+                                                 examples=batches)
+                infos = self._fn(batches)
+                self.steps += 1
+                for lrn, info in zip(lrns, infos):
+                    lrn.bundles += 1
+                    if lrn.bundles % 20 == 1:  # CPU-GPU sync, once every 20 bundles
+                        lrn.last_info = {k: float(v) for k, v in info.items()}
+                    with lrn._lock:
+                        lrn.limiter.record_updates(utd)
+                t3 = time.perf_counter()
+                for lrn in lrns:
+                    if lrn.bundles % self.cfg.runtime.publish_every == 0:
+                        lrn.publish()
+            t_wait = time.perf_counter()
+            # the step is shared: each seed reports the whole step's time split and step time
+            part = {"limiter_wait": t0 - t_prev, "sample_wait": t1 - t0, "assemble_to_device": t2 - t1,
+                    "update_launch": t3 - t2, "publish": t_wait - t3}
+            for lrn in lrns:
+                for k, v in part.items():
+                    lrn.time_split[k] += v
+                lrn.step_hist.observe(t_wait - t0)
+        if pending is not None:
+            ray.get([r for refs in pending for r in refs])
+        for lrn in lrns:
+            lrn.train_seconds += time.perf_counter() - t_start
+        return [self.stats(i) for i in range(len(lrns))]
+
+    def ping(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+class LearnerView:
+    """Seed group `group`'s handle on a MultiSeedLearner actor: `view.m.remote(*a)` calls
+    `actor.m.remote(group, *a)`. Picklable (it travels to rollout workers inside their arguments)."""
+
+    def __init__(self, handle: Any, group: int):
+        self._handle, self._group = handle, int(group)
+
+    def __getattr__(self, name: str) -> _GroupMethod:
+        if name.startswith("_"):  # also what pickle asks for before __dict__ is restored
+            raise AttributeError(name)
+        return _GroupMethod(getattr(self._handle, name), self._group)
+
+
+class _GroupMethod:
+    def __init__(self, method: Any, group: int):
+        self._method, self._group = method, group
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method.remote(self._group, *args, **kwargs)
+
