@@ -7,6 +7,7 @@ workers ask it for env steps through `acquire_env_steps`. driver.py runs it as a
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from typing import Any
@@ -214,14 +215,16 @@ class Learner:
         utd, t_start = self.cfg.sac.utd, time.perf_counter()
         self._train_start = (t_start, self.limiter.updates)
         self.shard_sizes = [p["size"] for p in ray.get([s.sample.remote(0) for s in self.shards])]
-        pending = None
+        pending: collections.deque = collections.deque()  # sample requests in flight, oldest first
+        depth = self.cfg.runtime.prefetch_depth if self.cfg.runtime.prefetch else 0
         split = self.time_split  # wall seconds per part of the loop (issue 5's time split)
         t_wait = time.perf_counter()
         while self._wait_for_room():
             t0 = time.perf_counter()
             split["limiter_wait"] += t0 - t_wait
-            parts = ray.get(pending if pending is not None else self._request())
-            pending = self._request() if self.cfg.runtime.prefetch else None  # overlap with the update
+            parts = ray.get(pending.popleft() if pending else self._request())
+            while len(pending) < depth:  # keep `depth` batches in flight, overlapping the updates
+                pending.append(self._request())
             t1 = time.perf_counter()
             batch = self._assemble(parts)
             t2 = time.perf_counter()
@@ -244,8 +247,8 @@ class Learner:
             split["update_launch"] += t3 - t2
             split["publish"] += t_wait - t3
             self.step_hist.observe(t_wait - t0)
-        if pending is not None:
-            ray.get(pending)
+        for req in pending:  # requests still in flight: drained, their rows unused
+            ray.get(req)
         self.train_seconds += time.perf_counter() - t_start
         return self.stats()
 

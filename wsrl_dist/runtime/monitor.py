@@ -60,6 +60,7 @@ class Monitor:
             "utd_target": self.utd_target,
             "learner_env_steps": learner.get("env_steps", 0),
             "learner_device": learner.get("device"), "learner_gpu_ids": learner.get("gpu_ids"),
+            "learner_time_split_s": learner.get("time_split_s"),
             "limiter_blocked_seconds": learner.get("limiter_blocked_seconds", {}),
             "replay": {i: {k: s[k] for k in ("size", "inserts", "samples", "rejected")}
                        for i, s in enumerate(shards)},
@@ -133,6 +134,8 @@ class Monitor:
         out["replay_size"] = sum(r["size"] for r in v["replay"].values())
         out["limiter_blocked_learner_s"] = v["limiter_blocked_seconds"].get("learner", 0.0)
         out["limiter_blocked_rollout_s"] = v["limiter_blocked_seconds"].get("rollout", 0.0)
+        # cumulative wall seconds of the learner loop's parts, so a job cut short still shows them
+        out["learner_time_split_s"] = v.get("learner_time_split_s")
         return out
 
 
