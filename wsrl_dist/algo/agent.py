@@ -65,7 +65,14 @@ class Agent:
 
     def export_policy(self) -> dict[str, np.ndarray]:
         """Actor weights as CPU numpy arrays: what rollout workers receive (no optimizer state)."""
-        return {k: v.detach().cpu().numpy().copy() for k, v in self.actor.state_dict().items()}
+        state = self.actor.state_dict()
+        # one device->host copy of all tensors (one sync on a GPU), then numpy slices of it
+        flat = torch.cat([v.detach().reshape(-1) for v in state.values()]).cpu().numpy()
+        out, offset = {}, 0
+        for k, v in state.items():
+            out[k] = flat[offset:offset + v.numel()].reshape(v.shape)
+            offset += v.numel()
+        return out
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:

@@ -173,12 +173,15 @@ class RolloutWorker:
                     self._send()  # never sit on rows the learner is waiting for
                     t0 = time.perf_counter()
                     time.sleep(backoff)
-                    backoff = min(backoff * 2, 0.02)
+                    # up to 50 ms: with the learner behind, 14 workers polling at ~1 kHz flooded
+                    # its actor with grant calls (GIL contention slowed its training loop); the
+                    # rollout slack (runtime.rollout_slack env steps) covers the later wake-up
+                    backoff = min(backoff * 2, 0.05)
                     blocked = time.perf_counter() - t0
                     self.blocked["limiter"] += blocked
                     self._pull_weights()
                     continue
-                backoff = 0.0005
+                backoff = 0.001
                 self._take(g)
             self._drain()
         finally:
