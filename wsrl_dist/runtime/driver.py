@@ -297,20 +297,28 @@ class Job:
                 self.c["workers_target"] = n
                 self.sup.scale(n)
             self.sup.supervise()
-            if self.sup.all_done():
-                held = self._env_steps()
-                if held >= total:
-                    break
-                granted = ray.get(self.learner.stats.remote())["granted_env_steps"]
-                self.c["dropped"] += granted - held  # steps of chunks lost with killed workers
-                ray.get(self.learner.begin_online.remote(held))  # hand them out again
-                self.sup.start_runs()
+            if self._rollout_complete(total):
+                break
             self._tick("online")
             time.sleep(self.rt.monitor_interval)
         self.learner.finish.remote()
         final = self._call(train_ref, "online")
         self.stages["online"] = {"wall_s": time.time() - t0, "bundles": final["bundles"],
                                  "offline_rows_per_bundle": final["offline_rows_per_bundle"]}
+
+    def _rollout_complete(self, total: int) -> bool:
+        """Once every worker has returned: True if the shards hold `total` env steps; otherwise
+        the steps of chunks lost with killed workers are handed out again and the runs restarted."""
+        if not self.sup.all_done():
+            return False
+        held = self._env_steps()
+        if held >= total:
+            return True
+        granted = ray.get(self.learner.stats.remote())["granted_env_steps"]
+        self.c["dropped"] += granted - held
+        ray.get(self.learner.begin_online.remote(held))
+        self.sup.start_runs()
+        return False
 
     def _finish_records(self) -> None:
         """After the online stage: last eval, last tick, last checkpoint, totals into run.json."""

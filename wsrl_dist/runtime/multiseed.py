@@ -231,16 +231,7 @@ class MultiSeedJob:
                     g.sup.scale(n)
             for i, g in enumerate(self.groups):
                 g.sup.supervise()
-                if done[i] or not g.sup.all_done():
-                    continue
-                held = g._env_steps()
-                if held >= total:
-                    done[i] = True
-                    continue
-                granted = ray.get(g.learner.stats.remote())["granted_env_steps"]
-                g.c["dropped"] += granted - held  # steps of chunks lost with killed workers
-                ray.get(g.learner.begin_online.remote(held))  # hand them out again
-                g.sup.start_runs()
+                done[i] = done[i] or g._rollout_complete(total)
             self._tick("online")
             time.sleep(self.rt.monitor_interval)
         self.learner.finish.remote()
