@@ -175,3 +175,16 @@ def test_fused_graph_matches_eager(pinned_randomness, mode):
     for b in batches:
         fn([b])
     _assert_agents_close(ref, fast, atol=1e-4)
+
+
+def test_noise_shapes_follow_the_target_backup():
+    """max-target-backup draws n next actions per state for the target AND the entropy estimate."""
+    sac = dataclasses.replace(SAC, max_target_backup=True, n_backup_actions=5)
+    for cfg, extra in ((SAC, ()), (sac, (5,))):
+        spec = fused_lib.make_spec(_agent(0, sac=cfg), cfg)
+        noise = fused_lib.draw_noise(spec, 2, torch.device("cpu"))
+        rows = cfg.utd * cfg.batch_size
+        assert noise.next_eps.shape == (2, cfg.utd, cfg.batch_size, *extra, ACT)
+        assert noise.entropy_eps.shape == (2, rows, *extra, ACT)
+        assert noise.actor_eps.shape == (2, rows, ACT)
+        assert noise.members.shape == (2, cfg.utd, cfg.critic_subsample_size)

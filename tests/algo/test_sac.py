@@ -183,6 +183,31 @@ def test_temperature_loss_estimates_entropy_at_next_observations():
     assert loss.item() != pytest.approx(alpha * (-logp_here.mean().item() + ACT), rel=1e-3)
 
 
+def test_next_entropy_averages_n_samples_per_state_when_asked():
+    """antmaze: the reference estimates the entropy from its 10 backup actions per next state."""
+    agent, batch = tiny_agent(), random_batch(16)
+    torch.manual_seed(5)
+    h10 = sac_lib.next_entropy(batch, agent.actor, 10)
+    torch.manual_seed(5)
+    _, logp = agent.actor(batch.next_observations, 10)
+    assert logp.shape == (16, 10)
+    torch.testing.assert_close(h10, -logp.mean())
+    torch.manual_seed(5)
+    assert sac_lib.next_entropy(batch, agent.actor).item() != pytest.approx(h10.item(), rel=1e-3)
+
+
+def test_bundle_estimates_entropy_with_the_backup_actions_only_under_max_target_backup(monkeypatch):
+    from wsrl_dist.algo import update
+
+    seen = []
+    real = sac_lib.next_entropy
+    monkeypatch.setattr(sac_lib, "next_entropy", lambda b, a, n=None: (seen.append(n), real(b, a, n))[1])
+    for mtb in (False, True):
+        sac = dataclasses.replace(tiny_sac(), max_target_backup=mtb, n_backup_actions=7)
+        update.sac_bundle(tiny_agent(), random_batch(sac.utd * sac.batch_size), sac)
+    assert seen == [None, 7]
+
+
 @pytest.mark.parametrize("target_entropy, alpha_moves", [(-100.0, "down"), (100.0, "up")])
 def test_temperature_step_lowers_alpha_when_entropy_is_above_target(target_entropy, alpha_moves):
     agent = tiny_agent()

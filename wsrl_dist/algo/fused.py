@@ -164,7 +164,7 @@ class Noise(NamedTuple):
     next_eps: torch.Tensor  # [S, U, B, (n,) A] target-action noise per minibatch
     members: torch.Tensor  # [S, U, k] target members, drawn with replacement (reference: randint)
     actor_eps: torch.Tensor  # [S, U*B, A] actor-loss samples at s
-    entropy_eps: torch.Tensor  # [S, U*B, A] temperature-loss samples at s'
+    entropy_eps: torch.Tensor  # [S, U*B, (n,) A] temperature-loss samples at s'
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def draw_noise(spec: Spec, seeds: int, device: torch.device) -> Noise:
         torch.randn(seeds, c.utd, c.batch_size, *extra, spec.act_dim, device=device),
         torch.randint(c.critic_ensemble_size, (seeds, c.utd, c.critic_subsample_size), device=device),
         torch.randn(seeds, rows, spec.act_dim, device=device),
-        torch.randn(seeds, rows, spec.act_dim, device=device),
+        torch.randn(seeds, rows, *extra, spec.act_dim, device=device),
     )
 
 
@@ -272,7 +272,7 @@ def fused_bundle(spec: Spec, st: Tensors, batch: Batch, noise: Noise) -> tuple[T
     grads, (loss_pi, logp) = torch.func.grad(pi_loss, has_aux=True)(actor_views)
     with torch.no_grad():
         _, logp_next = actor_sample(spec.actor, actor_views, s2_all, noise.entropy_eps)
-        entropy_next = -logp_next.mean(1, keepdim=True)  # [S, 1]
+        entropy_next = -logp_next.reshape(s_dim, -1).mean(1, keepdim=True)  # [S, 1]
         # d/d raw [softplus(raw) * (H - H_target)] = sigmoid(raw) * (H - H_target)
         temp_grad = torch.sigmoid(tp) * (entropy_next - spec.target_entropy)
     a, am, av, at = adam(a, spec.actor_layout.flatten(grads, 1), am, av, at, c.actor_lr)

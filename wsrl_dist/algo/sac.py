@@ -97,10 +97,11 @@ def actor_loss(
     return (temperature().detach() * logp - q).mean(), logp
 
 
-def next_entropy(batch: Batch, actor: TanhGaussianActor) -> torch.Tensor:
-    """H_hat = -mean log pi(a'|s') at the NEXT observations (reference gotcha 6); no gradient."""
+def next_entropy(batch: Batch, actor: TanhGaussianActor, n: int | None = None) -> torch.Tensor:
+    """H_hat = -mean log pi(a'|s') at the NEXT observations (reference gotcha 6); no gradient.
+    `n` samples per state where the target uses n backup actions (antmaze: 10, reference 1.4)."""
     with torch.no_grad():
-        _, logp2 = actor(batch.next_observations)
+        _, logp2 = actor(batch.next_observations, n)
     return -logp2.mean()
 
 

@@ -49,11 +49,12 @@ def sac_critic_step(agent: Agent, mb: Batch, cfg: sac_lib.SACConfig) -> tuple[to
     return loss.detach(), q.detach().mean()
 
 
-def sac_actor_temperature_step(agent: Agent, batch: Batch) -> dict[str, torch.Tensor]:
+def sac_actor_temperature_step(agent: Agent, batch: Batch, entropy_samples: int | None = None
+                               ) -> dict[str, torch.Tensor]:
     """Both losses from the same, pre-update actor: the official code evaluates all its loss_fns
     on one parameter set before applying any gradient."""
     loss_pi, logp = sac_lib.actor_loss(batch, agent.actor, agent.critic, agent.temperature)
-    entropy = sac_lib.next_entropy(batch, agent.actor)
+    entropy = sac_lib.next_entropy(batch, agent.actor, entropy_samples)
     _step(agent.actor_opt, loss_pi)
     # the loss is built after the actor's step (a compiled region must not span both backward
     # passes), but from the entropy estimated before it
@@ -73,7 +74,7 @@ def sac_bundle(agent: Agent, batch: Batch, cfg: sac_lib.SACConfig) -> dict[str, 
         if cfg.ghost_adam_steps:
             _ghost_step(agent.actor_opt)
             _ghost_step(agent.temperature_opt)
-    info = sac_actor_temperature_step(agent, batch)
+    info = sac_actor_temperature_step(agent, batch, cfg.n_backup_actions if cfg.max_target_backup else None)
     if cfg.ghost_adam_steps:
         _ghost_step(agent.critic_opt)
     info["critic_loss"] = torch.stack(critic_losses).mean()
