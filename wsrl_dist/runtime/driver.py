@@ -55,6 +55,21 @@ def _evaluate(cfg: dict, weights: dict, version: int) -> dict[str, Any]:
 UNSUPPORTED_METHODS = ("offline_continued", "offline_retained")  # keep the offline loss online
 
 
+def check_learner_running(train_ref: Any) -> None:
+    """During the online stage the learner's train() only returns by failing: raise its error."""
+    if ray.wait([train_ref], timeout=0)[0]:
+        ray.get(train_ref)  # raises the learner's error; it never ends on its own
+        raise RuntimeError("the learner stopped before the online stage was over")
+
+
+def scale_requests(controller: Any) -> list[int]:
+    """Worker counts asked for by `wsrl-dist scale` since the last call (none while it restarts)."""
+    try:
+        return ray.get(controller.take_requests.remote())
+    except ActorUnavailableError:
+        return []
+
+
 class Job:
     def __init__(self, cfg: RunConfig, command: str, resume_from: Path | None = None):
         if cfg.finetune.method in UNSUPPORTED_METHODS:
@@ -286,14 +301,8 @@ class Job:
         train_ref = self.learner.train.remote()
         self.sup.start_runs()
         while True:
-            if ray.wait([train_ref], timeout=0)[0]:
-                ray.get(train_ref)  # raises the learner's error; it never ends on its own
-                raise RuntimeError("the learner stopped before the online stage was over")
-            try:
-                requests = ray.get(self.controller.take_requests.remote())
-            except ActorUnavailableError:
-                requests = []
-            for n in requests:
+            check_learner_running(train_ref)
+            for n in scale_requests(self.controller):
                 self.c["workers_target"] = n
                 self.sup.scale(n)
             self.sup.supervise()

@@ -22,13 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError
 
 from wsrl_dist import job
 from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.runtime.control import controller_name, make_controller
-from wsrl_dist.runtime.driver import UNSUPPORTED_METHODS, Job, _on_this_node, _start_metrics
+from wsrl_dist.runtime.driver import (
+    UNSUPPORTED_METHODS,
+    Job,
+    _on_this_node,
+    _start_metrics,
+    check_learner_running,
+    scale_requests,
+)
 from wsrl_dist.runtime.multilearner import LearnerView, MultiSeedLearner
 from wsrl_dist.runtime.supervisor import Supervisor
 from wsrl_dist.runtime.weights import WeightStore
@@ -218,14 +224,8 @@ class MultiSeedJob:
             g.sup.start_runs()
         done = [False] * len(self.groups)
         while not all(done):
-            if ray.wait([train_ref], timeout=0)[0]:
-                ray.get(train_ref)  # raises the learner's error; it never ends on its own
-                raise RuntimeError("the learner stopped before the online stage was over")
-            try:
-                requests = ray.get(self.controller.take_requests.remote())
-            except ActorUnavailableError:
-                requests = []
-            for n in requests:  # per group: N workers in every seed's group
+            check_learner_running(train_ref)
+            for n in scale_requests(self.controller):  # per group: N workers in every seed's group
                 for g in self.groups:
                     g.c["workers_target"] = n
                     g.sup.scale(n)
