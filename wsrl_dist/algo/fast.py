@@ -85,6 +85,27 @@ def _init_adam_state(opt: torch.optim.Optimizer) -> None:
                 }
 
 
+def capture(fn: Callable, static: Batch, state: list[torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, object]:
+    """Capture fn(static) in one CUDA graph. The warm-up calls capture needs (and compilation, for a
+    compiled fn) run on the real state, so `state` (every tensor fn mutates) is saved before and
+    copied back in place after: the same addresses, the values from before. Returns (graph, the
+    output tensors that each replay overwrites)."""
+    saved = [t.clone() for t in state]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(static)
+    with torch.no_grad():
+        for t, s in zip(state, saved):
+            t.copy_(s)
+    return graph, out
+
+
 class GraphedBundle:
     """A bundle function captured in one CUDA graph. Warm-up iterations needed before capture run on
     the real agent, so its state is saved before and copied back in place after (same addresses).
@@ -98,20 +119,7 @@ class GraphedBundle:
                 raise ValueError("GraphedBundle needs optimizers made with capturable=True")
             _init_adam_state(opt)
         self.static = Batch(*(t.clone() if t is not None else None for t in example))
-        tensors = _state_tensors(agent)
-        saved = [t.clone() for t in tensors]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn(self.static)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = fn(self.static)
-        with torch.no_grad():
-            for t, s in zip(tensors, saved):
-                t.copy_(s)
+        self.graph, self.out = capture(fn, self.static, _state_tensors(agent))
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         for dst, src in zip(self.static, batch):
@@ -203,40 +211,26 @@ class FusedBundles:
             return update(state.t, batch, fused_lib.draw_noise(spec, self.seeds, self.device))
 
         self._step = step
-        self._static: Batch | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
         if mode.endswith("graph"):
             if examples is None:
                 raise ValueError(f"{mode} needs one example batch per seed to capture with")
-            self._capture(self._stack(examples))
+            self._check(examples)
+            self._static = self._stack(examples)  # a fresh tensor: the graph's own input buffers
+            self._graph, self._out = capture(self._step, self._static, list(self.state.t.values()))
 
-    def _stack(self, batches: list[Batch]) -> Batch:
+    def _check(self, batches: list[Batch]) -> None:
         if len(batches) != self.seeds:
             raise ValueError(f"expected {self.seeds} batches (one per seed), got {len(batches)}")
+
+    def _stack(self, batches: list[Batch]) -> Batch:
         return Batch(*(torch.stack(cols) if cols[0] is not None else None for cols in zip(*batches)))
 
-    def _capture(self, example: Batch) -> None:
-        self._static = Batch(*(t.clone() if t is not None else None for t in example))
-        saved = {k: v.clone() for k, v in self.state.t.items()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up (and compilation) outside the graph
-            for _ in range(3):
-                self._step(self._static)
-        torch.cuda.current_stream().wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._out = self._step(self._static)
-        with torch.no_grad():
-            for k, v in saved.items():
-                self.state.t[k].copy_(v)
-
     def __call__(self, batches: list[Batch]) -> list[dict[str, torch.Tensor]]:
+        self._check(batches)
         if self._graph is None:
             info = self._step(self._stack(batches))
         else:
-            if len(batches) != self.seeds:
-                raise ValueError(f"expected {self.seeds} batches (one per seed), got {len(batches)}")
             for i, batch in enumerate(batches):
                 for dst, src in zip(self._static, batch):
                     if dst is not None and src is not None:

@@ -95,19 +95,25 @@ def time_variant(size: str, variant: str, device: torch.device, sac: SACConfig, 
     batch = _batch(size, sac.utd * sac.batch_size, device)
     t_setup = time.perf_counter()
     fn = make_bundle_fn(agent, sac, VARIANT_MODES[variant], example=batch)
+    return _calls_per_second(lambda: [fn(batch)], device, seconds, (size, variant), t_setup)
+
+
+def _calls_per_second(call, device: torch.device, seconds: float, key: tuple[str, str], t_setup: float) -> float:
+    """Calls/s of `call` (returning a list of info dicts) for about `seconds` after 3 warm-up calls;
+    the time from `t_setup` to the end of the warm-up goes to SETUP_S[key]."""
     for _ in range(3):
-        out = fn(batch)
+        call()
     _sync(device)
-    SETUP_S[(size, variant)] = time.perf_counter() - t_setup
+    SETUP_S[key] = time.perf_counter() - t_setup
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for _ in range(10):
-            out = fn(batch)
+            out = call()
         n += 10
         _sync(device)
     rate = n / (time.perf_counter() - t0)
-    if not all(torch.isfinite(v).all() for v in out.values()):
-        raise RuntimeError(f"{size}/{variant}: non-finite losses")
+    if not all(torch.isfinite(v).all() for info in out for v in info.values()):
+        raise RuntimeError(f"{key[0]}/{key[1]}: non-finite losses")
     return rate
 
 
@@ -124,20 +130,8 @@ def time_multiseed(size: str, seeds: int, device: torch.device, sac: SACConfig, 
         batches.append(_batch(size, sac.utd * sac.batch_size, device))
     t_setup = time.perf_counter()
     multi = make_multiseed_fn(agents, sac, mode, batches)
-    for _ in range(3):
-        multi(batches)
-    _sync(device)
-    SETUP_S[(size, f"seeds-{mode}-S{seeds}")] = time.perf_counter() - t_setup
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for _ in range(10):
-            out = multi(batches)
-        n += 10
-        _sync(device)
-    rate = seeds * n / (time.perf_counter() - t0)
-    if not all(torch.isfinite(v).all() for o in out for v in o.values()):
-        raise RuntimeError(f"{size}/{mode} x{seeds}: non-finite losses")
-    return rate
+    return seeds * _calls_per_second(lambda: multi(batches), device, seconds,
+                                     (size, f"seeds-{mode}-S{seeds}"), t_setup)
 
 
 def run_anchor(path: str) -> dict[str, float]:
