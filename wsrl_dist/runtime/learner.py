@@ -7,7 +7,6 @@ workers ask it for env steps through `acquire_env_steps`. driver.py runs it as a
 
 from __future__ import annotations
 
-import collections
 import sys
 import threading
 import time
@@ -19,14 +18,14 @@ import torch
 
 from wsrl_dist import job
 from wsrl_dist.algo.fast import make_bundle_fn, resolve_mode
-from wsrl_dist.algo.types import Batch, batch_from_numpy
+from wsrl_dist.algo.types import Batch
 from wsrl_dist.config import from_dict
 from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.ops.metrics import SECONDS_BUCKETS, Histogram
 from wsrl_dist.pretrain import DeviceSampler, pretrain_agent, training_arrays
+from wsrl_dist.runtime.feed import ReplayFeed
+from wsrl_dist.runtime.hostcopy import HostCopy
 from wsrl_dist.runtime.limiter import UtdLimiter
-
-_BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "masks")
 
 
 def first_update_step(cfg) -> int:
@@ -60,8 +59,8 @@ class Learner:
         job.configure_matmul(c.run.matmul_precision, self.device)
         self.mode = resolve_mode(c.run.fast_path, self.device)
         self.task = c.task.spec()
-        obs_dim, act_dim = obs_act_dims(self.task)
-        self.agent = job.build_agent(c, obs_dim, act_dim, self.device,
+        self.obs_dim, self.act_dim = obs_act_dims(self.task)
+        self.agent = job.build_agent(c, self.obs_dim, self.act_dim, self.device,
                                      capturable=self.mode.endswith("graph"))
         self.store = store
         self.shards: list = []
@@ -77,7 +76,6 @@ class Learner:
         self.version = -1
         self.bundles = 0
         self.env_steps = 0  # rows in the shards, as last seen by the learner
-        self.shard_sizes: list[int] = []
         self.last_info: dict[str, float] = {}
         self.train_seconds = 0.0
         self.step_hist = Histogram(SECONDS_BUCKETS)
@@ -85,13 +83,16 @@ class Learner:
         self.time_split = dict.fromkeys(
             ("limiter_wait", "sample_wait", "assemble_to_device", "update_launch", "publish"), 0.0)
         self._publish_acks: list[Any] = []
+        # the training loop reads weights and losses off the GPU without waiting for it (hostcopy.py)
+        self._weights_copy = HostCopy(self.device)
+        self._info_copy = HostCopy(self.device)
+        self.feed: ReplayFeed | None = None
         self._train_start = (0.0, 0)  # (perf_counter, critic updates) when train() began
         self.set_shards(shards or [])
 
     def set_shards(self, shards: list) -> None:
         """Replay shard handles (the driver places shards next to the learner, after creating it)."""
         self.shards = list(shards)
-        self.shard_sizes = [0] * len(self.shards)
 
     # ------------------------------------------------------------------ stage 1
     def prepare(self, pretrain: bool = True) -> dict[str, Any]:
@@ -123,19 +124,47 @@ class Learner:
     def publish(self, bump: bool = True, wait: bool = False) -> int:
         """Export the actor, ray.put it once, hand the store [ref]; returns the version published
         (a new one, or with bump=False the current one again: a resumed job's fresh store).
-        `wait` returns only once the store holds it; the training loop never waits."""
+        `wait` returns only once the store holds it. The training loop uses _publish_async."""
+        self._collect_copies(block=True)  # a version still on its way out goes first
         t0 = time.perf_counter()
-        weights = self.agent.export_policy()  # GPU -> CPU copy: a sync point, once per publish
-        ref = ray.put(weights)
         self.version += int(bump)
-        self._publish_acks.append(self.store.publish.remote(self.version, [ref], self.limiter.updates))
+        self._put_weights(self.agent.export_policy(), self.version)
         self.publish_hist.observe(time.perf_counter() - t0)
         if wait:
             ray.get(self._publish_acks[-1])
+        return self.version
+
+    def _put_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
+        ref = ray.put(weights)  # copies into the object store: `weights` may be reused after this
+        self._publish_acks.append(self.store.publish.remote(version, [ref], self.limiter.updates))
         if len(self._publish_acks) > 8:  # keep the ack list short without waiting on the store
             self._publish_acks = ray.wait(self._publish_acks, num_returns=len(self._publish_acks),
                                           timeout=0)[1]
-        return self.version
+
+    def _publish_async(self) -> None:
+        """Start a new weight version's copy to the host; it reaches the store in _collect_copies
+        once it has landed. Skipped (no new version) while the previous one is still in flight: on
+        a GPU running behind the loop, versions then follow the GPU's pace instead of stalling it."""
+        params = list(self.agent.actor.state_dict().values())
+        if self._weights_copy.start(params, tag=self.version + 1):
+            self.version += 1
+
+    def _collect_copies(self, block: bool = False) -> None:
+        """Publish a weight copy and read a loss copy that have landed (block: wait for them)."""
+        got = self._weights_copy.poll(block)
+        if got is not None:
+            t0 = time.perf_counter()
+            version, flat = got
+            out, offset = {}, 0
+            for k, v in self.agent.actor.state_dict().items():
+                out[k] = flat[offset: offset + v.numel()].reshape(v.shape)
+                offset += v.numel()
+            self._put_weights(out, version)
+            self.publish_hist.observe(time.perf_counter() - t0)
+        got = self._info_copy.poll(block)
+        if got is not None:
+            keys, vals = got
+            self.last_info = {k: float(v) for k, v in zip(keys, vals)}
 
     # ------------------------------------------------------------------ limiter
     def acquire_env_steps(self, n: int, multiple: int = 1, blocked_s: float = 0.0) -> int:
@@ -162,30 +191,12 @@ class Learner:
         n = self.cfg.sac.utd * self.cfg.sac.batch_size
         return n - (int(round(n * self.ratio)) if self.offline is not None else 0)
 
-    def _request(self) -> list:
-        """Sample calls for one batch: utd * batch_size online rows split over shards by size."""
-        n = self.online_rows
-        sizes = np.asarray(self.shard_sizes, dtype=np.float64)
-        share = sizes / sizes.sum() if sizes.sum() > 0 else np.full(len(sizes), 1.0 / len(sizes))
-        counts = np.floor(share * n).astype(int)
-        counts[np.argsort(-(share * n - counts))[: n - counts.sum()]] += 1  # largest remainders
-        return [s.sample.remote(int(k)) for s, k in zip(self.shards, counts)]
-
-    def _assemble(self, parts: list[dict]) -> Batch:
-        self.shard_sizes = [p["size"] for p in parts]
-        self.env_steps = max(self.env_steps, sum(p["env_steps"] for p in parts))
-        rows = [p for p in parts if "rewards" in p]
-        short = self.online_rows - sum(len(p["rewards"]) for p in rows)
-        if short > 0:  # a split made on stale sizes hit an empty shard: top up from the fullest
-            rows.append(ray.get(self.shards[int(np.argmax(self.shard_sizes))].sample.remote(short)))
-        cols = {k: np.concatenate([p[k] for p in rows]) for k in _BATCH_KEYS}
-        perm = self.rng.permutation(len(cols["rewards"]))  # mix shards inside every critic minibatch
-        batch = batch_from_numpy({k: v[perm] for k, v in cols.items()}, self.device)
+    def _with_offline(self, online: Batch) -> Batch:
         if self.offline is None:
-            return batch
+            return online
         off = self.offline.sample(self.cfg.sac.utd * self.cfg.sac.batch_size - self.online_rows)
         # online rows first, then offline rows: the reference's concatenation order (local.py)
-        return Batch(*(torch.cat([a, b]) for a, b in zip(batch[:5], off[:5])), None)
+        return Batch(*(torch.cat([a, b]) for a, b in zip(online[:5], off[:5])), None)
 
     def _poll_env_steps(self) -> None:
         steps = ray.get([s.env_steps.remote() for s in self.shards])
@@ -214,45 +225,70 @@ class Learner:
             self._poll_env_steps()
             fresh = finishing
 
+    def make_feed(self) -> ReplayFeed:
+        """This learner's sampling (feed.py): G bundles per request and `prefetch_depth` requests in
+        flight; without prefetch, one bundle's rows requested right before each bundle (lock-step)."""
+        rt = self.cfg.runtime
+        sizes = [p["size"] for p in ray.get([s.sample.remote(0) for s in self.shards])]
+        return ReplayFeed(self.shards, self.online_rows, self.obs_dim, self.act_dim, self.device,
+                          self.rng, bundles_per_request=rt.sample_bundles if rt.prefetch else 1,
+                          depth=rt.prefetch_depth if rt.prefetch else 0, shard_sizes=sizes)
+
+    def next_batch(self) -> Batch:
+        """The next bundle's batch (online rows from the feed + offline rows for retention
+        baselines); adds the wait and the unpacking to the time split."""
+        t0 = time.perf_counter()
+        waited = self.feed.wait_seconds
+        online = self.feed.next()
+        self.env_steps = max(self.env_steps, self.feed.env_steps)
+        batch = self._with_offline(online)
+        wait = self.feed.wait_seconds - waited
+        self.time_split["sample_wait"] += wait
+        self.time_split["assemble_to_device"] += time.perf_counter() - t0 - wait
+        return batch
+
+    def after_bundle(self, info: dict[str, torch.Tensor]) -> None:
+        """Bookkeeping once a bundle is queued (caller holds the agent lock): counters, limiter,
+        and every 20 bundles a loss snapshot copied to the host without waiting for the GPU."""
+        self.bundles += 1
+        if self.bundles % 20 == 1:
+            self._info_copy.start(list(info.values()), tag=list(info.keys()))
+        with self._lock:
+            self.limiter.record_updates(self.cfg.sac.utd)
+
+    def publish_due(self) -> None:
+        """A weight version every `publish_every` bundles (started async), and whatever copies have
+        landed since the last call go out (caller holds the agent lock)."""
+        if self.bundles % self.cfg.runtime.publish_every == 0:
+            self._publish_async()
+        self._collect_copies()
+
     def train(self) -> dict[str, Any]:
         """Run bundles within the limiter until finish() and every owed update is done."""
-        utd, t_start = self.cfg.sac.utd, time.perf_counter()
+        t_start = time.perf_counter()
         self._train_start = (t_start, self.limiter.updates)
-        self.shard_sizes = [p["size"] for p in ray.get([s.sample.remote(0) for s in self.shards])]
-        pending: collections.deque = collections.deque()  # sample requests in flight, oldest first
-        depth = self.cfg.runtime.prefetch_depth if self.cfg.runtime.prefetch else 0
+        self.feed = self.make_feed()
         split = self.time_split  # wall seconds per part of the loop (issue 5's time split)
         t_wait = time.perf_counter()
         while self._wait_for_room():
             t0 = time.perf_counter()
             split["limiter_wait"] += t0 - t_wait
-            parts = ray.get(pending.popleft() if pending else self._request())
-            while len(pending) < depth:  # keep `depth` batches in flight, overlapping the updates
-                pending.append(self._request())
-            t1 = time.perf_counter()
-            batch = self._assemble(parts)
+            batch = self.next_batch()
             t2 = time.perf_counter()
             # bundle, counters and publish under one lock: a checkpoint sees all of them or none
             with self._agent_lock:
                 if self._bundle is None:  # built on first use: CUDA-graph capture needs a batch
                     self._bundle = make_bundle_fn(self.agent, self.cfg.sac, self.mode, example=batch)
-                info = self._bundle(batch)
-                self.bundles += 1
-                if self.bundles % 20 == 1:  # CPU-GPU sync, once every 20 bundles
-                    self.last_info = {k: float(v) for k, v in info.items()}
-                with self._lock:
-                    self.limiter.record_updates(utd)
+                self.after_bundle(self._bundle(batch))
                 t3 = time.perf_counter()
-                if self.bundles % self.cfg.runtime.publish_every == 0:
-                    self.publish()  # copies weights to host: on a GPU this also waits for the bundle
+                self.publish_due()
             t_wait = time.perf_counter()
-            split["sample_wait"] += t1 - t0
-            split["assemble_to_device"] += t2 - t1
             split["update_launch"] += t3 - t2
             split["publish"] += t_wait - t3
             self.step_hist.observe(t_wait - t0)
-        for req in pending:  # requests still in flight: drained, their rows unused
-            ray.get(req)
+        self.feed.close()
+        with self._agent_lock:
+            self._collect_copies(block=True)
         self.train_seconds += time.perf_counter() - t_start
         return self.stats()
 

@@ -110,21 +110,17 @@ class MultiSeedLearner:
         """Lock-step: one multi-seed step runs a bundle for EVERY seed, and only once every seed's
         own limiter allows one. The slowest worker group therefore gates the others (each seed still
         stays inside its own UTD band; none runs ahead of its data). Returns stats per seed."""
-        lrns, utd = self.learners, self.cfg.sac.utd
+        lrns = self.learners
         t_start = time.perf_counter()
         for lrn in lrns:
             lrn._train_start = (t_start, lrn.limiter.updates)
-            lrn.shard_sizes = [p["size"] for p in ray.get([s.sample.remote(0) for s in lrn.shards])]
-        pending = None
+            lrn.feed = lrn.make_feed()  # each seed samples its own shards, requests in flight
         t_wait = time.perf_counter()
         # all() stops at the first seed with nothing owed: lock-step gives every seed the same count
         while all(lrn._wait_for_room() for lrn in lrns):
             t_prev, t0 = t_wait, time.perf_counter()
-            refs = pending if pending is not None else [lrn._request() for lrn in lrns]
-            parts = [ray.get(r) for r in refs]
-            pending = [lrn._request() for lrn in lrns] if self.cfg.runtime.prefetch else None
-            t1 = time.perf_counter()
-            batches = [lrn._assemble(p) for lrn, p in zip(lrns, parts)]
+            before = [dict(lrn.time_split) for lrn in lrns]
+            batches = [lrn.next_batch() for lrn in lrns]
             t2 = time.perf_counter()
             with contextlib.ExitStack() as held:  # every agent: a checkpoint sees a whole step or none
                 held.enter_context(self._step_lock)
@@ -136,26 +132,25 @@ class MultiSeedLearner:
                 infos = self._fn(batches)
                 self.steps += 1
                 for lrn, info in zip(lrns, infos):
-                    lrn.bundles += 1
-                    if lrn.bundles % 20 == 1:  # CPU-GPU sync, once every 20 bundles
-                        lrn.last_info = {k: float(v) for k, v in info.items()}
-                    with lrn._lock:
-                        lrn.limiter.record_updates(utd)
+                    lrn.after_bundle(info)
                 t3 = time.perf_counter()
                 for lrn in lrns:
-                    if lrn.bundles % self.cfg.runtime.publish_every == 0:
-                        lrn.publish()
+                    lrn.publish_due()
             t_wait = time.perf_counter()
             # the step is shared: each seed reports the whole step's time split and step time
-            part = {"limiter_wait": t0 - t_prev, "sample_wait": t1 - t0, "assemble_to_device": t2 - t1,
-                    "update_launch": t3 - t2, "publish": t_wait - t3}
-            for lrn in lrns:
+            # (sampling: the sum over seeds of what next_batch() measured for each)
+            sampled = {k: sum(lrn.time_split[k] - b[k] for lrn, b in zip(lrns, before))
+                       for k in ("sample_wait", "assemble_to_device")}
+            part = {"limiter_wait": t0 - t_prev, **sampled, "update_launch": t3 - t2,
+                    "publish": t_wait - t3}
+            for lrn, b in zip(lrns, before):
                 for k, v in part.items():
-                    lrn.time_split[k] += v
+                    lrn.time_split[k] = b[k] + v
                 lrn.step_hist.observe(t_wait - t0)
-        if pending is not None:
-            ray.get([r for refs in pending for r in refs])
         for lrn in lrns:
+            lrn.feed.close()
+            with lrn._agent_lock:
+                lrn._collect_copies(block=True)
             lrn.train_seconds += time.perf_counter() - t_start
         return [self.stats(i) for i in range(len(lrns))]
 

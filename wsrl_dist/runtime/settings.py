@@ -25,9 +25,13 @@ class RuntimeConfig:
     rollout_slack: int | None = 512
     max_inflight_chunks: int = 4  # insert calls a worker leaves unanswered before it waits
     prefetch: bool = True  # learner requests the next batches before running the current bundle
-    # batches requested ahead when prefetch is on: one Ray sample round trip (~2.5 ms for 1,024 rows)
-    # is longer than a GPU bundle (~1 ms), so one in flight leaves the learner waiting on replay
-    prefetch_depth: int = 3
+    # sample requests kept in flight when prefetch is on: one Ray sample round trip (~2.5 ms for
+    # 1,024 rows) is longer than a GPU bundle (~1 ms), so none in flight leaves the learner waiting
+    prefetch_depth: int = 2
+    # bundles' rows fetched per sample request (runtime/feed.py): one Ray round trip, one shuffle and
+    # one host->device copy serve this many bundles. Rows are then sampled up to
+    # (prefetch_depth + 1) * sample_bundles bundles (= env steps) before use; 1 without prefetch.
+    sample_bundles: int = 4
     monitor_interval: float = 1.0  # driver's stats/metrics/health loop, seconds
     restart_timeout: float = 120.0  # seconds a restarting worker may take before it is replaced
     keep_checkpoints: int = 2  # newest checkpoints kept under <run_dir>/checkpoints
@@ -35,7 +39,7 @@ class RuntimeConfig:
 
     def validate(self) -> None:
         for name in ("num_workers", "envs_per_worker", "num_shards", "chunk_size", "publish_every",
-                     "prefetch_depth"):
+                     "prefetch_depth", "sample_bundles"):
             if getattr(self, name) < 1:
                 raise ValueError(f"runtime.{name} must be >= 1, got {getattr(self, name)}")
         if self.rollout_slack is not None and self.rollout_slack < self.envs_per_worker:

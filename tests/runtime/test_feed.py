@@ -1,0 +1,122 @@
+"""ReplayFeed (learner sampling, G bundles per Ray request) and HostCopy (non-blocking host reads),
+on real Ray shard actors: rows arrive whole and shuffled across shards, request counts follow G,
+splits follow shard sizes, an empty shard is topped up, and copies collect in order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.runtime.test_wire import A, O
+from wsrl_dist.runtime.feed import ReplayFeed, split_rows
+from wsrl_dist.runtime.hostcopy import HostCopy
+from wsrl_dist.runtime.replay import ReplayShard
+from wsrl_dist.runtime.wire import encode_chunk
+
+
+def rows_with_ids(ids: np.ndarray) -> bytes:
+    """Transitions whose every field encodes the row id, so a torn or misaligned row is visible."""
+    n = len(ids)
+    obs = np.zeros((n, O), np.float32)
+    obs[:, 0] = ids
+    act = np.zeros((n, A), np.float32)
+    act[:, 0] = ids / 10_000.0
+    nxt = np.zeros((n, O), np.float32)
+    nxt[:, 0] = ids + 0.5
+    cols = {"observations": obs, "actions": act, "rewards": ids.astype(np.float32),
+            "next_observations": nxt, "terminals": (ids % 7 == 0).astype(np.float32),
+            "timeouts": np.zeros(n, np.float32)}
+    return encode_chunk(cols, worker_id=0, seq=int(ids[0]), policy_versions=np.zeros(n, np.int64))
+
+
+def make_shards(ray_mod, id_ranges: list[range]) -> list:
+    shard = ray_mod.remote(ReplayShard)
+    out = []
+    for i, ids in enumerate(id_ranges):
+        s = shard.remote(10_000, O, A, seed=i, shard_id=i)
+        if len(ids):
+            ray_mod.get(s.insert.remote(rows_with_ids(np.asarray(ids, dtype=np.float64))))
+        out.append(s)
+    return out
+
+
+def check_rows(batch) -> np.ndarray:
+    ids = batch.observations[:, 0].cpu().numpy()
+    np.testing.assert_allclose(batch.actions[:, 0].cpu().numpy(), ids / 10_000.0, rtol=1e-6)
+    np.testing.assert_array_equal(batch.rewards.cpu().numpy(), ids)
+    np.testing.assert_array_equal(batch.next_observations[:, 0].cpu().numpy(), ids + 0.5)
+    np.testing.assert_array_equal(batch.masks.cpu().numpy(), 1.0 - (ids % 7 == 0))
+    assert not batch.observations[:, 1:].any() and not batch.actions[:, 1:].any()
+    return ids
+
+
+def test_split_rows_follows_shard_sizes_and_sums_to_n():
+    np.testing.assert_array_equal(split_rows(1024, [300, 100]), [768, 256])
+    np.testing.assert_array_equal(split_rows(10, [1, 1, 1]), [4, 3, 3])
+    np.testing.assert_array_equal(split_rows(9, [0, 0, 0]), [3, 3, 3])
+    assert split_rows(1000, [5, 7, 11]).sum() == 1000
+
+
+@pytest.mark.parametrize("group,depth", [(1, 0), (4, 2), (3, 1)])
+def test_feed_hands_out_whole_rows_mixed_over_shards_one_request_per_group(ray_local, group, depth):
+    import ray
+
+    shards = make_shards(ray, [range(0, 500), range(1000, 1500)])
+    feed = ReplayFeed(shards, rows=64, obs_dim=O, act_dim=A, device=torch.device("cpu"),
+                      rng=np.random.default_rng(0), bundles_per_request=group, depth=depth,
+                      shard_sizes=[500, 500])
+    seen = []
+    for _ in range(12):
+        b = feed.next()
+        assert b.observations.shape == (64, O) and b.masks.shape == (64,)
+        ids = check_rows(b)
+        assert (ids < 1000).any() and (ids >= 1000).any()  # shuffled: both shards in one minibatch
+        seen.append(ids.copy())
+    assert feed.requests == 12 // group + depth  # one Ray round trip per `group` bundles, + in flight
+    assert feed.env_steps == 1000 and feed.shard_sizes == [500, 500]
+    assert not any(np.array_equal(seen[i], seen[i + 1]) for i in range(11))
+    feed.close()
+
+
+def test_feed_tops_up_from_the_fullest_shard_when_a_split_hits_an_empty_one(ray_local):
+    import ray
+
+    shards = make_shards(ray, [range(0, 200), range(0)])
+    # stale sizes say both shards hold rows: half of each request goes to the empty one
+    feed = ReplayFeed(shards, rows=32, obs_dim=O, act_dim=A, device=torch.device("cpu"),
+                      rng=np.random.default_rng(1), bundles_per_request=2, shard_sizes=[100, 100])
+    for _ in range(4):
+        ids = check_rows(feed.next())
+        assert len(ids) == 32 and ids.max() < 200
+    assert feed.shard_sizes == [200, 0]
+
+
+def test_feed_rejects_bad_shapes(ray_local):
+    with pytest.raises(ValueError, match="at least one replay shard"):
+        ReplayFeed([], rows=8, obs_dim=O, act_dim=A, device=torch.device("cpu"),
+                   rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="bundles_per_request"):
+        ReplayFeed(["s"], rows=8, obs_dim=O, act_dim=A, device=torch.device("cpu"),
+                   rng=np.random.default_rng(0), bundles_per_request=0)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_host_copy_snapshots_values_and_skips_while_busy(device):
+    copy = HostCopy(torch.device(device))
+    a = torch.arange(6, dtype=torch.float32, device=device).reshape(2, 3)
+    b = torch.tensor(7.0, device=device)
+    assert copy.poll() is None
+    assert copy.start([a, b], tag="v1")
+    a.add_(100)  # later in-place writes must not reach the copy already started
+    assert not copy.start([a], tag="v2") and copy.skipped == 1  # one in flight at a time
+    tag, vals = copy.poll(block=True)
+    assert tag == "v1"
+    np.testing.assert_array_equal(vals, [0, 1, 2, 3, 4, 5, 7])
+    assert copy.poll() is None
+    assert copy.start([a], tag="v3")
+    tag, vals = copy.poll(block=True)
+    assert tag == "v3" and vals[0] == 100
