@@ -39,6 +39,20 @@ def test_rollout_grants_stay_within_slack_of_updates_and_in_vector_multiples():
     assert lim.granted == 26
 
 
+def test_grant_quantum_waits_for_a_chunk_of_room_but_never_past_slack_or_budget():
+    lim = UtdLimiter(utd=1, warmup_steps=0, total_steps=40, rollout_slack=10)
+    assert lim.grant(64, quantum=8) == 10
+    lim.record_updates(5)  # 5 steps of room: fewer than the quantum
+    assert lim.grant(64, quantum=8) == 0
+    assert lim.grant(3, quantum=8) == 3  # a small ask needs only its own size
+    lim.record_updates(6)  # room 8
+    assert lim.grant(64, quantum=8) == 8
+    lim.record_updates(20)  # room 20 >= the budget's last 19
+    assert lim.grant(64, quantum=64) == 19  # a quantum above the slack is capped at the slack
+    tiny = UtdLimiter(utd=1, warmup_steps=0, total_steps=10, rollout_slack=1)
+    assert tiny.grant(64, quantum=8) == 1  # lock-step: the slack (1) caps the quantum
+
+
 def test_budget_ends_with_the_exact_remainder_then_minus_one():
     lim = UtdLimiter(utd=1, warmup_steps=0, total_steps=10, rollout_slack=None)
     assert lim.grant(8, multiple=4) == 8

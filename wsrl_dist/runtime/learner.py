@@ -172,7 +172,7 @@ class Learner:
         with self._lock:
             if blocked_s:
                 self.limiter.add_blocked("rollout", blocked_s)
-            return self.limiter.grant(n, multiple)
+            return self.limiter.grant(n, multiple, self.cfg.runtime.grant_quantum)
 
     def begin_online(self, env_steps: int) -> None:
         """Align the rollout budget with what the shards hold (after warmup or a resume)."""

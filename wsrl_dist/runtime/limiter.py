@@ -66,14 +66,20 @@ class UtdLimiter:
         ahead = self.warmup_steps + math.floor(self.updates / self.utd + 1e-9) + self.rollout_slack
         return min(self.total_steps, ahead)
 
-    def grant(self, n: int, multiple: int = 1) -> int:
+    def grant(self, n: int, multiple: int = 1, quantum: int = 1) -> int:
         """Hand out up to `n` env steps, in whole multiples of `multiple` (a vector env steps all its
         envs) except for the budget's last remainder. Returns 0 when the rollout must wait and -1
-        once all `total_steps` are handed out."""
+        once all `total_steps` are handed out. `quantum`: hand out nothing while fewer than
+        min(n, quantum) steps are free (except the budget's remainder), so that a saturated pool is
+        shared in chunks, not one step per call (each call costs the learner process CPU)."""
         left = self.total_steps - self.granted
         if left <= 0:
             return -1
         room = min(int(n), self.env_steps_allowed() - self.granted)
+        # capped at the rollout slack: a larger quantum could never be free at once
+        need = min(int(n), int(quantum), left, self.rollout_slack or left)
+        if room < need:
+            return 0
         g = room if room >= left else (room // multiple) * multiple
         g = max(0, min(g, left))
         self.granted += g
