@@ -42,7 +42,7 @@ def resolve_mode(mode: str, device: torch.device, matmul_dtype: torch.dtype = to
         raise ValueError(f"run.fast_path={mode} needs a CUDA device; use eager or compile on CPU")
     if bf16 and mode not in FUSED_MODES:
         raise ValueError(f"run.matmul_precision=bf16 runs only on the fused fast paths {FUSED_MODES} "
-                         f"(or auto); run.fast_path={mode} runs algo/update.py, which has fp32 matmuls only")
+                         f"or auto, not run.fast_path={mode} (algo/update.py, fp32 only)")
     return mode
 
 
