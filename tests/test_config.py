@@ -154,12 +154,31 @@ def test_unknown_task_is_a_config_error_naming_close_tasks():
     ("pretrain.algo=bcq", "pretrain.algo"),
     ("dataset.source=s3", "dataset.source"),
     ("run.fast_path=jit", "run.fast_path"),
-    ("run.matmul_precision=bf16", "run.matmul_precision"),
+    ("run.matmul_precision=fp8", "run.matmul_precision"),
 ])
 def test_bad_choice_values_name_the_key_and_the_choices(text, key):
     with pytest.raises(ConfigError) as e:
         config.load(overrides=[text])
     assert str(e.value).startswith(f"{key}:")
+
+
+@pytest.mark.parametrize("fast_path", ["auto", "fused", "fused_compile", "fused_graph", "fused_compile_graph"])
+def test_bf16_matmuls_are_accepted_on_the_fused_fast_paths(fast_path):
+    cfg = config.load(overrides=["run.matmul_precision=bf16", f"run.fast_path={fast_path}"])
+    assert cfg.run.matmul_precision == "bf16"
+
+
+@pytest.mark.parametrize("override, names", [
+    ("run.fast_path=eager", ["run.fast_path=eager", "fused_compile_graph"]),
+    ("run.fast_path=compile_graph", ["run.fast_path=compile_graph", "fused"]),
+    ("finetune.method=offline_continued", ["finetune.method=offline_continued"]),
+])
+def test_bf16_matmuls_elsewhere_are_refused_naming_the_setting(override, names):
+    """bf16 exists only in the fused online SAC bundle: no silent fp32 run under a bf16 config."""
+    with pytest.raises(ConfigError) as e:
+        config.load(overrides=["run.matmul_precision=bf16", override])
+    assert str(e.value).startswith("run.matmul_precision: bf16")
+    assert all(n in str(e.value) for n in names)
 
 
 @pytest.mark.parametrize("body", ["- a\n- b\n", "just a string\n", "42\n"])

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from wsrl_dist.algo.cql import CQLConfig
+from wsrl_dist.algo.fast import FUSED_MODES
 from wsrl_dist.algo.fast import MODES as FAST_MODES
 from wsrl_dist.algo.iql import IQLConfig
 from wsrl_dist.algo.nets import NetConfig
@@ -94,7 +95,10 @@ class RunSection:
     # same four over algo/fused.py's formulation: fused | fused_compile | fused_graph | fused_compile_graph
     fast_path: str = "auto"
     # GPU float32 matmuls: auto = tf32, which is what the official JAX code ran with (JAX computes
-    # float32 dots in TF32 on recent GPUs by default) | tf32 | fp32 (full precision, slower)
+    # float32 dots in TF32 on recent GPUs by default) | tf32 | fp32 (full precision, slower) | bf16:
+    # the online bundle's matmuls take bf16 inputs with fp32 sums (fp32 weights, Adam, LayerNorm and
+    # losses; algo/fused.py `_mm`). Fused fast paths only (auto runs `fused` on CPU); the other
+    # float32 matmuls of the learner (pre-training) run as auto
     matmul_precision: str = "auto"
     log_every: int = 1_000
     checkpoint_every: int = 50_000
@@ -128,7 +132,9 @@ class RunConfig:
         _check_choice("dataset.source", self.dataset.source, ("auto", "d4rl", "minari", "built"))
         _check_choice("run.device", self.run.device, ("auto", "cpu", "cuda"))
         _check_choice("run.fast_path", self.run.fast_path, ("auto", *FAST_MODES))
-        _check_choice("run.matmul_precision", self.run.matmul_precision, ("auto", "tf32", "fp32"))
+        _check_choice("run.matmul_precision", self.run.matmul_precision, ("auto", "tf32", "fp32", "bf16"))
+        if self.run.matmul_precision == "bf16":
+            _check_bf16(self.run.fast_path, self.finetune.method)
         if not 0.0 <= self.finetune.offline_ratio < 1.0:
             raise ConfigError(f"finetune.offline_ratio must be in [0, 1), got {self.finetune.offline_ratio}")
         if self.finetune.warmup_steps < 0 or self.finetune.online_steps < 0:
@@ -161,6 +167,16 @@ def _check_seeds(seeds: list[int]) -> None:
     dup = sorted({s for s in seeds if seeds.count(s) > 1})
     if dup:
         raise ConfigError(f"run.seeds: each seed may appear once, repeated: {dup}")
+
+
+def _check_bf16(fast_path: str, method: str) -> None:
+    """bf16 matmuls exist in the fused online SAC bundle only (algo/fused.py): refuse the rest."""
+    if fast_path not in ("auto", *FUSED_MODES):
+        raise ConfigError(f"run.matmul_precision: bf16 runs only on the fused fast paths (auto or one of "
+                          f"{list(FUSED_MODES)}), not run.fast_path={fast_path}")
+    if method.startswith("offline_"):
+        raise ConfigError(f"run.matmul_precision: bf16 is for the online SAC bundle; finetune.method="
+                          f"{method} keeps the offline loss online, in fp32 only")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -45,11 +45,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_matmul(precision: str, device: torch.device) -> None:
-    """run.matmul_precision -> torch's float32 matmul mode for this process (learner side)."""
+def configure_matmul(precision: str, device: torch.device) -> torch.dtype:
+    """run.matmul_precision -> torch's float32 matmul mode for this process (learner side); returns
+    the fused bundle's matmul input dtype (bf16 for bf16; the rest of the process runs as auto)."""
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = precision in ("auto", "tf32")
-        torch.backends.cudnn.allow_tf32 = precision in ("auto", "tf32")
+        torch.backends.cuda.matmul.allow_tf32 = precision in ("auto", "tf32", "bf16")
+        torch.backends.cudnn.allow_tf32 = precision in ("auto", "tf32", "bf16")
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def prepare_run_dir(cfg: RunConfig, command: str, extra: dict[str, Any] | None = None) -> Path:

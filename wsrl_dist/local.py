@@ -102,8 +102,8 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = job.resolve_device(cfg.run.device)
-    job.configure_matmul(cfg.run.matmul_precision, device)
-    mode = resolve_mode(cfg.run.fast_path, device)
+    matmul_dtype = job.configure_matmul(cfg.run.matmul_precision, device)
+    mode = resolve_mode(cfg.run.fast_path, device, matmul_dtype)
     obs_dim, act_dim = obs_act_dims(task)
     agent = job.build_agent(cfg, obs_dim, act_dim, device, capturable=mode == "cuda_graph")
     method, ft, sac = cfg.finetune.method, cfg.finetune, cfg.sac
@@ -189,7 +189,7 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
             batch = _sample(buffer, per_step_rows, rng, device, offline, ratio)
             if online_loss == "sac":
                 if bundle is None:
-                    bundle = make_bundle_fn(agent, sac, mode, example=batch)
+                    bundle = make_bundle_fn(agent, sac, mode, example=batch, matmul_dtype=matmul_dtype)
                 info = bundle(batch)
                 c.updates += sac.utd
             else:

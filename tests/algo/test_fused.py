@@ -11,6 +11,7 @@ import dataclasses
 import pytest
 import torch
 
+from wsrl_dist.algo import fast as fast_lib
 from wsrl_dist.algo import fused as fused_lib
 from wsrl_dist.algo import sac as sac_lib
 from wsrl_dist.algo.agent import make_agent
@@ -189,3 +190,88 @@ def test_noise_shapes_follow_the_target_backup():
         assert noise.entropy_eps.shape == (2, rows, *extra, ACT)
         assert noise.actor_eps.shape == (2, rows, ACT)
         assert noise.members.shape == (2, cfg.utd, cfg.critic_subsample_size)
+
+
+# ---------------------------------------------------------------------------------------- bf16
+# bf16 keeps 8 significant bits: each rounding is off by up to 2^-9 (0.2%) relative. Losses average
+# many such products, so bf16 and fp32 losses agree to about 1e-3 relative (tolerance 2e-2). Adam's
+# first steps move each element by about +-lr whatever |g| is, so an element whose gradient is
+# within bf16 noise of zero can step the other way: a fraction f of flipped elements gives a delta
+# off by about 2*sqrt(f) in relative norm; 0.25 allows ~1.5% flips (one bundle here: <= 0.09).
+
+def _one_bundle(dtype: torch.dtype, mode: str = "fused"):
+    agent = _agent(0)
+    before = {f"{m}.{n}": p.detach().clone() for m in ("actor", "critic")
+              for n, p in getattr(agent, m).named_parameters()}
+    fn = make_bundle_fn(agent, SAC, mode, matmul_dtype=dtype)
+    info = {k: v.clone() for k, v in fn(_batches(1)[0]).items()}
+    after = {f"{m}.{n}": p.detach() for m in ("actor", "critic") for n, p in getattr(agent, m).named_parameters()}
+    return agent, info, {k: after[k] - before[k] for k in before}
+
+
+def test_bf16_bundle_tracks_fp32_and_really_rounds(pinned_randomness):
+    _, info32, delta32 = _one_bundle(torch.float32)
+    agent, info16, delta16 = _one_bundle(torch.bfloat16)
+    for k in info32:
+        torch.testing.assert_close(info16[k], info32[k], atol=1e-3, rtol=2e-2, msg=k)
+    for k in delta32:
+        off = float((delta16[k] - delta32[k]).norm() / delta32[k].norm())
+        assert off < 0.25, f"{k}: bf16 delta off fp32 by {off:.3f} in relative norm"
+    # the cast happens: every critic GEMM rounds, so its loss and its updates move off fp32
+    assert abs(float(info16["critic_loss"] - info32["critic_loss"])) > 1e-5
+    assert any(not torch.equal(delta16[k], delta32[k]) for k in delta32 if k.startswith("critic"))
+    # fp32 master weights and optimizer state
+    for mod in (agent.actor, agent.critic, agent.target_critic, agent.temperature):
+        assert all(p.dtype == torch.float32 for p in mod.parameters())
+    for opt in (agent.actor_opt, agent.critic_opt, agent.temperature_opt):
+        assert all(t.dtype == torch.float32 for st in opt.state.values() for t in st.values())
+
+
+def test_bf16_compile_matches_bf16_eager_on_cpu(pinned_randomness):
+    """Inductor must keep the heads' bf16 rounding (emulate_precision_casts): compiled without it,
+    the heads take fp32 inputs and the losses move ~1e-3 away from eager bf16."""
+    a, info_e, delta_e = _one_bundle(torch.bfloat16, "fused")
+    b, info_c, delta_c = _one_bundle(torch.bfloat16, "fused_compile")
+    for k in info_e:
+        torch.testing.assert_close(info_c[k], info_e[k], atol=1e-5, rtol=1e-5, msg=k)
+    for k in delta_e:
+        torch.testing.assert_close(delta_c[k], delta_e[k], atol=1e-6, rtol=1e-4, msg=k)
+    _assert_agents_close(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("head", [False, True])
+def test_bf16_matmul_sums_rounded_inputs_in_fp32(head):
+    """_mm: inputs rounded to bf16, products summed in fp32; a hidden layer's output is rounded to
+    bf16 before the fp32 bias, a head's (Q, mean, log-std) is not."""
+    g = torch.Generator().manual_seed(0)
+    b, x, w = (torch.randn(*s, generator=g) for s in ((3, 1, 8), (3, 64, 32), (3, 32, 8)))
+    exact = torch.bmm(x.bfloat16().double(), w.bfloat16().double())  # of the rounded inputs
+    want = (exact if head else exact.bfloat16().double()) + b.double()
+    got = fused_lib._mm(b, x, w, torch.bfloat16, head)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-6)
+    assert (got.double() - (torch.bmm(x.double(), w.double()) + b.double())).abs().max() > 1e-3
+
+
+def test_bf16_runs_fused_or_is_refused():
+    """auto with bf16 on CPU is the fused bundle (never a silent fp32 eager one); eager modes refuse."""
+    cpu = torch.device("cpu")
+    assert fast_lib.resolve_mode("auto", cpu, torch.bfloat16) == "fused"
+    assert fast_lib.resolve_mode("auto", cpu) == "eager"
+    for mode in ("eager", "compile"):
+        with pytest.raises(ValueError, match=f"run.matmul_precision=bf16 .*fused.*run.fast_path={mode}"):
+            make_bundle_fn(_agent(0), SAC, mode, matmul_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="matmul dtype"):
+        fused_lib.make_spec(_agent(0), SAC, torch.float16)
+
+
+@cuda
+def test_bf16_graph_matches_bf16_eager_on_cuda(pinned_randomness):
+    batches = _batches(2, "cuda")
+    ref, fast = _agent(0, device="cuda"), _agent(0, device="cuda")
+    eager = make_bundle_fn(ref, SAC, "fused", matmul_dtype=torch.bfloat16)
+    graph = make_multiseed_fn([fast], SAC, "fused_compile_graph", [batches[0]], torch.bfloat16)
+    for b in batches:
+        eager(b)
+        graph([b])
+    _assert_agents_close(ref, fast, atol=1e-4)

@@ -22,29 +22,38 @@ MultiBundleFn = Callable[[list[Batch]], list[dict[str, torch.Tensor]]]
 
 MODES = ("eager", "compile", "cuda_graph", "compile_graph",
          "fused", "fused_compile", "fused_graph", "fused_compile_graph")
+FUSED_MODES = tuple(m for m in MODES if m.startswith("fused"))  # the only ones with bf16 matmuls
 
 
-def resolve_mode(mode: str, device: torch.device) -> str:
+def resolve_mode(mode: str, device: torch.device, matmul_dtype: torch.dtype = torch.float32) -> str:
     """auto -> fused_compile_graph on a GPU (the fastest measured, BENCHMARKS.md; ~30 s of
     compilation at start), eager on CPU (the fused formulation is no faster there). `compile` runs torch.compile (Inductor fuses the
     elementwise work); `compile_graph` captures the compiled bundle in one CUDA graph. The `fused*`
     modes run algo/fused.py's formulation of the same bundle (flat buffers, batched actor versions,
-    seeds as a batch dim), eagerly, compiled, and/or captured."""
+    seeds as a batch dim), eagerly, compiled, and/or captured.
+    bf16 matmuls (`matmul_dtype`) exist only in the fused formulation: with them auto is `fused` on
+    CPU (never a silent fp32 eager bundle), and a non-fused mode is refused."""
+    bf16 = matmul_dtype == torch.bfloat16
     if mode == "auto":
-        return "fused_compile_graph" if device.type == "cuda" else "eager"
+        return "fused_compile_graph" if device.type == "cuda" else ("fused" if bf16 else "eager")
     if mode not in MODES:
         raise ValueError(f"fast path {mode!r} is not one of {MODES}")
     if mode.endswith("graph") and device.type != "cuda":
         raise ValueError(f"run.fast_path={mode} needs a CUDA device; use eager or compile on CPU")
+    if bf16 and mode not in FUSED_MODES:
+        raise ValueError(f"run.matmul_precision=bf16 runs only on the fused fast paths {FUSED_MODES} "
+                         f"or auto, not run.fast_path={mode} (algo/update.py, fp32 only)")
     return mode
 
 
-def make_bundle_fn(agent: Agent, cfg: SACConfig, mode: str, example: Batch | None = None) -> BundleFn:
+def make_bundle_fn(agent: Agent, cfg: SACConfig, mode: str, example: Batch | None = None,
+                   matmul_dtype: torch.dtype = torch.float32) -> BundleFn:
     """Return f(batch [utd*batch_size rows]) -> info tensors. `example` (any batch of the right
-    shape) is needed for cuda_graph capture; its values do not change the agent."""
-    mode = resolve_mode(mode, agent.device)
+    shape) is needed for cuda_graph capture; its values do not change the agent. `matmul_dtype`
+    bfloat16: the fused modes' bf16 matmuls (algo/fused.py)."""
+    mode = resolve_mode(mode, agent.device, matmul_dtype)
     if mode.startswith("fused"):
-        fused = FusedBundles([agent], cfg, mode, None if example is None else [example])
+        fused = FusedBundles([agent], cfg, mode, None if example is None else [example], matmul_dtype)
         return lambda batch: fused([batch])[0]
 
     def bundle(batch: Batch) -> dict[str, torch.Tensor]:
@@ -160,14 +169,14 @@ class MultiSeedBundles:
         return outs
 
 
-def make_multiseed_fn(agents: list[Agent], cfg: SACConfig, mode: str,
-                      examples: list[Batch] | None = None) -> MultiBundleFn:
+def make_multiseed_fn(agents: list[Agent], cfg: SACConfig, mode: str, examples: list[Batch] | None = None,
+                      matmul_dtype: torch.dtype = torch.float32) -> MultiBundleFn:
     """S independent learners of one config stepped together: f([batch per seed]) -> [info per seed].
     Seed i's bundle sees only agents[i] and batches[i]. On a GPU with a graph mode the seeds' graphs
     replay on concurrent streams; otherwise the seeds run one after another with the same math."""
-    mode = resolve_mode(mode, agents[0].device)
+    mode = resolve_mode(mode, agents[0].device, matmul_dtype)
     if mode.startswith("fused"):
-        return FusedBundles(agents, cfg, mode, examples)
+        return FusedBundles(agents, cfg, mode, examples, matmul_dtype)
     if mode.endswith("graph"):
         if examples is None:
             raise ValueError(f"{mode} needs one example batch per seed to capture with")
@@ -188,12 +197,14 @@ class FusedBundles:
     `fused` runs it eagerly (CPU or GPU), `fused_compile` through torch.compile (Inductor fuses the
     elementwise work and the Adam/Polyak updates into the flat buffers), and the `*_graph` modes
     capture noise draws + update + state write-back in one CUDA graph. Info tensors are views that
-    the next call overwrites: read or clone them first."""
+    the next call overwrites: read or clone them first. `matmul_dtype` bfloat16: bf16 matmuls with
+    fp32 sums, everything else fp32 (algo/fused.py `_mm`)."""
 
-    def __init__(self, agents: list[Agent], cfg: SACConfig, mode: str, examples: list[Batch] | None = None):
-        mode = resolve_mode(mode, agents[0].device)
+    def __init__(self, agents: list[Agent], cfg: SACConfig, mode: str, examples: list[Batch] | None = None,
+                 matmul_dtype: torch.dtype = torch.float32):
+        mode = resolve_mode(mode, agents[0].device, matmul_dtype)
         self.device = agents[0].device
-        self.spec = fused_lib.make_spec(agents[0], cfg)
+        self.spec = fused_lib.make_spec(agents[0], cfg, matmul_dtype)
         self.state = fused_lib.FusedState(agents, self.spec)
         self.seeds = len(agents)
         spec, state = self.spec, self.state
@@ -205,7 +216,10 @@ class FusedBundles:
             return info
 
         if "compile" in mode:
-            update = torch.compile(update, dynamic=False)
+            # Inductor otherwise drops a round trip x.to(bf16).float() inside one fused kernel, and
+            # the bf16 heads (fused._mm) would silently take fp32 inputs when compiled
+            bf16 = {"emulate_precision_casts": True} if matmul_dtype == torch.bfloat16 else None
+            update = torch.compile(update, dynamic=False, options=bf16)
 
         def step(batch: Batch) -> dict[str, torch.Tensor]:
             return update(state.t, batch, fused_lib.draw_noise(spec, self.seeds, self.device))

@@ -37,6 +37,8 @@ from wsrl_dist.algo.sac import SACConfig
 from wsrl_dist.algo.types import Batch
 
 Tensors = dict[str, torch.Tensor]
+# fp16 would need loss scaling (its range is too small for unscaled gradients): not offered
+MATMUL_DTYPES = (torch.float32, torch.bfloat16)
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -65,12 +67,33 @@ class FlatLayout:
 # ---------------------------------------------------------------------------------------- networks
 # Both take weights with arbitrary leading dims L (seeds, actor versions, ensemble members) and
 # inputs with the same leading dims; every layer is one batched matmul over all of L.
+#
+# Matmul precision (`Spec.matmul_dtype`, run.matmul_precision=bf16): GEMM inputs (activations and
+# weights) are rounded to bf16 and the GEMM sums in fp32; parameters, biases, LayerNorm, log-probs,
+# losses, Adam and Polyak stay fp32 (weight gradients leave their GEMMs in bf16, as under autocast).
+# A hidden layer's GEMM also writes bf16 (half its output traffic, the point of bf16); bias,
+# LayerNorm and ReLU then run in fp32 before the next GEMM rounds again. That output rounding is one
+# more 2^-9 relative error, the size of the next input rounding unless LayerNorm removes a large
+# common offset (then scaled by offset / std). Heads (Q, action mean, log-std) are not rounded on
+# output: TD errors of 1e-2 on Q ~ 1e2 are the signal and bf16 spaces values near 300 by 2. A head
+# is an fp32 GEMM on bf16-rounded inputs: exactly bf16 products summed in fp32 (the products are
+# exact in fp32, and TF32 holds bf16 values exactly); at <= act_dim columns it costs little.
 
-def _linear_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """torch.nn.Linear layout: w [*L, out, in], b [*L, out], x [*L, R, in] -> [*L, R, out]."""
+def _mm(b: torch.Tensor, x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype, head: bool) -> torch.Tensor:
+    """b + x @ w -> float32: b [N, 1, out], x [N, R, in], w [N, in, out] -> [N, R, out]."""
+    if dtype == torch.float32:
+        return torch.baddbmm(b, x, w)
+    if head:
+        return torch.baddbmm(b, x.to(dtype).float(), w.to(dtype).float())
+    return torch.bmm(x.to(dtype), w.to(dtype)) + b  # bf16 GEMM output, bias added in fp32
+
+
+def _linear_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32,
+              head: bool = False) -> torch.Tensor:
+    """torch.nn.Linear layout: w [*L, out, in], b [*L, out], x [*L, R, in] -> [*L, R, out] (float32)."""
     out, inp = w.shape[-2:]
     rows = x.shape[-2]
-    y = torch.baddbmm(b.reshape(-1, 1, out), x.reshape(-1, rows, inp), w.reshape(-1, out, inp).transpose(1, 2))
+    y = _mm(b.reshape(-1, 1, out), x.reshape(-1, rows, inp), w.reshape(-1, out, inp).transpose(1, 2), dtype, head)
     return y.view(*w.shape[:-2], rows, out)
 
 
@@ -97,23 +120,24 @@ class ActorPlan:
         return ActorPlan(tuple(steps), actor.std_parameterization != "exp")
 
 
-def actor_sample(plan: ActorPlan, p: Tensors, obs: torch.Tensor, eps: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def actor_sample(plan: ActorPlan, p: Tensors, obs: torch.Tensor, eps: torch.Tensor,
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """TanhGaussianActor.forward with given noise. obs [*L, R, O]; eps [*L, R, A] or [*L, R, n, A]
-    (n actions per state) -> (action like eps, log_prob like eps without its last dim)."""
+    (n actions per state) -> (action like eps, log_prob like eps without its last dim).
+    `dtype`: the matmuls' input dtype (see above)."""
     h = obs
     for step in plan.trunk:
         if step[0] == "linear":
-            h = _linear_t(h, p[step[1]], p[step[2]])
+            h = _linear_t(h, p[step[1]], p[step[2]], dtype)
         elif step[0] == "ln":
             h = F.layer_norm(h, h.shape[-1:], eps=step[3]) * p[step[1]].unsqueeze(-2) + p[step[2]].unsqueeze(-2)
         else:
             h = F.relu(h)
-    mean = _linear_t(h, p["mean.weight"], p["mean.bias"])
+    mean = _linear_t(h, p["mean.weight"], p["mean.bias"], dtype, head=True)
     if plan.uniform_std:
         log_std = p["log_std"].unsqueeze(-2).expand_as(mean)
     else:
-        log_std = _linear_t(h, p["log_std_head.weight"], p["log_std_head.bias"])
+        log_std = _linear_t(h, p["log_std_head.weight"], p["log_std_head.bias"], dtype, head=True)
     log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
     if eps.dim() == mean.dim() + 1:  # n samples per state
         mean, log_std = mean.unsqueeze(-2), log_std.unsqueeze(-2)
@@ -122,15 +146,18 @@ def actor_sample(plan: ActorPlan, p: Tensors, obs: torch.Tensor, eps: torch.Tens
     return torch.tanh(pre), log_prob - tanh_log_det(pre)
 
 
-def critic_q(p: Tensors, n_layers: int, layer_norm: bool, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    """EnsembleCritic.forward for weights [S, M, ...] (M members) on inputs [S, R, .] -> Q [S, M, R]."""
+def critic_q(p: Tensors, n_layers: int, layer_norm: bool, obs: torch.Tensor, act: torch.Tensor,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """EnsembleCritic.forward for weights [S, M, ...] (M members) on inputs [S, R, .] -> Q [S, M, R].
+    `dtype`: the matmuls' input dtype (see above)."""
     s, m = p["weights.0"].shape[:2]
-    x = torch.cat([obs, act], -1)
+    x = torch.cat([obs, act], -1).to(dtype)  # rounded once, before the copy per member
     rows = x.shape[-2]
     h = x.unsqueeze(1).expand(s, m, rows, x.shape[-1]).reshape(s * m, rows, x.shape[-1])
     for i in range(n_layers):
         w = p[f"weights.{i}"]
-        h = torch.baddbmm(p[f"biases.{i}"].reshape(s * m, 1, -1), h, w.reshape(s * m, *w.shape[-2:]))
+        h = _mm(p[f"biases.{i}"].reshape(s * m, 1, -1), h, w.reshape(s * m, *w.shape[-2:]), dtype,
+                head=i == n_layers - 1)
         if i < n_layers - 1:
             if layer_norm:
                 width = h.shape[-1]
@@ -179,6 +206,7 @@ class Spec:
     layer_norm: bool
     target_entropy: float
     act_dim: int
+    matmul_dtype: torch.dtype = torch.float32  # float32 | bfloat16: the GEMMs' input dtype (see _mm)
 
 
 def draw_noise(spec: Spec, seeds: int, device: torch.device) -> Noise:
@@ -210,6 +238,12 @@ def fused_bundle(spec: Spec, st: Tensors, batch: Batch, noise: Noise) -> tuple[T
 
     obs, act, rew, obs2, mask = (mb(x) for x in batch[:5])
 
+    def pi(p: Tensors, s: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return actor_sample(spec.actor, p, s, eps, spec.matmul_dtype)
+
+    def qf(p: Tensors, s: torch.Tensor, a_: torch.Tensor) -> torch.Tensor:
+        return critic_q(p, spec.critic_layers, spec.layer_norm, s, a_, spec.matmul_dtype)
+
     # Actor / temperature during the critic sub-steps: ghost Adam steps only (no critic input).
     a, am, av, at = st["actor"], st["actor_m"], st["actor_v"], st["actor_t"]
     tp, tm, tv, tt = st["temp"], st["temp_m"], st["temp_v"], st["temp_t"]
@@ -222,7 +256,7 @@ def fused_bundle(spec: Spec, st: Tensors, batch: Batch, noise: Noise) -> tuple[T
             tp, tm, tv, tt = adam(tp, None, tm, tv, tt, c.temperature_lr)
     with torch.no_grad():
         versions = spec.actor_layout.views(torch.stack(actor_versions, 1))  # [S, U, ...]
-        next_a, next_logp = actor_sample(spec.actor, versions, obs2, noise.next_eps)
+        next_a, next_logp = pi(versions, obs2, noise.next_eps)
 
     q, qm, qv, qt, target = st["critic"], st["critic_m"], st["critic_v"], st["critic_t"], st["target"]
     critic_losses, q_means = [], []
@@ -234,19 +268,18 @@ def fused_bundle(spec: Spec, st: Tensors, batch: Batch, noise: Noise) -> tuple[T
             if c.max_target_backup:  # max over n sampled next actions of the subset min
                 n = a2.shape[-2]
                 s2 = s2.unsqueeze(2).expand(-1, -1, n, -1).reshape(s_dim, bs * n, -1)
-                tq = critic_q(spec.critic_layout.views(chosen), spec.critic_layers, spec.layer_norm,
-                              s2, a2.reshape(s_dim, bs * n, -1))
+                tq = qf(spec.critic_layout.views(chosen), s2, a2.reshape(s_dim, bs * n, -1))
                 tmin, best = tq.min(1).values.view(s_dim, bs, n).max(-1)
                 logp2 = logp2.gather(-1, best.unsqueeze(-1)).squeeze(-1)
             else:
-                tq = critic_q(spec.critic_layout.views(chosen), spec.critic_layers, spec.layer_norm, s2, a2)
+                tq = qf(spec.critic_layout.views(chosen), s2, a2)
                 tmin = tq.min(1).values
             if c.backup_entropy:
                 tmin = tmin - F.softplus(temp_versions[k]) * logp2
             y = rew[:, k] + c.discount * mask[:, k] * tmin  # [S, B]
 
         def td_loss(p: Tensors, s=obs[:, k], a_=act[:, k], y=y):
-            pred = critic_q(p, spec.critic_layers, spec.layer_norm, s, a_)  # [S, E, B]
+            pred = qf(p, s, a_)  # [S, E, B]
             per_seed = (pred - y.unsqueeze(1)).pow(2).mean((1, 2))
             return per_seed.sum(), (per_seed.detach(), pred.detach().mean((1, 2)))
 
@@ -263,15 +296,15 @@ def fused_bundle(spec: Spec, st: Tensors, batch: Batch, noise: Noise) -> tuple[T
     s_all, s2_all = batch.observations, batch.next_observations
 
     def pi_loss(p: Tensors):
-        a_new, logp = actor_sample(spec.actor, p, s_all, noise.actor_eps)
-        qmin = critic_q(critic_now, spec.critic_layers, spec.layer_norm, s_all, a_new).min(1).values
+        a_new, logp = pi(p, s_all, noise.actor_eps)
+        qmin = qf(critic_now, s_all, a_new).min(1).values
         per_seed = (alpha * logp - qmin).mean(1)
         return per_seed.sum(), (per_seed.detach(), logp.detach())
 
     actor_views = spec.actor_layout.views(a)
     grads, (loss_pi, logp) = torch.func.grad(pi_loss, has_aux=True)(actor_views)
     with torch.no_grad():
-        _, logp_next = actor_sample(spec.actor, actor_views, s2_all, noise.entropy_eps)
+        _, logp_next = pi(actor_views, s2_all, noise.entropy_eps)
         entropy_next = -logp_next.reshape(s_dim, -1).mean(1, keepdim=True)  # [S, 1]
         # d/d raw [softplus(raw) * (H - H_target)] = sigmoid(raw) * (H - H_target)
         temp_grad = torch.sigmoid(tp) * (entropy_next - spec.target_entropy)
@@ -288,13 +321,15 @@ def fused_bundle(spec: Spec, st: Tensors, batch: Batch, noise: Noise) -> tuple[T
 
 
 # ---------------------------------------------------------------------------------------- state
-def make_spec(agent: Agent, sac: SACConfig) -> Spec:
+def make_spec(agent: Agent, sac: SACConfig, matmul_dtype: torch.dtype = torch.float32) -> Spec:
+    if matmul_dtype not in MATMUL_DTYPES:
+        raise ValueError(f"fused bundle: matmul dtype {matmul_dtype} is not one of {MATMUL_DTYPES}")
     actor_shapes = {n: tuple(p.shape) for n, p in agent.actor.named_parameters()}
     critic_shapes = {n: tuple(p.shape[1:]) for n, p in agent.critic.named_parameters()}
     return Spec(sac=sac, actor=ActorPlan.of(agent.actor), actor_layout=FlatLayout(actor_shapes),
                 critic_layout=FlatLayout(critic_shapes), critic_layers=len(agent.critic.weights),
                 layer_norm=agent.critic.layer_norm, target_entropy=agent.target_entropy,
-                act_dim=agent.act_dim)
+                act_dim=agent.act_dim, matmul_dtype=matmul_dtype)
 
 
 def _adam_state(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict:

@@ -5,6 +5,8 @@ loop over E separate critics (the baseline); `stacked-eager`, `stacked-compile` 
 `stacked-graph` (whole bundle in one CUDA graph), `stacked-compile-graph` (compiled, then captured),
 and `fused-*` (algo/fused.py: flat buffers, batched actor versions; eager / compiled / captured).
 `--seeds 1,2,4,8` adds multi-seed rows (aggregate bundles/s over S seeds in one process).
+`--precision fp32|tf32|bf16` sets the matmuls (`--tf32` = `--precision tf32`); bf16 exists in the
+fused variants and fused `--seed-modes` only (bf16 GEMM inputs, fp32 sums and state; algo/fused.py).
 With `--anchor PATH` the reference anchor (../shared/anchors/learner_bench.py: PyTorch variants and a
 JAX jit of the same update) runs in the same process tree and its rows join the table with ratios.
 
@@ -89,12 +91,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_variant(size: str, variant: str, device: torch.device, sac: SACConfig, seconds: float) -> float:
+def time_variant(size: str, variant: str, device: torch.device, sac: SACConfig, seconds: float,
+                 matmul_dtype: torch.dtype = torch.float32) -> float:
     """Bundles per second, measured after warm-up for about `seconds`."""
     agent, sac = _agent(size, variant, device, sac)
     batch = _batch(size, sac.utd * sac.batch_size, device)
     t_setup = time.perf_counter()
-    fn = make_bundle_fn(agent, sac, VARIANT_MODES[variant], example=batch)
+    fn = make_bundle_fn(agent, sac, VARIANT_MODES[variant], example=batch, matmul_dtype=matmul_dtype)
     return _calls_per_second(lambda: [fn(batch)], device, seconds, (size, variant), t_setup)
 
 
@@ -118,7 +121,7 @@ def _calls_per_second(call, device: torch.device, seconds: float, key: tuple[str
 
 
 def time_multiseed(size: str, seeds: int, device: torch.device, sac: SACConfig, seconds: float,
-                   mode: str = "fused_graph") -> float:
+                   mode: str = "fused_graph", matmul_dtype: torch.dtype = torch.float32) -> float:
     """Aggregate bundles/s of `seeds` independent learners in one process (algo.fast.make_multiseed_fn:
     fused modes batch the seeds into every matmul; cuda_graph replays per-seed graphs on streams)."""
     from wsrl_dist.algo.fast import make_multiseed_fn
@@ -129,7 +132,7 @@ def time_multiseed(size: str, seeds: int, device: torch.device, sac: SACConfig, 
         agents.append(_agent(size, "stacked-graph" if "graph" in mode else "stacked-eager", device, sac)[0])
         batches.append(_batch(size, sac.utd * sac.batch_size, device))
     t_setup = time.perf_counter()
-    multi = make_multiseed_fn(agents, sac, mode, batches)
+    multi = make_multiseed_fn(agents, sac, mode, batches, matmul_dtype)
     return seeds * _calls_per_second(lambda: multi(batches), device, seconds,
                                      (size, f"seeds-{mode}-S{seeds}"), t_setup)
 
@@ -154,22 +157,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--anchor", default=None, help="path to shared/anchors/learner_bench.py")
-    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (off: fp32 like the anchor)")
+    ap.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default=None,
+                    help="fp32 (default, like the anchor) | tf32 | bf16 (fused variants and seed modes only; "
+                         "their fp32 head GEMMs on bf16 values run as TF32, which holds bf16 exactly)")
+    ap.add_argument("--tf32", action="store_true", help="same as --precision tf32")
     ap.add_argument("--seeds", default="", help="multi-seed rows on GPU, e.g. 1,2,4,8 (aggregate rate)")
     ap.add_argument("--seed-modes", default="fused_graph",
                     help="fast paths for the --seeds rows (fused_graph, fused_compile_graph, cuda_graph, fused)")
     args = ap.parse_args(argv)
+    if args.tf32 and args.precision not in (None, "tf32"):
+        ap.error(f"--tf32 contradicts --precision {args.precision}")
+    precision = "tf32" if args.tf32 else (args.precision or "fp32")
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
                           ("cpu" if args.device == "auto" else args.device))
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "bf16")
+    torch.backends.cudnn.allow_tf32 = precision in ("tf32", "bf16")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     variants = (args.variants.split(",") if args.variants else
                 ["naive-eager", "stacked-eager", "fused-eager"]
                 + (["stacked-graph", "fused-graph", "fused-compile-graph"] if device.type == "cuda" else []))
+    if precision == "bf16" and not args.variants:  # the other variants have no bf16 (they would fail)
+        variants = [v for v in variants if v.startswith("fused")]
     sac = SACConfig()
     print(f"# command: wsrl-dist bench learner {' '.join(argv or sys.argv[1:])}")
     print(f"# device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, tf32 {args.tf32}")
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, precision {precision}")
     print(f"# bundle = {sac.utd} critic updates (batch {sac.batch_size}, ensemble "
           f"{sac.critic_ensemble_size}, subsample {sac.critic_subsample_size}) + 1 actor + 1 alpha "
           f"on {sac.utd * sac.batch_size} rows; ghost Adam steps {sac.ghost_adam_steps}")
@@ -181,14 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         rates: dict[str, float] = {}
         for v in variants:
             try:
-                rates[v] = time_variant(size, v, device, sac, args.seconds)
+                rates[v] = time_variant(size, v, device, sac, args.seconds, dtype)
             except Exception as e:  # report and continue: one failing variant must not hide the rest
                 print(f"{size:<11}{v:<26} failed: {type(e).__name__}: {str(e)[:200]}")
         for s in [int(x) for x in args.seeds.split(",") if x]:
             for mode in args.seed_modes.split(","):
                 name = f"seeds-{mode}-S{s}"
                 try:
-                    rates[name] = time_multiseed(size, s, device, sac, args.seconds, mode)
+                    rates[name] = time_multiseed(size, s, device, sac, args.seconds, mode, dtype)
                 except Exception as e:
                     print(f"{size:<11}{name:<26} failed: {type(e).__name__}: {str(e)[:200]}")
         if size == "locomotion":

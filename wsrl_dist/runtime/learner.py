@@ -56,8 +56,8 @@ class Learner:
         sys.setswitchinterval(0.001)
         torch.manual_seed(c.run.seed)
         self.device = job.resolve_device(c.run.device)
-        job.configure_matmul(c.run.matmul_precision, self.device)
-        self.mode = resolve_mode(c.run.fast_path, self.device)
+        self.matmul_dtype = job.configure_matmul(c.run.matmul_precision, self.device)
+        self.mode = resolve_mode(c.run.fast_path, self.device, self.matmul_dtype)
         self.task = c.task.spec()
         self.obs_dim, self.act_dim = obs_act_dims(self.task)
         self.agent = job.build_agent(c, self.obs_dim, self.act_dim, self.device,
@@ -278,7 +278,8 @@ class Learner:
             # bundle, counters and publish under one lock: a checkpoint sees all of them or none
             with self._agent_lock:
                 if self._bundle is None:  # built on first use: CUDA-graph capture needs a batch
-                    self._bundle = make_bundle_fn(self.agent, self.cfg.sac, self.mode, example=batch)
+                    self._bundle = make_bundle_fn(self.agent, self.cfg.sac, self.mode, example=batch,
+                                                  matmul_dtype=self.matmul_dtype)
                 self.after_bundle(self._bundle(batch))
                 t3 = time.perf_counter()
                 self.publish_due()

@@ -128,7 +128,7 @@ class MultiSeedLearner:
                     held.enter_context(lrn._agent_lock)
                 if self._fn is None:
                     self._fn = make_multiseed_fn([lrn.agent for lrn in lrns], self.cfg.sac, self.mode,
-                                                 examples=batches)
+                                                 examples=batches, matmul_dtype=lrns[0].matmul_dtype)
                 infos = self._fn(batches)
                 self.steps += 1
                 for lrn, info in zip(lrns, infos):
