@@ -89,7 +89,8 @@ def test_metric_names_follow_prometheus_conventions_and_cover_every_snapshot_key
                   "critic_updates_total", "critic_updates_per_second", "utd_actual", "utd_target",
                   "limiter_blocked_seconds", "replay", "rejected_chunks", "policy_lag",
                   "weight_publish_seconds", "weights_version", "worker_restarts_total", "workers_alive",
-                  "episode_return", "normalized_score", "learner_step_seconds", "gpu_memory_bytes"]
+                  "episode_return", "normalized_score", "learner_step_seconds", "gpu_memory_bytes",
+                  "learner_device_busy"]
     assert set(documented) == {s.key for s in METRICS}
 
 
@@ -108,6 +109,7 @@ def full_snapshot() -> dict:
         "weight_publish_seconds": step.to_dict(), "weights_version": 17, "worker_restarts_total": 1,
         "workers_alive": 2, "episode_return": -310.0, "normalized_score": 71.5,
         "learner_step_seconds": step.to_dict(), "gpu_memory_bytes": 123456789,
+        "learner_device_busy": 0.93,
     }
 
 

@@ -125,3 +125,13 @@ def test_learner_time_split_accounts_for_its_online_wall_time(sync_run):
     assert all(v >= 0 for v in split.values())
     assert split["update_launch"] > 0 and split["sample_wait"] > 0
     assert sum(split.values()) <= info["stages"]["online"]["wall_s"] + 1.0
+
+
+def test_run_json_says_how_busy_the_learner_device_was(sync_run):
+    """Sampled bundle device time (on CPU the bundle's own wall time) and the busy share it implies;
+    a lock-step run waits on every env step, so its device is far from saturated."""
+    _, run_dir = sync_run
+    info = run_json(run_dir)
+    assert info["bundle_device_ms"] > 0
+    assert 0 < info["learner_device_busy"] < 0.9
+    assert info["weight_put_seconds"] > 0

@@ -31,6 +31,8 @@ SNAPSHOT schema (every key optional; a missing key is simply not exported):
     normalized_score          float  the same, normalized per task (D4RL convention, 0-100)
     learner_step_seconds      histogram dict, wall time of one learner update step
     gpu_memory_bytes          int  learner GPU memory allocated (torch.cuda.memory_allocated)
+    learner_device_busy       float  share of wall time the learner's device spends running update
+                              bundles (sampled bundle device time x bundles/s): ~1 = device-bound
 A multi-seed job serves one snapshot per seed, each series with a leading `seed` label
 (`labelled_metric_families`); a single-seed job's series carry no seed label.
 A histogram dict is {"buckets": [upper bounds, +Inf excluded], "counts": [non-cumulative count per
@@ -184,6 +186,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("wsrl_learner_step_seconds", "histogram", "Wall time of one learner update step.",
                "learner_step_seconds", "histogram", buckets=SECONDS_BUCKETS),
     MetricSpec("wsrl_gpu_memory_bytes", "gauge", "Learner GPU memory allocated by torch.", "gpu_memory_bytes"),
+    MetricSpec("wsrl_learner_device_busy", "gauge",
+               "Share of wall time the learner's device runs update bundles (1 = device-bound).",
+               "learner_device_busy"),
 )
 
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)

@@ -23,6 +23,7 @@ from wsrl_dist.config import from_dict
 from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.ops.metrics import SECONDS_BUCKETS, Histogram
 from wsrl_dist.pretrain import DeviceSampler, pretrain_agent, training_arrays
+from wsrl_dist.runtime.bundletimer import BundleTimer
 from wsrl_dist.runtime.feed import ReplayFeed
 from wsrl_dist.runtime.hostcopy import HostCopy
 from wsrl_dist.runtime.limiter import UtdLimiter
@@ -86,6 +87,7 @@ class Learner:
         # the training loop reads weights and losses off the GPU without waiting for it (hostcopy.py)
         self._weights_copy = HostCopy(self.device)
         self._info_copy = HostCopy(self.device)
+        self.bundle_timer = BundleTimer(self.device)  # device time of sampled bundles (GPU-bound?)
         self.feed: ReplayFeed | None = None
         self._train_start = (0.0, 0)  # (perf_counter, critic updates) when train() began
         self.set_shards(shards or [])
@@ -280,7 +282,10 @@ class Learner:
                 if self._bundle is None:  # built on first use: CUDA-graph capture needs a batch
                     self._bundle = make_bundle_fn(self.agent, self.cfg.sac, self.mode, example=batch,
                                                   matmul_dtype=self.matmul_dtype)
-                self.after_bundle(self._bundle(batch))
+                self.bundle_timer.start()
+                info = self._bundle(batch)
+                self.bundle_timer.stop()
+                self.after_bundle(info)
                 t3 = time.perf_counter()
                 self.publish_due()
             t_wait = time.perf_counter()
@@ -300,6 +305,7 @@ class Learner:
             env_steps = self.env_steps
         t0, u0 = self._train_start
         elapsed = time.perf_counter() - t0 if t0 else 0.0
+        self.bundle_timer.poll()
         out = {
             "critic_updates": lim["updates"], "bundles": self.bundles, "env_steps": env_steps,
             "critic_updates_per_second": (lim["updates"] - u0) / elapsed if elapsed > 0 else 0.0,
@@ -310,6 +316,9 @@ class Learner:
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "time_split_s": dict(self.time_split),  # GPUs Ray gave this learner (placement)
             "offline_rows_per_bundle": self.cfg.sac.utd * self.cfg.sac.batch_size - self.online_rows,
+            # device ms per bundle (sampled every 50); busy = that x bundles/s: ~1 means device-bound
+            "bundle_device_ms": self.bundle_timer.mean_ms,
+            "device_busy": self.bundle_timer.busy(),
         }
         # 0 on a CPU learner: the series always exists, so the dashboard panel never goes blank
         out["gpu_memory_bytes"] = (int(torch.cuda.memory_allocated(self.device))

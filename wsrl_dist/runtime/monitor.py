@@ -81,6 +81,8 @@ class Monitor:
             "learner_step_seconds": learner.get("step_hist"),
             "weight_publish_seconds": learner.get("publish_hist"),
             "gpu_memory_bytes": learner.get("gpu_memory_bytes"),
+            "learner_device_busy": learner.get("device_busy"),
+            "bundle_device_ms": learner.get("bundle_device_ms"),
             "updated_at": now,
         }
 
@@ -102,6 +104,7 @@ class Monitor:
             "workers_alive": v["workers_alive"], "episode_return": v["episode_return"],
             "weight_publish_seconds": v["weight_publish_seconds"],
             "learner_step_seconds": v["learner_step_seconds"], "gpu_memory_bytes": v["gpu_memory_bytes"],
+            "learner_device_busy": v.get("learner_device_busy"),
         }
         if v["episode_return"] is not None and self.task.has_ref_scores:
             snap["normalized_score"] = float(self.task.normalized_score(v["episode_return"]))
@@ -136,6 +139,9 @@ class Monitor:
         out["limiter_blocked_rollout_s"] = v["limiter_blocked_seconds"].get("rollout", 0.0)
         # cumulative wall seconds of the learner loop's parts, so a job cut short still shows them
         out["learner_time_split_s"] = v.get("learner_time_split_s")
+        # the bundle's own device time and the share of wall time the device spent on bundles
+        out["bundle_device_ms"] = v.get("bundle_device_ms")
+        out["learner_device_busy"] = v.get("learner_device_busy")
         return out
 
 

@@ -129,7 +129,11 @@ class MultiSeedLearner:
                 if self._fn is None:
                     self._fn = make_multiseed_fn([lrn.agent for lrn in lrns], self.cfg.sac, self.mode,
                                                  examples=batches, matmul_dtype=lrns[0].matmul_dtype)
+                for lrn in lrns:  # the step is shared: every seed times the same device work
+                    lrn.bundle_timer.start()
                 infos = self._fn(batches)
+                for lrn in lrns:
+                    lrn.bundle_timer.stop()
                 self.steps += 1
                 for lrn, info in zip(lrns, infos):
                     lrn.after_bundle(info)
