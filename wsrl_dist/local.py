@@ -105,7 +105,9 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     matmul_dtype = job.configure_matmul(cfg.run.matmul_precision, device)
     mode = resolve_mode(cfg.run.fast_path, device, matmul_dtype)
     obs_dim, act_dim = obs_act_dims(task)
-    agent = job.build_agent(cfg, obs_dim, act_dim, device, capturable=mode == "cuda_graph")
+    # every graph mode needs capturable Adam: the pre-training step is captured with plain Adam
+    # (fast.make_offline_step_fn), and so is the online bundle in cuda_graph / compile_graph
+    agent = job.build_agent(cfg, obs_dim, act_dim, device, capturable=mode.endswith("graph"))
     method, ft, sac = cfg.finetune.method, cfg.finetune, cfg.sac
     online_loss = "sac" if method not in ("offline_continued", "offline_retained") else cfg.pretrain.algo
     need_mc = online_loss == "calql"  # Cal-QL online inserts whole episodes with MC returns (gotcha 14)
@@ -134,7 +136,7 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
                 bar = tqdm(total=cfg.pretrain.steps, desc=f"pretrain {cfg.pretrain.algo}",
                            disable=not cfg.run.progress)
                 pretrain_agent(agent, offline, cfg, progress=bar.update, on_log=lambda s, info: log.write(
-                    "pretrain", step=s, wall_time=time.time() - t0, **info))
+                    "pretrain", step=s, wall_time=time.time() - t0, **info), mode=mode)
                 bar.close()
             job.save_agent(run_dir / "checkpoints" / "pretrained.pt", agent, {"pretrain_steps": cfg.pretrain.steps})
         _evaluate(agent, cfg, task, log, c, "pretrained" if job.uses_pretraining(cfg) else "initial", t0)

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from wsrl_dist.algo.agent import Agent
+from wsrl_dist.algo.fast import make_offline_step_fn
 from wsrl_dist.algo.types import Batch
-from wsrl_dist.algo.update import offline_step
 from wsrl_dist.config import RunConfig
 from wsrl_dist.data.returns import mc_returns_to_go
 from wsrl_dist.data.schema import OfflineDataset
@@ -58,13 +58,20 @@ def pretrain_agent(
     cfg: RunConfig,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    mode: str = "eager",
 ) -> None:
-    """Run cfg.pretrain.steps offline updates (UTD 1, batch pretrain.batch_size) in place."""
+    """Run cfg.pretrain.steps offline updates (UTD 1, batch pretrain.batch_size) in place. `mode`:
+    the resolved run.fast_path; a graph mode (the GPU default) replays each step as one CUDA graph
+    (algo.fast.make_offline_step_fn; the agent must have capturable optimizers)."""
     pcfg = cfg.pretrain
     if pcfg.algo == "none" or pcfg.steps <= 0:
         return
+    step_fn = None
     for step in range(1, pcfg.steps + 1):
-        info = offline_step(agent, sampler.sample(pcfg.batch_size), pcfg.algo, cfg.sac, pcfg.cql, pcfg.iql)
+        batch = sampler.sample(pcfg.batch_size)
+        if step_fn is None:  # built on the first batch: a CUDA graph captures with a real one
+            step_fn = make_offline_step_fn(agent, pcfg.algo, cfg.sac, pcfg.cql, pcfg.iql, mode, batch)
+        info = step_fn(batch)
         if on_log is not None and (step % cfg.run.log_every == 0 or step == pcfg.steps):
             on_log(step, {k: float(v) for k, v in info.items()})  # CPU-GPU sync, once per log interval
         if progress is not None:

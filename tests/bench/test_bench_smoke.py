@@ -73,3 +73,17 @@ def test_ray_parts_report_scaling_and_sharded_replay_rates(capsys):
     assert sorted((w[1], w[2]) for w, _ in sharded) == sorted(
         (p, s) for p in ("ray-feeders", "ray-serial", "ray-window") for s in ("1", "2"))
     assert_finite_positive(sharded)
+
+
+def test_learner_table_has_bundle_and_pretraining_rows(capsys):
+    from wsrl_dist.bench import learner
+
+    assert learner.main(["--variants", "stacked-eager", "--pretrain", "iql", "--seconds", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# command: wsrl-dist bench learner --variants stacked-eager")
+    rows = table_rows(out, r"^locomotion\s")
+    assert [w[1] for w, _ in rows] == ["pretrain-iql-eager", "stacked-eager"]
+    assert_finite_positive(rows)
+    (_, pre), (_, bundle) = rows
+    assert pre[0] == pre[1]  # one pre-training step is one critic update
+    assert abs(bundle[1] - 4 * bundle[0]) <= 0.25  # one bundle is UTD = 4 critic updates (printed .1f)

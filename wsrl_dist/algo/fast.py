@@ -12,9 +12,11 @@ import torch
 
 from wsrl_dist.algo import fused as fused_lib
 from wsrl_dist.algo.agent import Agent
+from wsrl_dist.algo.cql import CQLConfig
+from wsrl_dist.algo.iql import IQLConfig
 from wsrl_dist.algo.sac import SACConfig
 from wsrl_dist.algo.types import Batch
-from wsrl_dist.algo.update import sac_bundle
+from wsrl_dist.algo.update import offline_step, sac_bundle
 
 BundleFn = Callable[[Batch], dict[str, torch.Tensor]]
 MultiBundleFn = Callable[[list[Batch]], list[dict[str, torch.Tensor]]]
@@ -70,12 +72,41 @@ def make_bundle_fn(agent: Agent, cfg: SACConfig, mode: str, example: Batch | Non
     return GraphedBundle(agent, fn, example)
 
 
+def make_offline_step_fn(agent: Agent, algo: str, sac: SACConfig, cql: CQLConfig, iql: IQLConfig,
+                         mode: str, example: Batch | None = None) -> BundleFn:
+    """Pre-training step f(batch) -> info (`update.offline_step`: CQL / Cal-QL / IQL, UTD 1).
+
+    Eager, or, when `mode` resolves to a graph mode on CUDA (GPU `auto`), captured whole in one CUDA
+    graph: an eager CQL step is ~1,000 small kernels launched one by one from Python (57 steps/s on
+    an H100, BENCHMARKS.md), which the graph replays in one launch. Same math: capture replays the
+    eager step on static input buffers (the agent needs capturable optimizers). The fused and
+    compiled variants exist for the online bundle only, so every graph mode captures the eager step."""
+    mode = resolve_mode(mode, agent.device)
+
+    def step(batch: Batch) -> dict[str, torch.Tensor]:
+        return offline_step(agent, batch, algo, sac, cql, iql)
+
+    if not mode.endswith("graph"):
+        return step
+    if example is None:
+        raise ValueError("a CUDA-graph pre-training step needs an example batch to capture with")
+    return GraphedBundle(agent, step, example)
+
+
+def _optimizers(agent: Agent) -> list[torch.optim.Optimizer]:
+    return [o for o in (agent.actor_opt, agent.critic_opt, agent.temperature_opt, agent.value_opt,
+                        agent.lagrange_opt) if o is not None]
+
+
 def _state_tensors(agent: Agent) -> list[torch.Tensor]:
-    """Every tensor the bundle mutates: parameters, target parameters, Adam moments and counts."""
+    """Every tensor a bundle or pre-training step mutates: parameters, target parameters, the IQL
+    value net and CQL Lagrange multiplier where present, Adam moments and counts."""
     out: list[torch.Tensor] = []
-    for mod in (agent.actor, agent.critic, agent.target_critic, agent.temperature):
-        out += [p.data for p in mod.parameters()]
-    for opt in (agent.actor_opt, agent.critic_opt, agent.temperature_opt):
+    for mod in (agent.actor, agent.critic, agent.target_critic, agent.temperature, agent.value,
+                agent.lagrange):
+        if mod is not None:
+            out += [p.data for p in mod.parameters()]
+    for opt in _optimizers(agent):
         for group in opt.param_groups:
             for p in group["params"]:
                 out += [t for t in opt.state.get(p, {}).values() if torch.is_tensor(t)]
@@ -123,7 +154,7 @@ class GraphedBundle:
     def __init__(self, agent: Agent, fn: BundleFn, example: Batch):
         if agent.device.type != "cuda":
             raise ValueError("GraphedBundle needs the agent on a CUDA device")
-        for opt in (agent.actor_opt, agent.critic_opt, agent.temperature_opt):
+        for opt in _optimizers(agent):
             if not all(g.get("capturable") for g in opt.param_groups):
                 raise ValueError("GraphedBundle needs optimizers made with capturable=True")
             _init_adam_state(opt)

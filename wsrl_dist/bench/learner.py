@@ -5,6 +5,8 @@ loop over E separate critics (the baseline); `stacked-eager`, `stacked-compile` 
 `stacked-graph` (whole bundle in one CUDA graph), `stacked-compile-graph` (compiled, then captured),
 and `fused-*` (algo/fused.py: flat buffers, batched actor versions; eager / compiled / captured).
 `--seeds 1,2,4,8` adds multi-seed rows (aggregate bundles/s over S seeds in one process).
+`--pretrain cql,calql,iql` adds offline pre-training rows (one step = 1 critic update on 256 rows):
+`pretrain-<algo>-eager` against `pretrain-<algo>-graph` (algo.fast.make_offline_step_fn, GPU only).
 `--precision fp32|tf32|bf16` sets the matmuls (`--tf32` = `--precision tf32`); bf16 exists in the
 fused variants and fused `--seed-modes` only (bf16 GEMM inputs, fp32 sums and state; algo/fused.py).
 With `--anchor PATH` the reference anchor (../shared/anchors/learner_bench.py: PyTorch variants and a
@@ -137,6 +139,26 @@ def time_multiseed(size: str, seeds: int, device: torch.device, sac: SACConfig, 
                                      (size, f"seeds-{mode}-S{seeds}"), t_setup)
 
 
+def time_pretrain(size: str, algo: str, mode: str, device: torch.device, sac: SACConfig,
+                  seconds: float) -> float:
+    """Offline pre-training steps/s (update.offline_step, batch 256) eagerly or as one CUDA graph."""
+    from wsrl_dist.algo.cql import CQLConfig
+    from wsrl_dist.algo.fast import make_offline_step_fn
+    from wsrl_dist.algo.iql import IQLConfig
+
+    obs, act, actor_h, critic_h, _ = SIZES[size]
+    # antmaze pre-trains with the Lagrange multiplier (configs/tasks/antmaze.yaml)
+    cql = CQLConfig(use_calql=algo == "calql", cql_autotune_alpha=size == "antmaze")
+    agent = make_agent(obs, act, NetConfig(actor_hidden=actor_h, critic_hidden=critic_h), sac,
+                       with_value=algo == "iql", device=device, capturable=mode.endswith("graph"),
+                       lagrange_init=1.0 if (cql.cql_autotune_alpha and algo != "iql") else None)
+    batch = _batch(size, 256, device)
+    batch = Batch(*batch[:5], torch.zeros(256, device=device))  # + MC returns (Cal-QL's bound)
+    t_setup = time.perf_counter()
+    fn = make_offline_step_fn(agent, algo, sac, cql, IQLConfig(), mode, batch)
+    return _calls_per_second(lambda: [fn(batch)], device, seconds, (size, f"pretrain-{algo}-{mode}"), t_setup)
+
+
 def run_anchor(path: str) -> dict[str, float]:
     """Run the reference anchor script and parse its 'variant bundles/s critic upd/s' rows."""
     proc = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=900)
@@ -162,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                          "their fp32 head GEMMs on bf16 values run as TF32, which holds bf16 exactly)")
     ap.add_argument("--tf32", action="store_true", help="same as --precision tf32")
     ap.add_argument("--seeds", default="", help="multi-seed rows on GPU, e.g. 1,2,4,8 (aggregate rate)")
+    ap.add_argument("--pretrain", default="", help="offline rows, e.g. cql,calql,iql (eager, and graph on GPU)")
     ap.add_argument("--seed-modes", default="fused_graph",
                     help="fast paths for the --seeds rows (fused_graph, fused_compile_graph, cuda_graph, fused)")
     args = ap.parse_args(argv)
@@ -191,6 +214,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{'x jax':>8}{'setup s':>9}")
     for size in args.sizes.split(","):
         rates: dict[str, float] = {}
+        per_call: dict[str, int] = {}  # critic updates per timed call: utd (bundles), 1 (pre-training)
+        for algo in [a for a in args.pretrain.split(",") if a]:
+            for mode in ("eager", "cuda_graph") if device.type == "cuda" else ("eager",):
+                name = f"pretrain-{algo}-{mode.replace('cuda_', '')}"
+                try:
+                    rates[name], per_call[name] = time_pretrain(size, algo, mode, device, sac, args.seconds), 1
+                    SETUP_S[(size, name)] = SETUP_S.pop((size, f"pretrain-{algo}-{mode}"))
+                except Exception as e:
+                    print(f"{size:<11}{name:<26} failed: {type(e).__name__}: {str(e)[:200]}")
         for v in variants:
             try:
                 rates[v] = time_variant(size, v, device, sac, args.seconds, dtype)
@@ -206,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         if size == "locomotion":
             rates.update(anchor)  # the anchor measures locomotion sizes only
         base = rates.get("naive-eager")
+        for name in per_call:  # steps/s in the bundles/s column; x eager against its own eager row
+            print(f"{size:<11}{name:<26}{rates[name]:>11.1f}{rates[name]:>14.1f}"
+                  f"{rates[name] / rates[name.rsplit('-', 1)[0] + '-eager']:>9.2f}{'':>8}"
+                  f"{SETUP_S.get((size, name), 0.0):>9.1f}")
+            del rates[name]
         for v, r in rates.items():
             xn = f"{r / base:>9.2f}" if base else f"{'':>9}"
             xj = f"{r / jax:>8.2f}" if (jax and size == "locomotion") else f"{'':>8}"

@@ -109,7 +109,8 @@ class Learner:
             out["dataset"] = dataset.source
             if warm and not c.pretrain.checkpoint:
                 with self._agent_lock:
-                    pretrain_agent(self.agent, sampler, c, on_log=lambda s, i: out.update(last=i))
+                    pretrain_agent(self.agent, sampler, c, on_log=lambda s, i: out.update(last=i),
+                                   mode=self.mode)
                 out["pretrain_steps"] = c.pretrain.steps
             self.offline = sampler if self.ratio > 0 else None  # WSRL drops the offline data here
         if warm and c.pretrain.checkpoint:
