@@ -78,12 +78,32 @@ def test_ray_parts_report_scaling_and_sharded_replay_rates(capsys):
 def test_learner_table_has_bundle_and_pretraining_rows(capsys):
     from wsrl_dist.bench import learner
 
-    assert learner.main(["--variants", "stacked-eager", "--pretrain", "iql", "--seconds", "0.05"]) == 0
+    assert learner.main(["--variants", "stacked-eager", "--pretrain", "iql,cql", "--seconds", "0.05"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# command: wsrl-dist bench learner --variants stacked-eager")
     rows = table_rows(out, r"^locomotion\s")
-    assert [w[1] for w, _ in rows] == ["pretrain-iql-eager", "stacked-eager"]
+    assert [w[1] for w, _ in rows] == ["pretrain-iql-eager", "pretrain-cql-eager", "stacked-eager"]
     assert_finite_positive(rows)
-    (_, pre), (_, bundle) = rows
-    assert pre[0] == pre[1]  # one pre-training step is one critic update
+    (_, pre), _, (_, bundle) = rows
+    assert pre[0] == pre[1] and pre[2] == 1.0  # one step is one critic update; x its own eager row
     assert abs(bundle[1] - 4 * bundle[0]) <= 0.25  # one bundle is UTD = 4 critic updates (printed .1f)
+
+
+def test_learner_pretrain_rows_compare_graph_with_their_eager_row(capsys, monkeypatch):
+    """The GPU layout (eager and graph rows per algorithm) printed with fixed rates: each graph row
+    is divided by its own algorithm's eager row (a KeyError here once lost a device run's table)."""
+    from wsrl_dist.bench import learner
+
+    rates = {("cql", "eager"): 50.0, ("cql", "cuda_graph"): 400.0, ("iql", "eager"): 100.0,
+             ("iql", "cuda_graph"): 300.0}
+
+    def fake_time(size, algo, mode, device, sac, seconds):
+        learner.SETUP_S[(size, f"pretrain-{algo}-{mode}")] = 1.0
+        return rates[(algo, mode)]
+
+    monkeypatch.setattr(learner, "pretrain_modes", lambda device: ("eager", "cuda_graph"))
+    monkeypatch.setattr(learner, "time_pretrain", fake_time)
+    assert learner.main(["--variants", "", "--pretrain", "cql,iql", "--seconds", "0.01"]) == 0
+    rows = {w[1]: nums for w, nums in table_rows(capsys.readouterr().out, r"^locomotion\s")}
+    assert rows == {"pretrain-cql-eager": [50.0, 50.0, 1.0, 1.0], "pretrain-cql-graph": [400.0, 400.0, 8.0, 1.0],
+                    "pretrain-iql-eager": [100.0, 100.0, 1.0, 1.0], "pretrain-iql-graph": [300.0, 300.0, 3.0, 1.0]}

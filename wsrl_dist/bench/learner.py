@@ -139,6 +139,10 @@ def time_multiseed(size: str, seeds: int, device: torch.device, sac: SACConfig, 
                                      (size, f"seeds-{mode}-S{seeds}"), t_setup)
 
 
+def pretrain_modes(device: torch.device) -> tuple[str, ...]:
+    return ("eager", "cuda_graph") if device.type == "cuda" else ("eager",)
+
+
 def time_pretrain(size: str, algo: str, mode: str, device: torch.device, sac: SACConfig,
                   seconds: float) -> float:
     """Offline pre-training steps/s (update.offline_step, batch 256) eagerly or as one CUDA graph."""
@@ -175,7 +179,7 @@ def run_anchor(path: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wsrl-dist bench learner")
     ap.add_argument("--sizes", default="locomotion")
-    ap.add_argument("--variants", default=None, help="comma list; default: all that run on the device")
+    ap.add_argument("--variants", default=None, help="comma list ('' for none); default: all that run on the device")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--anchor", default=None, help="path to shared/anchors/learner_bench.py")
@@ -196,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "bf16")
     torch.backends.cudnn.allow_tf32 = precision in ("tf32", "bf16")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    variants = (args.variants.split(",") if args.variants else
+    variants = ([v for v in args.variants.split(",") if v] if args.variants is not None else
                 ["naive-eager", "stacked-eager", "fused-eager"]
                 + (["stacked-graph", "fused-graph", "fused-compile-graph"] if device.type == "cuda" else []))
-    if precision == "bf16" and not args.variants:  # the other variants have no bf16 (they would fail)
+    if precision == "bf16" and args.variants is None:  # the other variants have no bf16 (they would fail)
         variants = [v for v in variants if v.startswith("fused")]
     sac = SACConfig()
     print(f"# command: wsrl-dist bench learner {' '.join(argv or sys.argv[1:])}")
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         rates: dict[str, float] = {}
         per_call: dict[str, int] = {}  # critic updates per timed call: utd (bundles), 1 (pre-training)
         for algo in [a for a in args.pretrain.split(",") if a]:
-            for mode in ("eager", "cuda_graph") if device.type == "cuda" else ("eager",):
+            for mode in pretrain_modes(device):
                 name = f"pretrain-{algo}-{mode.replace('cuda_', '')}"
                 try:
                     rates[name], per_call[name] = time_pretrain(size, algo, mode, device, sac, args.seconds), 1
@@ -238,11 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         if size == "locomotion":
             rates.update(anchor)  # the anchor measures locomotion sizes only
         base = rates.get("naive-eager")
-        for name in per_call:  # steps/s in the bundles/s column; x eager against its own eager row
-            print(f"{size:<11}{name:<26}{rates[name]:>11.1f}{rates[name]:>14.1f}"
-                  f"{rates[name] / rates[name.rsplit('-', 1)[0] + '-eager']:>9.2f}{'':>8}"
-                  f"{SETUP_S.get((size, name), 0.0):>9.1f}")
-            del rates[name]
+        pre = {name: rates.pop(name) for name in per_call}
+        for name, r in pre.items():  # steps/s in the bundles/s column; x naive: vs its own eager row
+            eager = pre.get(name.rsplit("-", 1)[0] + "-eager")
+            xe = f"{r / eager:>9.2f}" if eager else f"{'':>9}"
+            print(f"{size:<11}{name:<26}{r:>11.1f}{r:>14.1f}{xe}{'':>8}{SETUP_S.get((size, name), 0.0):>9.1f}")
         for v, r in rates.items():
             xn = f"{r / base:>9.2f}" if base else f"{'':>9}"
             xj = f"{r / jax:>8.2f}" if (jax and size == "locomotion") else f"{'':>8}"
