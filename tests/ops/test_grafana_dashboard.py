@@ -89,8 +89,20 @@ def test_every_expr_names_only_exported_metrics_and_every_metric_is_on_the_dashb
     assert set(METRIC_NAMES) <= used, set(METRIC_NAMES) - used
 
 
-def _grafana_to_promql(expr: str) -> str:
-    return expr.replace("$__rate_interval", "10s").replace("$job", ".*")
+def _grafana_to_promql(expr: str, seed: str = ".*") -> str:
+    """A panel's query as Grafana sends it: variables at their All value, or one seed picked."""
+    return expr.replace("$__rate_interval", "10s").replace("$job", ".*").replace("$seed", seed)
+
+
+def test_every_query_filters_on_job_and_seed_variables():
+    d = _dashboard()
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    for name in ("job", "seed"):  # All must be .*: it also matches a single-seed job (no seed label)
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
+    assert "seed" in variables["seed"]["query"]["query"]
+    for title, expr in _exprs(d):
+        selectors = re.findall(r"\bwsrl_[a-z0-9_]+(\{[^}]*\})?", expr)
+        assert selectors and all('job=~"$job"' in s and 'seed=~"$seed"' in s for s in selectors), title
 
 
 @pytest.mark.skipif(prometheus_binary() is None, reason="prometheus not installed (apt-get install -y prometheus)")
@@ -122,12 +134,16 @@ def test_every_dashboard_query_returns_data_from_a_live_exporter():
 
     server = MetricsServer(lambda: state["snap"])
     host, port = server.start()
+    # a multi-seed job beside it: one snapshot per seed under a `seed` label
+    seeds = MetricsServer(lambda: {0: {**base, "episode_return": 100.0}, 1: {**base, "episode_return": 300.0}},
+                          label="seed")
+    seeds_host, seeds_port = seeds.start()
     thread = threading.Thread(target=drive, daemon=True)
     thread.start()
-    prom = start_prometheus([f"{host}:{port}"])
+    prom = start_prometheus([f"{host}:{port}", f"{seeds_host}:{seeds_port}"])
     try:
         # rate()/increase() need two samples inside the window.
-        prom.wait_for("count_over_time(wsrl_env_steps_total[10s])", lambda v: v >= 3, timeout=20)
+        prom.wait_for("min(count_over_time(wsrl_env_steps_total[10s]))", lambda v: v >= 3, timeout=20)
         pending = {e for _, e in _exprs(_dashboard())}
         deadline = time.monotonic() + 15
         while pending and time.monotonic() < deadline:
@@ -139,8 +155,16 @@ def test_every_dashboard_query_returns_data_from_a_live_exporter():
         assert not pending, f"queries with no finite data: {sorted(pending)}"
         # A variable query (label_values) must find the job label.
         assert prom.query('count by (job) (wsrl_env_steps_total{job=~".*"})')[0]["metric"]["job"] == "wsrl"
+        # The Episode return panel: one series per seed, the single-seed job's under an empty seed;
+        # picking seed 1 leaves only it
+        (ret,) = [e for t, e in _exprs(_dashboard()) if t == "Episode return"]
+        by_seed = {r["metric"].get("seed", ""): float(r["value"][1]) for r in prom.query(_grafana_to_promql(ret))}
+        assert by_seed == {"": base["episode_return"], "0": 100.0, "1": 300.0}
+        picked = prom.query(_grafana_to_promql(ret, seed="1"))
+        assert [(r["metric"]["seed"], float(r["value"][1])) for r in picked] == [("1", 300.0)]
     finally:
         stop.set()
         prom.stop()
         server.stop()
+        seeds.stop()
         thread.join(timeout=5)
