@@ -25,7 +25,7 @@ SAC = SACConfig(critic_ensemble_size=4, batch_size=16, utd=4)
 def pinned_randomness(monkeypatch):
     """No policy noise and a fixed target subsample {0, 1}: the bundle becomes a pure function."""
     monkeypatch.setattr(torch, "randn_like", lambda t, **kw: torch.zeros_like(t))
-    monkeypatch.setattr(sac_lib, "subsampled_min", lambda q, k: q[:2].min(0).values)
+    monkeypatch.setattr(sac_lib, "sample_members", lambda e, k, device=None: torch.arange(k, device=device))
 
 
 def _batches(n: int, device: str) -> list[Batch]:

@@ -38,7 +38,7 @@ def _pinned_noise(spec, seeds, device):
 @pytest.fixture
 def pinned_randomness(monkeypatch):
     monkeypatch.setattr(torch, "randn_like", lambda t, **kw: torch.zeros_like(t))
-    monkeypatch.setattr(sac_lib, "subsampled_min", lambda q, k: q[:k].min(0).values)
+    monkeypatch.setattr(sac_lib, "sample_members", lambda e, k, device=None: torch.arange(k, device=device))
     monkeypatch.setattr(fused_lib, "draw_noise", _pinned_noise)
 
 

@@ -44,6 +44,32 @@ def test_ensemble_members_get_independent_gradients():
         assert w.grad[0].abs().sum() == 0 and w.grad[2].abs().sum() == 0
 
 
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_member_subset_forward_is_the_full_forward_indexed_values_and_gradients(layer_norm):
+    """critic(obs, act, members): the chosen members only, repeats allowed (the target and CQL
+    subsets are drawn with replacement); a repeated member's gradient counts once per draw."""
+    torch.manual_seed(0)
+    critic = EnsembleCritic(OBS, ACT, [16, 16], ensemble=5, layer_norm=layer_norm)
+    with torch.no_grad():
+        for p in [*critic.ln_scales, *critic.ln_biases, *critic.biases]:
+            p.normal_()
+    obs, act = _obs(6), torch.rand(6, ACT) * 2 - 1
+    members = torch.tensor([3, 0, 3])
+    weights = torch.randn(3, 6)
+
+    sub = critic(obs, act, members)
+    assert sub.shape == (3, 6)
+    (sub * weights).sum().backward()
+    grads_sub = [p.grad.clone() for p in critic.parameters()]
+    critic.zero_grad()
+    full = critic(obs, act)
+    (full.index_select(0, members) * weights).sum().backward()
+    torch.testing.assert_close(sub, full.index_select(0, members).detach(), rtol=1e-6, atol=1e-6)
+    for g_sub, p in zip(grads_sub, critic.parameters()):
+        torch.testing.assert_close(g_sub, p.grad, rtol=1e-5, atol=1e-6)
+    assert critic.weights[0].grad[3].abs().sum() > 0 and critic.weights[0].grad[1].abs().sum() == 0
+
+
 # ---------------------------------------------------------------- tanh-Gaussian actor
 
 

@@ -29,9 +29,7 @@ CASES = [("cql", CQLConfig(use_calql=False)), ("calql", CQLConfig(cql_autotune_a
 @pytest.fixture
 def pinned_randomness(monkeypatch):
     monkeypatch.setattr(torch, "randn_like", lambda t, **kw: torch.zeros_like(t))
-    monkeypatch.setattr(sac_lib, "subsampled_min", lambda q, k: q[:2].min(0).values)
-    monkeypatch.setattr(torch, "randint", lambda high, size, device=None, **kw:
-                        torch.arange(size[0], device=device) % high)
+    monkeypatch.setattr(sac_lib, "sample_members", lambda e, k, device=None: torch.arange(k, device=device))
     monkeypatch.setattr(torch.Tensor, "uniform_", lambda self, a=0.0, b=1.0, **kw: self.fill_(0.25 * a + 0.75 * b))
 
 

@@ -196,10 +196,34 @@ def test_cql_gap_equals_python_loop_reference(use_calql, importance_sample):
     gap = cql_lib.cql_gap(batch, agent.actor, agent.critic, q_data, cfg)
     ref = _loop_gap(agent, batch, cfg, 3)
     torch.testing.assert_close(gap, ref, rtol=1e-5, atol=1e-5)
-    members = torch.tensor([2, 0])
+    members = torch.tensor([2, 0, 2])  # drawn with replacement: a member may repeat
     torch.manual_seed(3)
     sub = cql_lib.cql_gap(batch, agent.actor, agent.critic, q_data, cfg, members)
     torch.testing.assert_close(sub, ref[members], rtol=1e-5, atol=1e-5)
+
+
+def test_cql_gap_on_a_member_subset_has_the_gradient_of_the_full_gap_indexed():
+    """Only the drawn members are evaluated on the sampled actions; the critic's gradient must be
+    the one of computing every member and keeping the drawn rows (what the reference computes)."""
+    cfg = cql_lib.CQLConfig(use_calql=True, cql_n_actions=4)
+    agent = tiny_agent()
+    batch = random_batch(6, mc_returns=True)
+    members = torch.tensor([1, 1, 3])
+
+    def grads(subset: bool) -> list[torch.Tensor]:
+        agent.critic.zero_grad()
+        q_data = agent.critic(batch.observations, batch.actions)
+        torch.manual_seed(7)
+        if subset:
+            gap = cql_lib.cql_gap(batch, agent.actor, agent.critic, q_data, cfg, members)
+        else:
+            gap = cql_lib.cql_gap(batch, agent.actor, agent.critic, q_data, cfg).index_select(0, members)
+        gap.mean().backward()
+        return [p.grad.clone() for p in agent.critic.parameters()]
+
+    for a, b in zip(grads(True), grads(False)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in grads(True))
 
 
 def _eval_gap(agent, batch, cfg) -> float:

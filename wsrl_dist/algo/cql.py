@@ -49,7 +49,9 @@ def cql_gap(
     """Delta = logsumexp_a Q(s, a) - Q(s, a_data) per member: [E', B].
 
     q_data [E, B] is Q(s, a_data); `members` (indices) restricts the penalty to a subset, as the
-    reference does with the ensemble on (only the sampled subset gets the CQL term).
+    reference does with the ensemble on (only the sampled subset gets the CQL term). Only those
+    members are evaluated on the 3n sampled actions: the others' values would be thrown away, and
+    this is the largest forward/backward of a CQL step (B * 3n rows).
     """
     s, s2 = batch.observations, batch.next_observations
     n, bsz, act_dim = cfg.cql_n_actions, s.shape[0], batch.actions.shape[-1]
@@ -60,10 +62,10 @@ def cql_gap(
     s_rep = s.unsqueeze(1).expand(-1, n, -1).reshape(bsz * n, -1)
     a_all = torch.cat([a_rand, a_cur, a_next], 1).reshape(bsz, 3, n, act_dim)
     # Q(s, .) for all 3n sampled actions in one ensemble call: [E, B, 3, n]
-    q = torch.stack([critic(s_rep, a_all[:, k].reshape(bsz * n, act_dim)) for k in range(3)], 0)
-    q = q.view(3, q.shape[1], bsz, n).permute(1, 2, 0, 3)
+    q = torch.stack([critic(s_rep, a_all[:, k].reshape(bsz * n, act_dim), members) for k in range(3)], 0)
+    q = q.view(3, q.shape[1], bsz, n).permute(1, 2, 0, 3)  # [E', B, 3, n]
     if members is not None:
-        q, q_data = q.index_select(0, members), q_data.index_select(0, members)
+        q_data = q_data.index_select(0, members)
     q_rand, q_cur, q_next = q.unbind(2)  # each [E', B, n]
     if cfg.use_calql:
         bound = batch.mc_returns

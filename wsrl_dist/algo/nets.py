@@ -141,16 +141,22 @@ class EnsembleCritic(nn.Module):
                 self.ln_scales.append(nn.Parameter(torch.ones(ensemble, 1, d_out)))
                 self.ln_biases.append(nn.Parameter(torch.zeros(ensemble, 1, d_out)))
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """obs [B, O], actions [B, A] -> Q [E, B]."""
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, members: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """obs [B, O], actions [B, A] -> Q [E, B]; with `members` (indices [k], repeats allowed) only
+        those members are evaluated -> [k, B] (gradients flow back to them; a repeat counts twice)."""
+
+        def pick(p: torch.Tensor) -> torch.Tensor:
+            return p if members is None else p.index_select(0, members)
+
         x = torch.cat([obs, actions], -1)
-        h = x.unsqueeze(0).expand(self.ensemble, -1, -1)
+        h = x.unsqueeze(0).expand(self.ensemble if members is None else members.shape[0], -1, -1)
         n_layers = len(self.weights)
         for i in range(n_layers):
-            h = torch.baddbmm(self.biases[i], h, self.weights[i])
+            h = torch.baddbmm(pick(self.biases[i]), h, pick(self.weights[i]))
             if i < n_layers - 1:
                 if self.layer_norm:
-                    h = F.layer_norm(h, h.shape[-1:]) * self.ln_scales[i] + self.ln_biases[i]
+                    h = F.layer_norm(h, h.shape[-1:]) * pick(self.ln_scales[i]) + pick(self.ln_biases[i])
                 h = F.relu(h)
         return h.squeeze(-1)
 

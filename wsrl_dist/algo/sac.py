@@ -48,10 +48,14 @@ class SACConfig:
             raise ValueError(f"sac.discount must be in (0, 1], got {self.discount}")
 
 
+def sample_members(ensemble: int, k: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """k member indices drawn uniformly WITH replacement (the reference's randint) [k]."""
+    return torch.randint(ensemble, (k,), device=device)
+
+
 def subsampled_min(q: torch.Tensor, k: int) -> torch.Tensor:
     """q [E, ...] -> min over k members drawn uniformly WITH replacement (reference: randint) [...]."""
-    idx = torch.randint(q.shape[0], (k,), device=q.device)
-    return q.index_select(0, idx).min(0).values
+    return q.index_select(0, sample_members(q.shape[0], k, q.device)).min(0).values
 
 
 def td_target(
@@ -67,17 +71,21 @@ def td_target(
     mtb = cfg.max_target_backup if max_target_backup is None else max_target_backup
     with torch.no_grad():
         s2 = batch.next_observations
+        # only the k sampled target members are evaluated (the min never looks at the others); the
+        # draws happen in the same order as before: next actions first, then members
         if mtb:
             n = cfg.n_backup_actions
             a2, logp2 = actor(s2, n)  # [B, n, A], [B, n]
+            members = sample_members(cfg.critic_ensemble_size, cfg.critic_subsample_size, s2.device)
             s2n = s2.unsqueeze(1).expand(-1, n, -1).reshape(-1, s2.shape[-1])
-            tq = target_critic(s2n, a2.reshape(-1, a2.shape[-1]))  # [E, B*n]
-            tmin = subsampled_min(tq, cfg.critic_subsample_size).view(-1, n)  # [B, n]
+            tq = target_critic(s2n, a2.reshape(-1, a2.shape[-1]), members)  # [k, B*n]
+            tmin = tq.min(0).values.view(-1, n)  # [B, n]
             tmin, best = tmin.max(-1)
             logp2 = logp2.gather(-1, best.unsqueeze(-1)).squeeze(-1)
         else:
             a2, logp2 = actor(s2)
-            tmin = subsampled_min(target_critic(s2, a2), cfg.critic_subsample_size)
+            members = sample_members(cfg.critic_ensemble_size, cfg.critic_subsample_size, s2.device)
+            tmin = target_critic(s2, a2, members).min(0).values
         if cfg.backup_entropy:
             tmin = tmin - temperature() * logp2
         return batch.rewards + cfg.discount * batch.masks * tmin

@@ -90,7 +90,7 @@ def cql_step(
                           max_target_backup=cfg.cql_max_target_backup)
     q = agent.critic(batch.observations, batch.actions)
     td = sac_lib.critic_td_loss(q, y)
-    members = torch.randint(q.shape[0], (sac.critic_subsample_size,), device=q.device)
+    members = sac_lib.sample_members(q.shape[0], sac.critic_subsample_size, q.device)
     gap = cql_lib.cql_gap(batch, agent.actor, agent.critic, q, cfg, members)  # [k, B]
     info: dict[str, torch.Tensor] = {}
     if cfg.cql_autotune_alpha:
