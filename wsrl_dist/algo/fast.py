@@ -77,10 +77,11 @@ def make_offline_step_fn(agent: Agent, algo: str, sac: SACConfig, cql: CQLConfig
     """Pre-training step f(batch) -> info (`update.offline_step`: CQL / Cal-QL / IQL, UTD 1).
 
     Eager, or, when `mode` resolves to a graph mode on CUDA (GPU `auto`), captured whole in one CUDA
-    graph: an eager CQL step is ~1,000 small kernels launched one by one from Python (57 steps/s on
-    an H100, BENCHMARKS.md), which the graph replays in one launch. Same math: capture replays the
-    eager step on static input buffers (the agent needs capturable optimizers). The fused and
-    compiled variants exist for the online bundle only, so every graph mode captures the eager step."""
+    graph: an eager CQL step launches its many small kernels one by one from Python (57 steps/s on
+    an H100, docs/RESULTS.md; 70.8 on an H200, BENCHMARKS.md), which the graph replays in one
+    launch. Same math: capture replays the eager step on static input buffers (the agent needs
+    capturable optimizers). The fused and compiled variants exist for the online bundle only, so
+    every graph mode captures the eager step."""
     mode = resolve_mode(mode, agent.device)
 
     def step(batch: Batch) -> dict[str, torch.Tensor]:
