@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import re
 
+import pytest
+
 from wsrl_dist.bench import replay, rollout
 
 TASK = "inverted-pendulum-v5"
@@ -107,3 +109,18 @@ def test_learner_pretrain_rows_compare_graph_with_their_eager_row(capsys, monkey
     rows = {w[1]: nums for w, nums in table_rows(capsys.readouterr().out, r"^locomotion\s")}
     assert rows == {"pretrain-cql-eager": [50.0, 50.0, 1.0, 1.0], "pretrain-cql-graph": [400.0, 400.0, 8.0, 1.0],
                     "pretrain-iql-eager": [100.0, 100.0, 1.0, 1.0], "pretrain-iql-graph": [300.0, 300.0, 3.0, 1.0]}
+
+
+def test_learner_profile_prints_where_the_bundle_time_goes(capsys):
+    """--profile on CPU: op time per bundle split by category, the matmuls among the costliest ops."""
+    from wsrl_dist.bench import learner
+
+    assert learner.main(["--variants", "fused-eager", "--seconds", "0.05", "--profile", "1"]) == 0
+    out = capsys.readouterr().out
+    head = re.search(r"# profile locomotion/fused-eager: (\d+) ops, (\d+) us per call \((.*)\)", out)
+    assert head, out
+    assert int(head.group(1)) > 100 and int(head.group(2)) > 0
+    cats = {name: int(us) for name, us in re.findall(r"(\w+) (\d+) us / \d+", head.group(3))}
+    assert {"gemm", "other"} <= set(cats), head.group(3)
+    assert sum(cats.values()) == pytest.approx(int(head.group(2)), abs=len(cats))  # the split adds up
+    assert re.search(r"#\s+[\d.]+ us\s+[\d.]+x\s+gemm\s+aten::(bmm|baddbmm)", out), out

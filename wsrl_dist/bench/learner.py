@@ -5,6 +5,8 @@ loop over E separate critics (the baseline); `stacked-eager`, `stacked-compile` 
 `stacked-graph` (whole bundle in one CUDA graph), `stacked-compile-graph` (compiled, then captured),
 and `fused-*` (algo/fused.py: flat buffers, batched actor versions; eager / compiled / captured).
 `--seeds 1,2,4,8` adds multi-seed rows (aggregate bundles/s over S seeds in one process).
+`--profile N` then profiles N calls of every row and prints the time per call by category (GEMMs,
+Inductor's fused Triton kernels, copies, other) and the costliest kernels (ops on CPU).
 `--pretrain cql,calql,iql` adds offline pre-training rows (one step = 1 critic update on 256 rows):
 `pretrain-<algo>-eager` against `pretrain-<algo>-graph` (algo.fast.make_offline_step_fn, GPU only).
 `--precision fp32|tf32|bf16` sets the matmuls (`--tf32` = `--precision tf32`); bf16 exists in the
@@ -48,6 +50,7 @@ VARIANT_MODES = {"naive-eager": "eager", "stacked-eager": "eager", "stacked-comp
 
 
 SETUP_S: dict[tuple[str, str], float] = {}  # build + compile + capture + 3 warm-up bundles
+PROFILE_CALLS = 0  # --profile N: after timing, profile N calls of each row and print where time goes
 
 
 class LoopEnsemble(nn.Module):
@@ -119,7 +122,58 @@ def _calls_per_second(call, device: torch.device, seconds: float, key: tuple[str
     rate = n / (time.perf_counter() - t0)
     if not all(torch.isfinite(v).all() for info in out for v in info.values()):
         raise RuntimeError(f"{key[0]}/{key[1]}: non-finite losses")
+    if PROFILE_CALLS:
+        print_profile(profile_calls(call, device, PROFILE_CALLS), f"{key[0]}/{key[1]}",
+                      "kernels" if device.type == "cuda" else "ops")
     return rate
+
+
+# kernel-name patterns of matrix multiplies: cuBLAS (incl. Hopper's nvjet), CUTLASS, xmma
+_GEMM = re.compile(r"gemm|cutlass|xmma|nvjet|cublas|ampere_|sm90_|sm80_|^aten::(bmm|baddbmm|mm|addmm|matmul)$",
+                   re.IGNORECASE)
+
+
+def kernel_category(name: str) -> str:
+    """gemm | fused (Inductor-generated Triton kernels) | copy | other."""
+    if _GEMM.search(name):
+        return "gemm"
+    if name.startswith("triton"):
+        return "fused"
+    if re.search(r"memcpy|memset|copy|CatArray|aten::(cat|clone|contiguous|copy_)$", name, re.IGNORECASE):
+        return "copy"
+    return "other"
+
+
+def profile_calls(call, device: torch.device, n: int) -> list[tuple[str, float, float]]:
+    """(kernel or op name, launches per call, microseconds per call) over `n` profiled calls, most
+    time first: GPU kernels' device time on CUDA (graph replays included), ops' self CPU time on CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            call()
+        _sync(device)
+    rows = []
+    for ev in prof.key_averages():
+        us = ev.self_device_time_total if cuda else ev.self_cpu_time_total
+        if us > 0 and (not cuda or ev.device_type == torch.autograd.DeviceType.CUDA):
+            rows.append((ev.key, ev.count / n, us / n))
+    return sorted(rows, key=lambda r: -r[2])
+
+
+def print_profile(rows: list[tuple[str, float, float]], label: str, unit: str, top: int = 12) -> None:
+    total_n, total_us = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    by_cat: dict[str, list[float]] = {}
+    for name, cnt, us in rows:
+        acc = by_cat.setdefault(kernel_category(name), [0.0, 0.0])
+        acc[0] += cnt
+        acc[1] += us
+    cats = ", ".join(f"{c} {v[1]:.0f} us / {v[0]:.0f}" for c, v in sorted(by_cat.items(), key=lambda kv: -kv[1][1]))
+    print(f"# profile {label}: {total_n:.0f} {unit}, {total_us:.0f} us per call ({cats})")
+    for name, cnt, us in rows[:top]:
+        print(f"#   {us:>9.1f} us {cnt:>6.1f}x  {kernel_category(name):<6} {name[:90]}")
 
 
 def time_multiseed(size: str, seeds: int, device: torch.device, sac: SACConfig, seconds: float,
@@ -189,12 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tf32", action="store_true", help="same as --precision tf32")
     ap.add_argument("--seeds", default="", help="multi-seed rows on GPU, e.g. 1,2,4,8 (aggregate rate)")
     ap.add_argument("--pretrain", default="", help="offline rows, e.g. cql,calql,iql (eager, and graph on GPU)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after timing each row, profile N calls and print kernels (ops on CPU) by time")
     ap.add_argument("--seed-modes", default="fused_graph",
                     help="fast paths for the --seeds rows (fused_graph, fused_compile_graph, cuda_graph, fused)")
     args = ap.parse_args(argv)
     if args.tf32 and args.precision not in (None, "tf32"):
         ap.error(f"--tf32 contradicts --precision {args.precision}")
     precision = "tf32" if args.tf32 else (args.precision or "fp32")
+    global PROFILE_CALLS
+    PROFILE_CALLS = args.profile
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
                           ("cpu" if args.device == "auto" else args.device))
     torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "bf16")
