@@ -143,6 +143,35 @@ def test_fused_state_is_shared_with_the_agent():
     assert flat.data_ptr() <= w.data_ptr() < flat.data_ptr() + flat.numel() * flat.element_size()
 
 
+def test_flat_layout_aligns_every_slice_and_keeps_padding_zero(pinned_randomness):
+    """Every parameter starts 32-byte aligned (cuBLAS's vectorised GEMMs need aligned matrices), the
+    critic's first weight is stored with zero rows up to an aligned input width, the padding stays
+    exactly zero through bundles, and the agent's modules still see their own shapes."""
+    agent = _agent(0)
+    fused = FusedBundles([agent], SAC, "fused")
+    spec = fused.spec
+    for layout in (spec.actor_layout, spec.critic_layout):
+        assert layout.size % 8 == 0 and all(a % 8 == 0 for a, _ in layout.slices.values())
+    k_in = OBS + ACT  # 7 -> 8 stored rows
+    assert spec.critic_layout.shapes["weights.0"] == (8, NET.critic_hidden[0])
+    assert agent.critic.weights[0].shape == (SAC.critic_ensemble_size, k_in, NET.critic_hidden[0])
+    for b in _batches(3):
+        fused([b])
+    for key in ("critic", "critic_m", "critic_v", "target"):
+        flat = fused.state.t[key][0]
+        assert not spec.critic_layout.views(flat)["weights.0"][:, k_in:].any(), key
+        used = torch.zeros(flat.shape[-1], dtype=torch.bool)  # the parameters' own elements
+        for n, (a, b) in spec.critic_layout.slices.items():
+            own_rows, stored_rows = spec.critic_layout.param_shapes[n][0], spec.critic_layout.shapes[n][0]
+            used[a:a + (b - a) * own_rows // stored_rows] = True
+        assert (~used).sum() > 0 and not flat[:, ~used].any(), f"{key}: padding moved off zero"
+    assert agent.critic.weights[0].abs().sum() > 0  # the real rows did train
+    # the flattened gradient puts each part where views() reads it back
+    parts = {n: torch.randn(2, *shape) for n, shape in spec.critic_layout.shapes.items()}
+    back = spec.critic_layout.views(spec.critic_layout.flatten(parts, 1))
+    assert all(torch.equal(back[n], parts[n]) for n in parts)
+
+
 def _roundtrip(state):
     import io
 
@@ -266,16 +295,26 @@ def test_bf16_runs_fused_or_is_refused():
 
 
 @cuda
-@pytest.mark.xfail(strict=False, reason=(
-    "failed on an H200 (2026-11-29, torch 2.11): after 2 bundles actor.trunk.net.3.weight of the "
-    "compiled + graphed bf16 bundle was off bf16 eager by more than atol 1e-4 (the magnitude was not "
-    "printed then; it is now). Not diagnosed: bf16 stays experimental (README)"))
-def test_bf16_graph_matches_bf16_eager_on_cuda(pinned_randomness):
+def test_bf16_graph_tracks_bf16_eager_on_cuda(pinned_randomness):
+    """Compiled + graphed bf16 against eager bf16. Not to 1e-4 on every weight: the two round GEMM
+    outputs to bf16 in different places (Inductor fuses), and Adam's per-element step m / sqrt(v)
+    moves a weight whose gradient is near zero by about +-lr whichever way the rounding tips it
+    (the H200, 2026-11-30: 2 of 1,024 actor.trunk.net.3.weight elements 4.2e-4 apart after 2
+    bundles, ~4 actor steps of 1e-4). So: the losses agree, and only a sliver of the weights
+    differ, each by no more than the Adam steps taken."""
     batches = _batches(2, "cuda")
     ref, fast = _agent(0, device="cuda"), _agent(0, device="cuda")
     eager = make_bundle_fn(ref, SAC, "fused", matmul_dtype=torch.bfloat16)
     graph = make_multiseed_fn([fast], SAC, "fused_compile_graph", [batches[0]], torch.bfloat16)
     for b in batches:
-        eager(b)
-        graph([b])
-    _assert_agents_close(ref, fast, atol=1e-4)
+        ie = {k: v.clone() for k, v in eager(b).items()}
+        ig = graph([b])[0]
+        for k in ie:
+            torch.testing.assert_close(ig[k], ie[k], atol=1e-3, rtol=1e-3, msg=k)
+    steps = len(batches) * (SAC.utd + 1)  # Adam steps per network, ghost steps included
+    for name, lr in (("actor", SAC.actor_lr), ("critic", SAC.critic_lr), ("target_critic", SAC.critic_lr)):
+        for (n, pa), pb in zip(getattr(ref, name).named_parameters(), getattr(fast, name).parameters()):
+            diff = (pa.detach() - pb.detach()).abs()
+            off = float((diff > 1e-4).float().mean())
+            assert off < 0.01, f"{name}.{n}: {off:.2%} of the elements differ by more than 1e-4"
+            assert float(diff.max()) <= 2 * lr * steps, f"{name}.{n}: {float(diff.max()):.2e} apart"

@@ -40,28 +40,59 @@ Tensors = dict[str, torch.Tensor]
 # fp16 would need loss scaling (its range is too small for unscaled gradients): not offered
 MATMUL_DTYPES = (torch.float32, torch.bfloat16)
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_ALIGN = 8  # flat-buffer alignment in elements: 32 bytes of fp32 (FlatLayout)
 
 
 class FlatLayout:
-    """Named per-unit shapes packed along one flat last dim; `views` unpacks without copying."""
+    """Named per-unit shapes packed along one flat last dim; `views` unpacks without copying.
 
-    def __init__(self, shapes: dict[str, tuple[int, ...]]):
-        self.shapes = shapes
+    `align`: every slice starts, and the unit's row ends, at a multiple of `align` elements. cuBLAS
+    runs its vectorised tensor-core GEMMs only on 16-byte-aligned matrices: with one 1-wide Q-head
+    bias in the middle, an unaligned member size (73,217 floats at locomotion sizes) put every other
+    ensemble member at a 4-byte offset and sent the batched GEMMs to scalar align1 kernels.
+    `stored`: a larger shape to keep for a name (more leading rows, the extra ones zero), so that a
+    GEMM can read the parameter padded to an aligned width without a copy; `views` gives the stored
+    shapes, `param_views` the parameters' own (the leading rows of the stored ones).
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], align: int = 1,
+                 stored: dict[str, tuple[int, ...]] | None = None):
+        self.param_shapes = shapes
+        self.shapes = {n: (stored or {}).get(n, shape) for n, shape in shapes.items()}
+        for n, shape in (stored or {}).items():
+            if len(shape) != len(shapes[n]) or shape[1:] != shapes[n][1:] or shape[0] < shapes[n][0]:
+                raise ValueError(f"stored shape {shape} of {n} does not extend {shapes[n]} by leading rows")
         self.slices: dict[str, tuple[int, int]] = {}
         offset = 0
-        for name, shape in shapes.items():
+        for name, shape in self.shapes.items():
             n = math.prod(shape)
             self.slices[name] = (offset, offset + n)
-            offset += n
+            offset = -(-(offset + n) // align) * align
         self.size = offset
 
     def views(self, flat: torch.Tensor) -> Tensors:
         lead = flat.shape[:-1]
         return {n: flat[..., a:b].view((*lead, *self.shapes[n])) for n, (a, b) in self.slices.items()}
 
+    def param_views(self, flat: torch.Tensor) -> Tensors:
+        """The parameters' own shapes: the leading rows of each stored view."""
+        lead = len(flat.shape[:-1])
+        return {n: v[(slice(None),) * lead + (slice(0, self.param_shapes[n][0]),)] if v.dim() > lead else v
+                for n, v in self.views(flat).items()}
+
     def flatten(self, parts: Tensors, lead: int) -> torch.Tensor:
-        """Inverse of views for tensors with `lead` leading dims (one concatenation kernel)."""
-        return torch.cat([parts[n].reshape(*parts[n].shape[:lead], -1) for n in self.shapes], -1)
+        """Inverse of views for tensors with `lead` leading dims (one concatenation kernel; the
+        alignment gaps are zeros)."""
+        pieces, end = [], 0
+        for n, (a, b) in self.slices.items():
+            x = parts[n]
+            if a > end:
+                pieces.append(x.new_zeros(*x.shape[:lead], a - end))
+            pieces.append(x.reshape(*x.shape[:lead], -1))
+            end = b
+        if self.size > end:
+            pieces.append(pieces[-1].new_zeros(*pieces[-1].shape[:lead], self.size - end))
+        return torch.cat(pieces, -1)
 
 
 # ---------------------------------------------------------------------------------------- networks
@@ -80,11 +111,15 @@ class FlatLayout:
 # exact in fp32, and TF32 holds bf16 values exactly); at <= act_dim columns it costs little.
 
 def _mm(b: torch.Tensor, x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype, head: bool) -> torch.Tensor:
-    """b + x @ w -> float32: b [N, 1, out], x [N, R, in], w [N, in, out] -> [N, R, out]."""
+    """b + x @ w -> float32: b [N, 1, out], x [N, R, in], w [N, in, out] -> [N, R, out].
+    The bias is added after the GEMM, not through baddbmm: baddbmm with a broadcast bias first
+    copies it into the whole [N, R, out] output (one extra pass over the activations per layer,
+    ~30 copy kernels per bundle), while a separate add is fused by Inductor into the LayerNorm /
+    ReLU that follows."""
     if dtype == torch.float32:
-        return torch.baddbmm(b, x, w)
+        return torch.bmm(x, w) + b
     if head:
-        return torch.baddbmm(b, x.to(dtype).float(), w.to(dtype).float())
+        return torch.bmm(x.to(dtype).float(), w.to(dtype).float()) + b
     return torch.bmm(x.to(dtype), w.to(dtype)) + b  # bf16 GEMM output, bias added in fp32
 
 
@@ -150,8 +185,12 @@ def critic_q(p: Tensors, n_layers: int, layer_norm: bool, obs: torch.Tensor, act
              dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """EnsembleCritic.forward for weights [S, M, ...] (M members) on inputs [S, R, .] -> Q [S, M, R].
     `dtype`: the matmuls' input dtype (see above)."""
-    s, m = p["weights.0"].shape[:2]
-    x = torch.cat([obs, act], -1).to(dtype)  # rounded once, before the copy per member
+    s, m, k_in = p["weights.0"].shape[:3]
+    in_width = obs.shape[-1] + act.shape[-1]
+    # the layout may store the first weight with zero rows below it (make_spec: aligned GEMM rows);
+    # matching zero input columns leave Q unchanged and give those rows zero gradients
+    pad = [obs.new_zeros(*obs.shape[:-1], k_in - in_width)] if k_in > in_width else []
+    x = torch.cat([obs, act, *pad], -1).to(dtype)  # rounded once, before the copy per member
     rows = x.shape[-2]
     h = x.unsqueeze(1).expand(s, m, rows, x.shape[-1]).reshape(s * m, rows, x.shape[-1])
     for i in range(n_layers):
@@ -326,8 +365,12 @@ def make_spec(agent: Agent, sac: SACConfig, matmul_dtype: torch.dtype = torch.fl
         raise ValueError(f"fused bundle: matmul dtype {matmul_dtype} is not one of {MATMUL_DTYPES}")
     actor_shapes = {n: tuple(p.shape) for n, p in agent.actor.named_parameters()}
     critic_shapes = {n: tuple(p.shape[1:]) for n, p in agent.critic.named_parameters()}
-    return Spec(sac=sac, actor=ActorPlan.of(agent.actor), actor_layout=FlatLayout(actor_shapes),
-                critic_layout=FlatLayout(critic_shapes), critic_layers=len(agent.critic.weights),
+    # the critic's first GEMM reads [obs, act] (17 + 6 = 23 wide at locomotion sizes): stored with
+    # zero rows up to a multiple of 8, its input rows and weight rows are 16-byte aligned
+    k_in, out = critic_shapes["weights.0"]
+    stored = {"weights.0": (-(-k_in // _ALIGN) * _ALIGN, out)}
+    return Spec(sac=sac, actor=ActorPlan.of(agent.actor), actor_layout=FlatLayout(actor_shapes, _ALIGN),
+                critic_layout=FlatLayout(critic_shapes, _ALIGN, stored), critic_layers=len(agent.critic.weights),
                 layer_norm=agent.critic.layer_norm, target_entropy=agent.target_entropy,
                 act_dim=agent.act_dim, matmul_dtype=matmul_dtype)
 
@@ -368,9 +411,9 @@ class FusedState:
         ]
         for module, opt, key, layout in roles:
             names = dict(module.named_parameters())
-            views = {k: layout.views(t[key][i])[k] for k in names}
-            m_views = layout.views(t[f"{key}_m"][i])
-            v_views = layout.views(t[f"{key}_v"][i])
+            views = {k: layout.param_views(t[key][i])[k] for k in names}
+            m_views = layout.param_views(t[f"{key}_m"][i])
+            v_views = layout.param_views(t[f"{key}_v"][i])
             steps = set()
             for name, p in names.items():
                 st = _adam_state(opt, p)
@@ -384,7 +427,7 @@ class FusedState:
             if len(steps) > 1:
                 raise ValueError(f"{key} optimizer has unequal step counts {sorted(steps)}; fused Adam keeps one")
             t[f"{key}_t"][i].fill_(steps.pop())
-        target_views = spec.critic_layout.views(t["target"][i])
+        target_views = spec.critic_layout.param_views(t["target"][i])
         for name, p in ag.target_critic.named_parameters():
             target_views[name].copy_(p.detach())
             p.data = target_views[name]
