@@ -296,12 +296,12 @@ def test_bf16_runs_fused_or_is_refused():
 
 @cuda
 def test_bf16_graph_tracks_bf16_eager_on_cuda(pinned_randomness):
-    """Compiled + graphed bf16 against eager bf16. Not to 1e-4 on every weight: the two round GEMM
-    outputs to bf16 in different places (Inductor fuses), and Adam's per-element step m / sqrt(v)
-    moves a weight whose gradient is near zero by about +-lr whichever way the rounding tips it
-    (the H200, 2026-11-30: 2 of 1,024 actor.trunk.net.3.weight elements 4.2e-4 apart after 2
-    bundles, ~4 actor steps of 1e-4). So: the losses agree, and only a sliver of the weights
-    differ, each by no more than the Adam steps taken."""
+    """Compiled + graphed bf16 against eager bf16. Not to 1e-4 on every weight: the two paths sum in
+    different orders, and rounding to bf16 turns such differences into whole bf16 steps; then
+    Adam's per-element step m / sqrt(v) moves a weight whose gradient is near zero by about +-lr
+    whichever way the rounding tips it (the H200, 2026-11-30: 2 of 1,024 actor.trunk.net.3.weight
+    elements 4.2e-4 apart after 2 bundles, ~4 actor steps of 1e-4). So: the losses agree to bf16
+    resolution, and only a sliver of the weights differ, each by no more than the Adam steps taken."""
     batches = _batches(2, "cuda")
     ref, fast = _agent(0, device="cuda"), _agent(0, device="cuda")
     eager = make_bundle_fn(ref, SAC, "fused", matmul_dtype=torch.bfloat16)
@@ -309,8 +309,8 @@ def test_bf16_graph_tracks_bf16_eager_on_cuda(pinned_randomness):
     for b in batches:
         ie = {k: v.clone() for k, v in eager(b).items()}
         ig = graph([b])[0]
-        for k in ie:
-            torch.testing.assert_close(ig[k], ie[k], atol=1e-3, rtol=1e-3, msg=k)
+        for k in ie:  # bf16 resolution (2^-8) after a few rounded layers, as bf16 vs fp32 above
+            torch.testing.assert_close(ig[k], ie[k], atol=1e-3, rtol=2e-2, msg=lambda m, k=k: f"{k}: {m}")
     steps = len(batches) * (SAC.utd + 1)  # Adam steps per network, ghost steps included
     for name, lr in (("actor", SAC.actor_lr), ("critic", SAC.critic_lr), ("target_critic", SAC.critic_lr)):
         for (n, pa), pb in zip(getattr(ref, name).named_parameters(), getattr(fast, name).parameters()):

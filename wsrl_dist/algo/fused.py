@@ -194,9 +194,17 @@ def critic_q(p: Tensors, n_layers: int, layer_norm: bool, obs: torch.Tensor, act
     rows = x.shape[-2]
     h = x.unsqueeze(1).expand(s, m, rows, x.shape[-1]).reshape(s * m, rows, x.shape[-1])
     for i in range(n_layers):
-        w = p[f"weights.{i}"]
-        h = _mm(p[f"biases.{i}"].reshape(s * m, 1, -1), h, w.reshape(s * m, *w.shape[-2:]), dtype,
-                head=i == n_layers - 1)
+        w, b = p[f"weights.{i}"], p[f"biases.{i}"]
+        if i == n_layers - 1 and w.shape[-1] == 1:
+            # the 1-wide Q head as a row dot product, not a GEMM with one output column: Inductor
+            # folds it (and its backward, a broadcast multiply and a row sum) into the LayerNorm /
+            # ReLU kernels around it, saving a kernel and a full read of the widest activation
+            # per forward. Same sums: fp32 products of the (bf16-rounded, see _mm) inputs.
+            wv = w.reshape(s * m, 1, w.shape[-2])
+            if dtype != torch.float32:
+                h, wv = h.to(dtype).float(), wv.to(dtype).float()
+            return ((h * wv).sum(-1) + b.reshape(s * m, 1)).view(s, m, rows)
+        h = _mm(b.reshape(s * m, 1, -1), h, w.reshape(s * m, *w.shape[-2:]), dtype, head=i == n_layers - 1)
         if i < n_layers - 1:
             if layer_norm:
                 width = h.shape[-1]
