@@ -100,6 +100,10 @@ class RunSection:
     # losses; algo/fused.py `_mm`). Fused fast paths only (auto runs `fused` on CPU); the other
     # float32 matmuls of the learner (pre-training) run as auto
     matmul_precision: str = "auto"
+    # where torch.compile caches compiled bundles (job.configure_compile_cache): auto =
+    # $TORCHINDUCTOR_CACHE_DIR or ~/.cache/wsrl_dist/inductor (kept across restarts, unlike torch's
+    # /tmp default), or a directory; a warm cache turns the ~30 s compilation at start into seconds
+    compile_cache: str = "auto"
     log_every: int = 1_000
     checkpoint_every: int = 50_000
     progress: bool = True
@@ -133,6 +137,8 @@ class RunConfig:
         _check_choice("run.device", self.run.device, ("auto", "cpu", "cuda"))
         _check_choice("run.fast_path", self.run.fast_path, ("auto", *FAST_MODES))
         _check_choice("run.matmul_precision", self.run.matmul_precision, ("auto", "tf32", "fp32", "bf16"))
+        if not str(self.run.compile_cache).strip():
+            raise ConfigError("run.compile_cache: empty; use auto or a directory for torch.compile's cache")
         if self.run.matmul_precision == "bf16":
             _check_bf16(self.run.fast_path, self.finetune.method)
         if not 0.0 <= self.finetune.offline_ratio < 1.0:

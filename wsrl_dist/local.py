@@ -103,6 +103,7 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     rng = np.random.default_rng(seed)
     device = job.resolve_device(cfg.run.device)
     matmul_dtype = job.configure_matmul(cfg.run.matmul_precision, device)
+    job.configure_compile_cache(cfg.run.compile_cache)
     mode = resolve_mode(cfg.run.fast_path, device, matmul_dtype)
     obs_dim, act_dim = obs_act_dims(task)
     # every graph mode needs capturable Adam: the pre-training step is captured with plain Adam

@@ -58,6 +58,7 @@ class Learner:
         torch.manual_seed(c.run.seed)
         self.device = job.resolve_device(c.run.device)
         self.matmul_dtype = job.configure_matmul(c.run.matmul_precision, self.device)
+        job.configure_compile_cache(c.run.compile_cache)
         self.mode = resolve_mode(c.run.fast_path, self.device, self.matmul_dtype)
         self.task = c.task.spec()
         self.obs_dim, self.act_dim = obs_act_dims(self.task)
