@@ -135,3 +135,15 @@ def test_run_json_says_how_busy_the_learner_device_was(sync_run):
     assert info["bundle_device_ms"] > 0
     assert 0 < info["learner_device_busy"] < 0.9
     assert info["weight_put_seconds"] > 0
+
+
+def test_run_json_says_what_the_learner_process_spent(sync_run):
+    """The learner process's own load: CPU seconds of all its threads, GC pauses, and the grant calls
+    it answered (a lock-step run refuses most of them: one env step at a time)."""
+    _, run_dir = sync_run
+    info = run_json(run_dir)
+    proc = info["learner_process"]
+    assert 0 < proc["cpu_seconds"] <= proc["threads"] * info["wall_time_s"] + 1.0
+    assert proc["grant_calls"] > 0 and 0 <= proc["grant_refusals"] <= proc["grant_calls"]
+    assert proc["gc_seconds"] >= 0 and len(proc["gc_collections"]) == 3
+    assert sum(proc["gc_collections"]) > 0  # a Ray actor building an agent allocates enough to collect

@@ -343,7 +343,7 @@ class Job:
             learner_time_split_s=lrn["time_split_s"], workers=self.monitor.view["workers"],
             # is the learner device-bound? (runtime/bundletimer.py) and the host's weight-put share
             bundle_device_ms=lrn["bundle_device_ms"], learner_device_busy=lrn["device_busy"],
-            weight_put_seconds=lrn["publish_hist"]["sum"],
+            weight_put_seconds=lrn["publish_hist"]["sum"], learner_process=lrn["process"],
             dropped_env_steps=self.c["dropped"], wall_time_s=self._wall())
 
     def run(self) -> Path:

@@ -27,6 +27,7 @@ from wsrl_dist.runtime.bundletimer import BundleTimer
 from wsrl_dist.runtime.feed import ReplayFeed
 from wsrl_dist.runtime.hostcopy import HostCopy
 from wsrl_dist.runtime.limiter import UtdLimiter
+from wsrl_dist.runtime.procstats import ProcessStats
 
 
 def first_update_step(cfg) -> int:
@@ -55,6 +56,7 @@ class Learner:
         # the training thread shares the GIL with the threads answering workers' grant calls:
         # hand it back after 1 ms instead of Python's 5 ms, or every bundle waits behind them
         sys.setswitchinterval(0.001)
+        self.process_stats = ProcessStats()
         torch.manual_seed(c.run.seed)
         self.device = job.resolve_device(c.run.device)
         self.matmul_dtype = job.configure_matmul(c.run.matmul_precision, self.device)
@@ -176,7 +178,9 @@ class Learner:
         with self._lock:
             if blocked_s:
                 self.limiter.add_blocked("rollout", blocked_s)
-            return self.limiter.grant(n, multiple, self.cfg.runtime.grant_quantum)
+            granted = self.limiter.grant(n, multiple, self.cfg.runtime.grant_quantum)
+        self.process_stats.count_grant(granted)
+        return granted
 
     def begin_online(self, env_steps: int) -> None:
         """Align the rollout budget with what the shards hold (after warmup or a resume)."""
@@ -321,6 +325,7 @@ class Learner:
             # device ms per bundle (sampled every 50); busy = that x bundles/s: ~1 means device-bound
             "bundle_device_ms": self.bundle_timer.mean_ms,
             "device_busy": self.bundle_timer.busy(),
+            "process": self.process_stats.snapshot(),  # CPU, GC pauses, grant calls (procstats.py)
         }
         # 0 on a CPU learner: the series always exists, so the dashboard panel never goes blank
         out["gpu_memory_bytes"] = (int(torch.cuda.memory_allocated(self.device))

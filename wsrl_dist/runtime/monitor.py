@@ -83,6 +83,7 @@ class Monitor:
             "gpu_memory_bytes": learner.get("gpu_memory_bytes"),
             "learner_device_busy": learner.get("device_busy"),
             "bundle_device_ms": learner.get("bundle_device_ms"),
+            "learner_process": learner.get("process"),
             "updated_at": now,
         }
 
@@ -142,6 +143,8 @@ class Monitor:
         # the bundle's own device time and the share of wall time the device spent on bundles
         out["bundle_device_ms"] = v.get("bundle_device_ms")
         out["learner_device_busy"] = v.get("learner_device_busy")
+        # the learner process's cumulative CPU seconds, GC pauses and grant calls (procstats.py)
+        out["learner_process"] = v.get("learner_process")
         return out
 
 
