@@ -40,6 +40,20 @@ def test_auto_is_the_users_choice_or_a_cache_beside_the_datasets(monkeypatch, tm
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(got)  # what Inductor reads at compile time
 
 
+def test_an_unwritable_cache_dir_falls_back_to_torchs_default(monkeypatch, tmp_path):
+    """A read-only home (containers) must not fail the first compilation: warn, keep torch's default."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(blocker / "inductor"))
+    with pytest.warns(RuntimeWarning, match="cannot use"):
+        assert job.configure_compile_cache("auto") is None
+    import os
+
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    with pytest.warns(RuntimeWarning, match="cannot use"):
+        assert job.configure_compile_cache(str(blocker / "x")) is None
+
+
 def test_empty_compile_cache_is_a_config_error():
     cfg = RunConfig()
     cfg.run.compile_cache = " "

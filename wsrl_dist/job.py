@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +55,31 @@ def configure_matmul(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def configure_compile_cache(setting: str) -> Path:
+def configure_compile_cache(setting: str) -> Path | None:
     """run.compile_cache -> where torch.compile keeps compiled graphs and kernels for this process
     (TORCHINDUCTOR_CACHE_DIR; Triton's kernels go under it too). The GPU bundle's compilation takes
     ~25-37 s on a cold cache and is paid again by every start and resume; Inductor's FX-graph and
     AOT-autograd caches skip most of it once warm (the fused_compile bundle on 2 CPU cores: 47 s cold,
     5.9 s warm). torch's own default is /tmp/torchinductor_<user>, which containers and reboots
     wipe, so `auto` keeps it beside the datasets: $TORCHINDUCTOR_CACHE_DIR when the user set it,
-    else ~/.cache/wsrl_dist/inductor. Any other value is the directory to use."""
-    if setting == "auto":
-        path = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or "~/.cache/wsrl_dist/inductor"
-    else:
-        path = setting
+    else ~/.cache/wsrl_dist/inductor. Any other value is the directory to use. A directory that
+    cannot be created or written (a read-only or missing home in a container) leaves torch's default
+    in place with a warning rather than failing the first compilation; returns the directory in
+    use, or None for torch's default."""
+    explicit = setting != "auto"
+    path = setting if explicit else (os.environ.get("TORCHINDUCTOR_CACHE_DIR") or "~/.cache/wsrl_dist/inductor")
     resolved = Path(path).expanduser()
+    try:
+        resolved.mkdir(parents=True, exist_ok=True)
+        probe = resolved / f".write-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        warnings.warn(f"run.compile_cache: cannot use {resolved} ({e}); torch.compile keeps its "
+                      f"default cache location", RuntimeWarning, stacklevel=2)
+        if os.environ.get("TORCHINDUCTOR_CACHE_DIR") == str(path):
+            del os.environ["TORCHINDUCTOR_CACHE_DIR"]  # the unusable one must not reach Inductor
+        return None
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(resolved)  # read by Inductor at each compile
     return resolved
 
