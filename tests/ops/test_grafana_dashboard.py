@@ -125,6 +125,8 @@ def test_every_dashboard_query_returns_data_from_a_live_exporter():
                      worker_restarts_total=1 + i // 10,
                      limiter_blocked_seconds={"learner": 1.25 + 0.05 * i, "rollout": 0.5 + 0.01 * i},
                      rejected_chunks={"stale_version": 2 + i, "bad_shape": 1},
+                     learner_cpu_seconds=12.5 + 0.2 * i, learner_gc_seconds=0.25 + 0.001 * i,
+                     learner_grant_calls={"granted": 300 + 5 * i, "refused": 1200 + 20 * i},
                      replay={0: {"size": 500 + i, "inserts": 520 + 25 * i, "samples": 90000 + 800 * i,
                                  "rejected": {"stale_version": 2 + i}},
                              1: {"size": 480 + i, "inserts": 480 + 25 * i, "samples": 88000 + 800 * i,

@@ -90,7 +90,7 @@ def test_metric_names_follow_prometheus_conventions_and_cover_every_snapshot_key
                   "limiter_blocked_seconds", "replay", "rejected_chunks", "policy_lag",
                   "weight_publish_seconds", "weights_version", "worker_restarts_total", "workers_alive",
                   "episode_return", "normalized_score", "learner_step_seconds", "gpu_memory_bytes",
-                  "learner_device_busy"]
+                  "learner_device_busy", "learner_cpu_seconds", "learner_gc_seconds", "learner_grant_calls"]
     assert set(documented) == {s.key for s in METRICS}
 
 
@@ -109,7 +109,8 @@ def full_snapshot() -> dict:
         "weight_publish_seconds": step.to_dict(), "weights_version": 17, "worker_restarts_total": 1,
         "workers_alive": 2, "episode_return": -310.0, "normalized_score": 71.5,
         "learner_step_seconds": step.to_dict(), "gpu_memory_bytes": 123456789,
-        "learner_device_busy": 0.93,
+        "learner_device_busy": 0.93, "learner_cpu_seconds": 12.5, "learner_gc_seconds": 0.25,
+        "learner_grant_calls": {"granted": 300, "refused": 1200},
     }
 
 
@@ -142,6 +143,9 @@ def test_exporter_serves_every_metric_with_types_labels_and_cumulative_buckets()
     assert list(buckets.values()) == sorted(buckets.values())  # cumulative
     assert _samples(lag, "wsrl_policy_lag_versions_count") == {(): 6.0}
     assert _samples(lag, "wsrl_policy_lag_versions_sum") == {(): 15.0}
+    assert _samples(exposed["wsrl_learner_grant_calls_total"], "wsrl_learner_grant_calls_total") == {
+        (("outcome", "granted"),): 300.0, (("outcome", "refused"),): 1200.0}
+    assert _samples(exposed["wsrl_learner_cpu_seconds_total"], "wsrl_learner_cpu_seconds_total") == {(): 12.5}
 
 
 def test_missing_keys_are_not_exported_and_a_bad_value_drops_only_its_metric():

@@ -26,3 +26,26 @@ def test_counts_cpu_gc_and_grants():
     assert (after["grant_calls"], after["grant_refusals"]) == (4, 2)
     assert after["threads"] >= 1
     assert stats._on_gc not in gc.callbacks  # closed: no callback left behind
+
+
+def test_monitor_exports_the_learner_process_counters():
+    """Learner stats -> Monitor -> Prometheus snapshot and metrics.jsonl throughput record."""
+    from wsrl_dist.ops.metrics import metric_families
+    from wsrl_dist.runtime.monitor import Monitor
+
+    class _Task:  # the monitor reads only this of the task
+        has_ref_scores = False
+
+    mon = Monitor(4, 100, _Task())
+    shard = {"env_steps": 500, "recent_returns": [], "size": 500, "inserts": 500, "samples": 0,
+             "rejected": {}, "env_steps_by_worker": {0: 500}}
+    proc = {"cpu_seconds": 3.5, "gc_seconds": 0.02, "gc_collections": [9, 1, 0], "grant_calls": 40,
+            "grant_refusals": 30, "threads": 12}
+    mon.update(phase="online", learner={"critic_updates": 80, "process": proc}, shards=[shard], workers={},
+               alive={}, store_version=3, restarts=0, dropped=0, workers_target=1, now=10.0)
+    snap = mon.snapshot()
+    assert snap["learner_cpu_seconds"] == 3.5 and snap["learner_gc_seconds"] == 0.02
+    assert snap["learner_grant_calls"] == {"granted": 10, "refused": 30}
+    names = {f.name for f in metric_families(snap, strict=True)}
+    assert {"wsrl_learner_cpu_seconds", "wsrl_learner_grant_calls"} <= names  # counters drop _total
+    assert mon.throughput_record()["learner_process"] == proc

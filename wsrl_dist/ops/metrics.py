@@ -33,6 +33,11 @@ SNAPSHOT schema (every key optional; a missing key is simply not exported):
     gpu_memory_bytes          int  learner GPU memory allocated (torch.cuda.memory_allocated)
     learner_device_busy       float  share of wall time the learner's device spends running update
                               bundles (sampled bundle device time x bundles/s): ~1 = device-bound
+    learner_cpu_seconds       float  cumulative CPU seconds of the learner's process, all threads
+                              (runtime/procstats.py; a multi-seed learner's seeds share one process)
+    learner_gc_seconds        float  cumulative seconds that process spent in garbage collection
+    learner_grant_calls       {"granted": int, "refused": int}  cumulative env-step grant requests
+                              from rollout workers the learner answered, by outcome
 A multi-seed job serves one snapshot per seed, each series with a leading `seed` label
 (`labelled_metric_families`); a single-seed job's series carry no seed label.
 A histogram dict is {"buckets": [upper bounds, +Inf excluded], "counts": [non-cumulative count per
@@ -189,6 +194,13 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("wsrl_learner_device_busy", "gauge",
                "Share of wall time the learner's device runs update bundles (1 = device-bound).",
                "learner_device_busy"),
+    MetricSpec("wsrl_learner_cpu_seconds_total", "counter",
+               "CPU seconds used by the learner's process (all its threads).", "learner_cpu_seconds"),
+    MetricSpec("wsrl_learner_gc_seconds_total", "counter",
+               "Seconds the learner's process spent in Python garbage collection.", "learner_gc_seconds"),
+    MetricSpec("wsrl_learner_grant_calls_total", "counter",
+               "Env-step grant requests from rollout workers answered by the learner, by outcome.",
+               "learner_grant_calls", "map", ("outcome",)),
 )
 
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)

@@ -107,6 +107,12 @@ class Monitor:
             "learner_step_seconds": v["learner_step_seconds"], "gpu_memory_bytes": v["gpu_memory_bytes"],
             "learner_device_busy": v.get("learner_device_busy"),
         }
+        proc = v.get("learner_process")
+        if proc:  # the learner process's own load (runtime/procstats.py)
+            snap["learner_cpu_seconds"] = proc["cpu_seconds"]
+            snap["learner_gc_seconds"] = proc["gc_seconds"]
+            snap["learner_grant_calls"] = {"granted": proc["grant_calls"] - proc["grant_refusals"],
+                                           "refused": proc["grant_refusals"]}
         if v["episode_return"] is not None and self.task.has_ref_scores:
             snap["normalized_score"] = float(self.task.normalized_score(v["episode_return"]))
         for key in ("weight_publish_seconds", "learner_step_seconds"):
