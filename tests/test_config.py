@@ -237,6 +237,8 @@ def test_from_dict_is_strict():
 def test_hash_tracks_hyperparameters_but_not_run_dir_or_progress():
     base = config.load()
     assert config.load(overrides=["run.run_dir=/somewhere", "run.progress=false"]).hash() == base.hash()
+    # nor caches and checkpoint intervals: they change no number the run produces
+    assert config.load(overrides=["run.compile_cache=/tmp/c", "pretrain.checkpoint_every=7"]).hash() == base.hash()
     assert config.load(overrides=["sac.critic_lr=0.0003000001"]).hash() != base.hash()
     assert config.load(overrides=["run.seed=1"]).hash() != base.hash()
     assert len(base.hash()) == 12 and int(base.hash(), 16) >= 0

@@ -29,7 +29,7 @@ from wsrl_dist.data.ring import RingBuffer
 from wsrl_dist.envs.make import make_env, obs_act_dims
 from wsrl_dist.evaluation import evaluate
 from wsrl_dist.ops.report import MetricsLog, write_report
-from wsrl_dist.pretrain import DeviceSampler, pretrain_agent, training_arrays
+from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
 
 
 @dataclass
@@ -131,15 +131,21 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     else:
         c = Counters()
         if job.uses_pretraining(cfg):
+            pretrained = run_dir / "checkpoints" / "pretrained.pt"
             if cfg.pretrain.checkpoint:
                 job.load_agent(cfg.pretrain.checkpoint, agent)
-            else:
+            elif resume and pretrained.is_file():  # killed after pre-training, before an online checkpoint
+                job.load_agent(pretrained, agent)
+            else:  # a resumed run continues from checkpoints/pretrain-partial.pt when there is one
                 bar = tqdm(total=cfg.pretrain.steps, desc=f"pretrain {cfg.pretrain.algo}",
                            disable=not cfg.run.progress)
-                pretrain_agent(agent, offline, cfg, progress=bar.update, on_log=lambda s, info: log.write(
-                    "pretrain", step=s, wall_time=time.time() - t0, **info), mode=mode)
+                first = pretrain_agent(agent, offline, cfg, progress=bar.update, on_log=lambda s, info: log.write(
+                    "pretrain", step=s, wall_time=time.time() - t0, **info), mode=mode,
+                    partial=run_dir / "checkpoints" / PARTIAL, resume=resume)
                 bar.close()
-            job.save_agent(run_dir / "checkpoints" / "pretrained.pt", agent, {"pretrain_steps": cfg.pretrain.steps})
+                if first > 1:
+                    job.update_run_json(run_dir, pretrain_resumed_at_step=first)
+            job.save_agent(pretrained, agent, {"pretrain_steps": cfg.pretrain.steps})
         _evaluate(agent, cfg, task, log, c, "pretrained" if job.uses_pretraining(cfg) else "initial", t0)
         c.next_eval, c.next_checkpoint = ft.eval_every, cfg.run.checkpoint_every
     if ratio == 0:

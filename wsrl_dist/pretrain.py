@@ -5,7 +5,9 @@ Shared by the single-process pipeline (local.py) and the Ray learner (runtime/le
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from wsrl_dist.data.returns import mc_returns_to_go
 from wsrl_dist.data.schema import OfflineDataset
 
 ACTION_CLIP = 0.99999  # dataset actions kept off +-1 so log pi stays finite (reference gotcha 8)
+PARTIAL = "pretrain-partial.pt"  # in <run_dir>/checkpoints/: pre-training in progress (pretrain_agent)
 
 
 def training_arrays(dataset: OfflineDataset, task, discount: float) -> dict[str, np.ndarray]:
@@ -59,15 +62,28 @@ def pretrain_agent(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     progress: Callable[[int], None] | None = None,
     mode: str = "eager",
-) -> None:
+    partial: Path | None = None,
+    resume: bool = False,
+) -> int:
     """Run cfg.pretrain.steps offline updates (UTD 1, batch pretrain.batch_size) in place. `mode`:
     the resolved run.fast_path; a graph mode (the GPU default) replays each step as one CUDA graph
-    (algo.fast.make_offline_step_fn; the agent must have capturable optimizers)."""
+    (algo.fast.make_offline_step_fn; the agent must have capturable optimizers).
+
+    `partial`: a file written every pretrain.checkpoint_every steps (agent with its optimizers, the
+    step, and the torch and sampler RNG states) and removed once pre-training is done; with `resume`
+    an existing one is continued from, so a run killed during pre-training loses at most one interval.
+    Continuing draws the same batches and noise as the uninterrupted run would have. Returns the
+    first step this call ran (1 unless resumed)."""
     pcfg = cfg.pretrain
     if pcfg.algo == "none" or pcfg.steps <= 0:
-        return
+        return 1
+    start = 1
+    if resume and partial is not None and partial.is_file():
+        start = _load_partial(partial, agent, sampler, pcfg.steps) + 1
+        if progress is not None:
+            progress(start - 1)
     step_fn = None
-    for step in range(1, pcfg.steps + 1):
+    for step in range(start, pcfg.steps + 1):
         batch = sampler.sample(pcfg.batch_size)
         if step_fn is None:  # built on the first batch: a CUDA graph captures with a real one
             step_fn = make_offline_step_fn(agent, pcfg.algo, cfg.sac, pcfg.cql, pcfg.iql, mode, batch)
@@ -76,3 +92,41 @@ def pretrain_agent(
             on_log(step, {k: float(v) for k, v in info.items()})  # CPU-GPU sync, once per log interval
         if progress is not None:
             progress(1)
+        if partial is not None and pcfg.checkpoint_every and step % pcfg.checkpoint_every == 0 \
+                and step < pcfg.steps:
+            _save_partial(partial, agent, sampler, step, pcfg.algo)
+    if partial is not None:
+        partial.unlink(missing_ok=True)  # done: the caller saves the pre-trained agent itself
+    return start
+
+
+def _rng_states(agent: Agent, sampler: DeviceSampler) -> dict[str, torch.Tensor]:
+    states = {"torch_cpu": torch.get_rng_state(), "sampler": sampler.gen.get_state()}
+    if agent.device.type == "cuda":  # policy noise in the CQL / Cal-QL losses
+        states["torch_cuda"] = torch.cuda.get_rng_state(agent.device)
+    return states
+
+
+def _save_partial(path: Path, agent: Agent, sampler: DeviceSampler, step: int, algo: str) -> None:
+    """Atomically (temp file + rename): a kill while writing leaves the previous checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"agent": agent.state_dict(), "step": step, "algo": algo, "n": sampler.n,
+                "rng": _rng_states(agent, sampler)}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_partial(path: Path, agent: Agent, sampler: DeviceSampler, steps: int) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["n"] != sampler.n:
+        raise ValueError(f"{path}: written for an offline dataset of {state['n']} transitions, this run's "
+                         f"has {sampler.n}; remove the file to pre-train from scratch")
+    if not 0 < state["step"] < steps:
+        raise ValueError(f"{path}: step {state['step']} is outside this run's 1..{steps - 1}")
+    agent.load_state_dict(state["agent"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch_cpu"])
+    sampler.gen.set_state(rng["sampler"])
+    if "torch_cuda" in rng and agent.device.type == "cuda":
+        torch.cuda.set_rng_state(rng["torch_cuda"], agent.device)
+    return int(state["step"])

@@ -117,3 +117,34 @@ def test_multi_seed_resume_after_driver_kill_restores_every_seed_at_one_step_and
         _, shards, _ = checkpoint.load(checkpoint.latest(d))
         versions = shards[0]["ring"]["arrays"]["policy_versions"]
         assert (versions[:K] == 0).all() and versions.max() > back["saved"]["version"]
+
+
+def test_a_job_killed_during_pretraining_resumes_from_its_pretraining_checkpoint(ray_local, tmp_path, monkeypatch):
+    """`launch --resume` of a run dir with no online checkpoint but a pre-training one: the learner
+    continues pre-training from that step (learner.prepare(resume=True)), then the job runs on."""
+    import pytest
+    import torch
+
+    from tests.runtime.conftest import tiny_config
+    from tests.test_pretrain_resume import _die_at, _Killed, _pre
+    from wsrl_dist import job
+    from wsrl_dist.pretrain import PARTIAL
+    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.learner import Learner
+
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(run_dir, *_pre(tmp_path, "cql"), "finetune.warmup_steps=50", "finetune.online_steps=80",
+                      "finetune.eval_every=100000", "run.checkpoint_every=100000", "runtime.num_workers=1")
+    job.prepare_run_dir(cfg, "pytest killed in pretraining")  # what launch wrote before the kill
+    _die_at(monkeypatch, 12)  # the learner process dies at pre-training step 12 ...
+    with pytest.raises(_Killed):
+        Learner(cfg.to_dict(), None).prepare()
+    monkeypatch.undo()
+    assert torch.load(run_dir / "checkpoints" / PARTIAL, weights_only=True)["step"] == 10
+
+    driver.resume(run_dir, "pytest resume")  # ... and the job is resumed
+    info = run_json(run_dir)
+    assert info["stages"]["pretrain"]["resumed_at_step"] == 11
+    assert info["stages"]["pretrain"]["pretrain_steps"] == 20
+    assert info["env_steps"] == 80 and (run_dir / "checkpoints" / "pretrained.pt").is_file()
+    assert not (run_dir / "checkpoints" / PARTIAL).exists()

@@ -71,13 +71,15 @@ def scale_requests(controller: Any) -> list[int]:
 
 
 class Job:
-    def __init__(self, cfg: RunConfig, command: str, resume_from: Path | None = None):
+    def __init__(self, cfg: RunConfig, command: str, resume_from: Path | None = None, resuming: bool = False):
         if cfg.finetune.method in UNSUPPORTED_METHODS:
             raise ValueError(f"finetune.method={cfg.finetune.method} keeps the pre-training loss online; "
                              "the Ray learner runs SAC bundles only: use `wsrl-dist run` (local.py)")
         self.cfg, self.rt, self.command = cfg, cfg.runtime, command
         self.run_dir = job.prepare_run_dir(cfg, command, extra={"runtime": "ray", "utd_target": cfg.sac.utd})
         self.resume_from = resume_from
+        # resumed without an online checkpoint: pre-training continues from its own (learner.prepare)
+        self.resuming = resuming or resume_from is not None
         self.cfg_dict = cfg.to_dict()
         self.first_update = first_update_step(cfg)
         self.monitor = Monitor(cfg.sac.utd, self.first_update, cfg.task.spec())
@@ -254,7 +256,7 @@ class Job:
     # ------------------------------------------------------------------ stages
     def _prepare(self) -> None:
         t0 = time.time()
-        self.stages["pretrain"] = self._call(self.learner.prepare.remote(), "pretrain")
+        self.stages["pretrain"] = self._call(self.learner.prepare.remote(resume=self.resuming), "pretrain")
         self.stages["pretrain"]["wall_s"] = time.time() - t0
         if job.uses_pretraining(self.cfg):
             ray.get(self.learner.save_agent.remote(str(self.run_dir / "checkpoints" / "pretrained.pt")))
@@ -431,7 +433,7 @@ def resume(run_dir: str | Path, command: str = "") -> Path:
             from wsrl_dist.runtime.multiseed import MultiSeedJob
 
             return MultiSeedJob(cfg, command or f"resume {run_dir}", resume=True).run()
-        return Job(cfg, command or f"resume {run_dir}", ckpt.latest(run_dir)).run()
+        return Job(cfg, command or f"resume {run_dir}", ckpt.latest(run_dir), resuming=True).run()
     finally:
         if started:
             ray.shutdown()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from wsrl_dist.algo.types import Batch
 from wsrl_dist.config import from_dict
 from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.ops.metrics import SECONDS_BUCKETS, Histogram
-from wsrl_dist.pretrain import DeviceSampler, pretrain_agent, training_arrays
+from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
 from wsrl_dist.runtime.bundletimer import BundleTimer
 from wsrl_dist.runtime.feed import ReplayFeed
 from wsrl_dist.runtime.hostcopy import HostCopy
@@ -100,22 +101,32 @@ class Learner:
         self.shards = list(shards)
 
     # ------------------------------------------------------------------ stage 1
-    def prepare(self, pretrain: bool = True) -> dict[str, Any]:
+    def prepare(self, pretrain: bool = True, resume: bool = False) -> dict[str, Any]:
         """Pretrain or load the pre-trained agent (when the method asks) and load offline data for
-        retention baselines. A resumed job passes pretrain=False: only the offline sampler returns."""
+        retention baselines. A job resumed from an online checkpoint passes pretrain=False: only the
+        offline sampler returns. `resume` (a job resumed before its first online checkpoint):
+        reuse checkpoints/pretrained.pt when pre-training had finished, else continue from
+        checkpoints/pretrain-partial.pt (pretrain.checkpoint_every) when there is one."""
         c, t0, out = self.cfg, time.time(), {"pretrain_steps": 0}
         warm = pretrain and job.uses_pretraining(c)
-        if (warm and not c.pretrain.checkpoint) or self.ratio > 0:
+        ckpt_dir = Path(c.run.run_dir) / "checkpoints"
+        finished = warm and not c.pretrain.checkpoint and resume and (ckpt_dir / "pretrained.pt").is_file()
+        if (warm and not c.pretrain.checkpoint and not finished) or self.ratio > 0:
             dataset = job.load_offline_dataset(c, self.task, progress=False)
             sampler = DeviceSampler(training_arrays(dataset, self.task, c.sac.discount), self.device,
                                     c.run.seed)
             out["dataset"] = dataset.source
-            if warm and not c.pretrain.checkpoint:
+            if warm and not c.pretrain.checkpoint and not finished:
                 with self._agent_lock:
-                    pretrain_agent(self.agent, sampler, c, on_log=lambda s, i: out.update(last=i),
-                                   mode=self.mode)
+                    first = pretrain_agent(self.agent, sampler, c, on_log=lambda s, i: out.update(last=i),
+                                           mode=self.mode, partial=ckpt_dir / PARTIAL, resume=resume)
                 out["pretrain_steps"] = c.pretrain.steps
+                if first > 1:
+                    out["resumed_at_step"] = first
             self.offline = sampler if self.ratio > 0 else None  # WSRL drops the offline data here
+        if finished:
+            job.load_agent(ckpt_dir / "pretrained.pt", self.agent)
+            out["loaded"] = str(ckpt_dir / "pretrained.pt")
         if warm and c.pretrain.checkpoint:
             job.load_agent(c.pretrain.checkpoint, self.agent)
             out["loaded"] = c.pretrain.checkpoint

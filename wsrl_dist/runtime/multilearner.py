@@ -66,9 +66,9 @@ class MultiSeedLearner:
     def set_shards(self, group: int, shards: list) -> None:
         self._one(group).set_shards(shards)
 
-    def prepare(self, group: int, pretrain: bool = True) -> dict[str, Any]:
+    def prepare(self, group: int, pretrain: bool = True, resume: bool = False) -> dict[str, Any]:
         with self._seed_rng(group):
-            return self._one(group).prepare(pretrain)
+            return self._one(group).prepare(pretrain, resume)
 
     def save_agent(self, group: int, path: str) -> None:
         self._one(group).save_agent(path)

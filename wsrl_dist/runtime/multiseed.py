@@ -92,9 +92,9 @@ class MultiSeedJob:
         with contextlib.suppress(OSError):  # each seed-<s>/ has its own checkpoints/; none at the top
             os.rmdir(self.run_dir / "checkpoints")
         self.groups = [SeedGroup(c, command, self) for c in seed_configs(cfg)]
-        if resume:  # no checkpoint at all: a fresh launch of the config, as driver.resume does
+        if resume:  # no checkpoint at all: a fresh launch that continues any pre-training checkpoints
             for g, path in zip(self.groups, common_checkpoints([g.run_dir for g in self.groups])):
-                g.resume_from = path
+                g.resume_from, g.resuming = path, True
         self.next_checkpoint = cfg.run.checkpoint_every
         for g in self.groups:
             job.update_run_json(g.run_dir, multiseed_run=str(self.run_dir), seeds=self.seeds)

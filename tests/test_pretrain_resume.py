@@ -1,0 +1,115 @@
+"""Pre-training checkpoints (pretrain.checkpoint_every): a run killed during pre-training resumes
+from its last checkpoint and ends with the agent an uninterrupted run ends with."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.runtime.conftest import tiny_config
+from tests.runtime.test_sync import write_d4rl_file
+from wsrl_dist import pretrain as pretrain_lib
+from wsrl_dist.pretrain import PARTIAL
+
+STEPS, EVERY = 20, 5
+
+
+class _Killed(Exception):
+    pass
+
+
+def _die_at(monkeypatch, n: int) -> None:
+    """The n-th pre-training step raises, as if the process were killed there."""
+    real = pretrain_lib.make_offline_step_fn
+
+    def dying(*args, **kwargs):
+        fn, calls = real(*args, **kwargs), [0]
+
+        def step(batch):
+            calls[0] += 1
+            if calls[0] == n:
+                raise _Killed(f"step {n}")
+            return fn(batch)
+
+        return step
+
+    monkeypatch.setattr(pretrain_lib, "make_offline_step_fn", dying)
+
+
+def _pre(tmp_path, algo="calql"):
+    write_d4rl_file(tmp_path / "data.hdf5")
+    return ["finetune.method=wsrl", f"pretrain.algo={algo}", f"pretrain.steps={STEPS}",
+            f"pretrain.checkpoint_every={EVERY}", "pretrain.batch_size=32", "dataset.source=d4rl",
+            f"dataset.path={tmp_path / 'data.hdf5'}"]
+
+
+def _assert_same_agent(a, b) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    for part in ("actor", "critic", "target_critic", "temperature"):
+        for k, v in sa[part].items():
+            assert torch.equal(v, sb[part][k]), (part, k)
+    for part in ("critic_opt", "actor_opt"):
+        assert sa[part]["state"].keys() == sb[part]["state"].keys()
+        for i, st in sa[part]["state"].items():
+            assert all(torch.equal(t, sb[part]["state"][i][k]) for k, t in st.items()), (part, i)
+
+
+def test_learner_killed_mid_pretraining_resumes_to_the_same_agent(tmp_path, monkeypatch):
+    from wsrl_dist.runtime.learner import Learner
+
+    pre = _pre(tmp_path)
+    ref = Learner(tiny_config(tmp_path / "ref", *pre).to_dict(), None)
+    assert ref.prepare()["pretrain_steps"] == STEPS
+    assert not (tmp_path / "ref" / "checkpoints" / PARTIAL).exists()  # removed once done
+
+    cfg = tiny_config(tmp_path / "run", *pre).to_dict()
+    _die_at(monkeypatch, 13)
+    with pytest.raises(_Killed):
+        Learner(cfg, None).prepare()
+    partial = tmp_path / "run" / "checkpoints" / PARTIAL
+    assert torch.load(partial, weights_only=True)["step"] == 10
+    monkeypatch.undo()
+
+    fresh = Learner(cfg, None)  # a new process would start from a freshly initialised agent
+    out = fresh.prepare(resume=True)
+    assert out["resumed_at_step"] == 11 and out["pretrain_steps"] == STEPS
+    _assert_same_agent(ref.agent, fresh.agent)
+    assert not partial.exists()
+
+    again = Learner(cfg, None)  # without resume an old checkpoint is not picked up (here: none left)
+    assert "resumed_at_step" not in again.prepare()
+
+
+def test_local_run_killed_mid_pretraining_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from wsrl_dist import local
+
+    cfg = tiny_config(tmp_path / "run", *_pre(tmp_path, "cql"), "finetune.warmup_steps=20",
+                      "finetune.online_steps=40", "finetune.eval_every=100000",
+                      "run.checkpoint_every=100000")
+    _die_at(monkeypatch, 8)
+    with pytest.raises(_Killed):
+        local.run(cfg, "pytest killed")
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert (ckpt / PARTIAL).is_file() and not (ckpt / "pretrained.pt").exists()
+    monkeypatch.undo()
+    local.run(cfg, "pytest resume", resume=True)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["pretrain_resumed_at_step"] == EVERY + 1
+    assert (ckpt / "pretrained.pt").is_file() and not (ckpt / PARTIAL).exists()
+    assert torch.load(ckpt / "pretrained.pt", weights_only=True)["counters"]["pretrain_steps"] == STEPS
+
+
+def test_a_checkpoint_of_another_dataset_is_refused_by_name(tmp_path, monkeypatch):
+    from wsrl_dist.runtime.learner import Learner
+
+    pre = _pre(tmp_path)
+    cfg = tiny_config(tmp_path / "run", *pre).to_dict()
+    _die_at(monkeypatch, 7)
+    with pytest.raises(_Killed):
+        Learner(cfg, None).prepare()
+    monkeypatch.undo()
+    write_d4rl_file(tmp_path / "data.hdf5", n=300)  # the dataset changed under the run
+    with pytest.raises(ValueError, match=f"{PARTIAL}.*400 transitions.*300"):
+        Learner(cfg, None).prepare(resume=True)
