@@ -124,3 +124,14 @@ def test_learner_profile_prints_where_the_bundle_time_goes(capsys):
     assert {"gemm", "other"} <= set(cats), head.group(3)
     assert sum(cats.values()) == pytest.approx(int(head.group(2)), abs=len(cats))  # the split adds up
     assert re.search(r"#\s+[\d.]+ us\s+[\d.]+x\s+gemm\s+aten::(bmm|baddbmm)", out), out
+
+
+def test_gpu_profile_line_says_how_busy_the_device_was_per_call(capsys):
+    """On a GPU the profile also compares the kernel time with the timed wall time per call."""
+    from wsrl_dist.bench import learner
+
+    rows = [("sm90_xmma_gemm_f32f32_tf32f32", 4.0, 300.0), ("triton_per_fused_layer_norm_0", 10.0, 500.0)]
+    learner.print_profile(rows, "locomotion/x", "kernels", wall_us=1000.0)
+    out = capsys.readouterr().out
+    assert "14 kernels, 800 us per call (fused 500 us / 10, gemm 300 us / 4)" in out
+    assert "wall 1000 us per call: device busy 80%" in out

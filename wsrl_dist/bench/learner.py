@@ -124,7 +124,7 @@ def _calls_per_second(call, device: torch.device, seconds: float, key: tuple[str
         raise RuntimeError(f"{key[0]}/{key[1]}: non-finite losses")
     if PROFILE_CALLS:
         print_profile(profile_calls(call, device, PROFILE_CALLS), f"{key[0]}/{key[1]}",
-                      "kernels" if device.type == "cuda" else "ops")
+                      "kernels" if device.type == "cuda" else "ops", wall_us=1e6 / rate)
     return rate
 
 
@@ -163,7 +163,10 @@ def profile_calls(call, device: torch.device, n: int) -> list[tuple[str, float, 
     return sorted(rows, key=lambda r: -r[2])
 
 
-def print_profile(rows: list[tuple[str, float, float]], label: str, unit: str, top: int = 12) -> None:
+def print_profile(rows: list[tuple[str, float, float]], label: str, unit: str, top: int = 12,
+                  wall_us: float | None = None) -> None:
+    """`wall_us`: the timed wall time per call; on a GPU, wall minus kernel time is what the host
+    (Python, launches, input copies) adds on top of the device's work."""
     total_n, total_us = sum(r[1] for r in rows), sum(r[2] for r in rows)
     by_cat: dict[str, list[float]] = {}
     for name, cnt, us in rows:
@@ -172,6 +175,8 @@ def print_profile(rows: list[tuple[str, float, float]], label: str, unit: str, t
         acc[1] += us
     cats = ", ".join(f"{c} {v[1]:.0f} us / {v[0]:.0f}" for c, v in sorted(by_cat.items(), key=lambda kv: -kv[1][1]))
     print(f"# profile {label}: {total_n:.0f} {unit}, {total_us:.0f} us per call ({cats})")
+    if wall_us is not None and unit == "kernels":
+        print(f"#   wall {wall_us:.0f} us per call: device busy {min(total_us / wall_us, 1.0):.0%}")
     for name, cnt, us in rows[:top]:
         print(f"#   {us:>9.1f} us {cnt:>6.1f}x  {kernel_category(name):<6} {name[:90]}")
 
