@@ -113,3 +113,15 @@ def test_a_checkpoint_of_another_dataset_is_refused_by_name(tmp_path, monkeypatc
     write_d4rl_file(tmp_path / "data.hdf5", n=300)  # the dataset changed under the run
     with pytest.raises(ValueError, match=f"{PARTIAL}.*400 transitions.*300"):
         Learner(cfg, None).prepare(resume=True)
+
+
+def test_a_checkpoint_of_another_pretraining_algorithm_is_refused_by_name(tmp_path, monkeypatch):
+    from wsrl_dist.runtime.learner import Learner
+
+    _die_at(monkeypatch, 7)
+    with pytest.raises(_Killed):
+        Learner(tiny_config(tmp_path / "run", *_pre(tmp_path, "calql")).to_dict(), None).prepare()
+    monkeypatch.undo()
+    other = tiny_config(tmp_path / "run", *_pre(tmp_path, "cql")).to_dict()
+    with pytest.raises(ValueError, match=f"{PARTIAL}: written by calql pre-training.*with cql"):
+        Learner(other, None).prepare(resume=True)

@@ -79,7 +79,7 @@ def pretrain_agent(
         return 1
     start = 1
     if resume and partial is not None and partial.is_file():
-        start = _load_partial(partial, agent, sampler, pcfg.steps) + 1
+        start = _load_partial(partial, agent, sampler, pcfg.steps, pcfg.algo) + 1
         if progress is not None:
             progress(start - 1)
     step_fn = None
@@ -116,8 +116,11 @@ def _save_partial(path: Path, agent: Agent, sampler: DeviceSampler, step: int, a
     os.replace(tmp, path)
 
 
-def _load_partial(path: Path, agent: Agent, sampler: DeviceSampler, steps: int) -> int:
+def _load_partial(path: Path, agent: Agent, sampler: DeviceSampler, steps: int, algo: str) -> int:
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["algo"] != algo:
+        raise ValueError(f"{path}: written by {state['algo']} pre-training, this run pre-trains with {algo}; "
+                         f"remove the file to pre-train from scratch")
     if state["n"] != sampler.n:
         raise ValueError(f"{path}: written for an offline dataset of {state['n']} transitions, this run's "
                          f"has {sampler.n}; remove the file to pre-train from scratch")
