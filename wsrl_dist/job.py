@@ -66,8 +66,7 @@ def configure_compile_cache(setting: str) -> Path | None:
     cannot be created or written (a read-only or missing home in a container) leaves torch's default
     in place with a warning rather than failing the first compilation; returns the directory in
     use, or None for torch's default."""
-    explicit = setting != "auto"
-    path = setting if explicit else (os.environ.get("TORCHINDUCTOR_CACHE_DIR") or "~/.cache/wsrl_dist/inductor")
+    path = setting if setting != "auto" else (os.environ.get("TORCHINDUCTOR_CACHE_DIR") or "~/.cache/wsrl_dist/inductor")
     resolved = Path(path).expanduser()
     try:
         resolved.mkdir(parents=True, exist_ok=True)
