@@ -90,3 +90,32 @@ def test_graph_modes_are_refused_on_cpu():
     agent = _agent("cpu", capturable=False)
     with pytest.raises(ValueError, match="needs a CUDA device"):
         make_bundle_fn(agent, SAC, "cuda_graph", example=_batches(1, "cpu")[0])
+
+
+def test_inductor_options_combine_kernels_only_for_one_seed_on_a_gpu():
+    """Combo kernels measured faster at one seed and slower at eight (BENCHMARKS.md); CPU Inductor
+    has none. bf16 keeps its precision casts; caller overrides win."""
+    from wsrl_dist.algo.fast import inductor_options
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert inductor_options(1, gpu) == {"combo_kernels": True}
+    assert inductor_options(8, gpu) == {}
+    assert inductor_options(1, cpu) == {}
+    assert inductor_options(1, gpu, torch.bfloat16) == {"combo_kernels": True, "emulate_precision_casts": True}
+    assert inductor_options(1, gpu, overrides={"combo_kernels": False}) == {"combo_kernels": False}
+
+
+def test_fused_compiled_bundle_hands_its_inductor_options_to_torch_compile(monkeypatch):
+    from wsrl_dist.algo import fast
+
+    seen = []
+
+    def fake_compile(fn, **kw):
+        seen.append(kw)
+        return fn
+
+    monkeypatch.setattr(fast.torch, "compile", fake_compile)
+    fn = fast.make_bundle_fn(_agent("cpu", capturable=False), SAC, "fused_compile", inductor={"aggressive_fusion": True})
+    assert seen == [{"dynamic": False, "options": {"aggressive_fusion": True}}]
+    info = fn(_batches(1, "cpu")[0])  # the (uncompiled) update still runs
+    assert torch.isfinite(info["critic_loss"])

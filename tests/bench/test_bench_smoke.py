@@ -135,3 +135,39 @@ def test_gpu_profile_line_says_how_busy_the_device_was_per_call(capsys):
     out = capsys.readouterr().out
     assert "14 kernels, 800 us per call (fused 500 us / 10, gemm 300 us / 4)" in out
     assert "wall 1000 us per call: device busy 80%" in out
+
+
+def test_learner_inductor_sets_run_each_compiled_row_once_per_set(capsys, monkeypatch):
+    """--inductor: every compiled row runs once per option set (labelled by its keys, with Dynamo's
+    compiled code dropped before each, so a set is never served an earlier set's compile); rows that
+    do not compile run once."""
+    from wsrl_dist.bench import learner
+
+    calls, resets = [], []
+
+    def fake_time(size, variant, device, sac, seconds, dtype, key=None, inductor=None):
+        calls.append((key, inductor))
+        return 10.0
+
+    monkeypatch.setattr(learner, "time_variant", fake_time)
+    monkeypatch.setattr(learner, "_fresh_compile", lambda: resets.append(1))
+    argv = ["--variants", "fused-compile,fused-eager", "--seconds", "0.01",
+            "--inductor", "default;combo_kernels=False,max_autotune_gemm_backends=TRITON"]
+    assert learner.main(argv) == 0
+    assert calls == [("fused-compile", {}),
+                     ("fused-compile+combo_kernels+max_autotune_gemm_backends",
+                      {"combo_kernels": False, "max_autotune_gemm_backends": "TRITON"}),
+                     ("fused-eager", {})]
+    assert len(resets) == 3
+    rows = [w[1] for w, _ in table_rows(capsys.readouterr().out, r"^locomotion\s")]
+    assert rows == [c[0] for c in calls]
+
+
+def test_learner_inductor_set_with_an_unknown_key_is_refused_by_name():
+    from wsrl_dist.bench import learner
+
+    with pytest.raises(ValueError, match="'no_such_knob=1'"):
+        learner.inductor_sets("default;no_such_knob=1", compiled=True)
+    with pytest.raises(ValueError, match="'combo_kernels'"):
+        learner.inductor_sets("combo_kernels", compiled=True)
+    assert learner.inductor_sets("combo_kernels=1", compiled=False) == [("", {})]

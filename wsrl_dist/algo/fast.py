@@ -48,14 +48,37 @@ def resolve_mode(mode: str, device: torch.device, matmul_dtype: torch.dtype = to
     return mode
 
 
+def inductor_options(seeds: int, device: torch.device, matmul_dtype: torch.dtype = torch.float32,
+                     overrides: dict | None = None) -> dict:
+    """torch.compile options (Inductor config) for the fused bundle of `seeds` seeds.
+
+    combo_kernels at one seed on a GPU: Inductor then launches independent small kernels (the
+    column sums of bias and LayerNorm-parameter gradients, the updates of separate flat buffers) as
+    one kernel. One seed's bundle is latency-bound, so fewer launches is time: on an H200 it went
+    226 -> 154 kernels and 747 -> 659 us wall per bundle (BENCHMARKS.md, 2026-11-30 second session).
+    At 8 seeds the bundle is memory-bound and the combined kernels measured 5% slower (2,276 ->
+    2,388 us), so it is off for S > 1 (S = 2-4 not measured). CPU Inductor has no combo kernels.
+    `overrides` (bench learner --inductor) go on top."""
+    opts: dict = {}
+    if device.type == "cuda" and seeds == 1:
+        opts["combo_kernels"] = True
+    if matmul_dtype == torch.bfloat16:
+        # Inductor otherwise drops a round trip x.to(bf16).float() inside one fused kernel, and
+        # the bf16 heads (fused._mm) would silently take fp32 inputs when compiled
+        opts["emulate_precision_casts"] = True
+    opts.update(overrides or {})
+    return opts
+
+
 def make_bundle_fn(agent: Agent, cfg: SACConfig, mode: str, example: Batch | None = None,
-                   matmul_dtype: torch.dtype = torch.float32) -> BundleFn:
+                   matmul_dtype: torch.dtype = torch.float32, inductor: dict | None = None) -> BundleFn:
     """Return f(batch [utd*batch_size rows]) -> info tensors. `example` (any batch of the right
     shape) is needed for cuda_graph capture; its values do not change the agent. `matmul_dtype`
-    bfloat16: the fused modes' bf16 matmuls (algo/fused.py)."""
+    bfloat16: the fused modes' bf16 matmuls (algo/fused.py). `inductor`: Inductor options on top of
+    `inductor_options`' (fused compiled modes)."""
     mode = resolve_mode(mode, agent.device, matmul_dtype)
     if mode.startswith("fused"):
-        fused = FusedBundles([agent], cfg, mode, None if example is None else [example], matmul_dtype)
+        fused = FusedBundles([agent], cfg, mode, None if example is None else [example], matmul_dtype, inductor)
         return lambda batch: fused([batch])[0]
 
     def bundle(batch: Batch) -> dict[str, torch.Tensor]:
@@ -202,13 +225,13 @@ class MultiSeedBundles:
 
 
 def make_multiseed_fn(agents: list[Agent], cfg: SACConfig, mode: str, examples: list[Batch] | None = None,
-                      matmul_dtype: torch.dtype = torch.float32) -> MultiBundleFn:
+                      matmul_dtype: torch.dtype = torch.float32, inductor: dict | None = None) -> MultiBundleFn:
     """S independent learners of one config stepped together: f([batch per seed]) -> [info per seed].
     Seed i's bundle sees only agents[i] and batches[i]. On a GPU with a graph mode the seeds' graphs
     replay on concurrent streams; otherwise the seeds run one after another with the same math."""
     mode = resolve_mode(mode, agents[0].device, matmul_dtype)
     if mode.startswith("fused"):
-        return FusedBundles(agents, cfg, mode, examples, matmul_dtype)
+        return FusedBundles(agents, cfg, mode, examples, matmul_dtype, inductor)
     if mode.endswith("graph"):
         if examples is None:
             raise ValueError(f"{mode} needs one example batch per seed to capture with")
@@ -233,7 +256,7 @@ class FusedBundles:
     fp32 sums, everything else fp32 (algo/fused.py `_mm`)."""
 
     def __init__(self, agents: list[Agent], cfg: SACConfig, mode: str, examples: list[Batch] | None = None,
-                 matmul_dtype: torch.dtype = torch.float32):
+                 matmul_dtype: torch.dtype = torch.float32, inductor: dict | None = None):
         mode = resolve_mode(mode, agents[0].device, matmul_dtype)
         self.device = agents[0].device
         self.spec = fused_lib.make_spec(agents[0], cfg, matmul_dtype)
@@ -248,10 +271,8 @@ class FusedBundles:
             return info
 
         if "compile" in mode:
-            # Inductor otherwise drops a round trip x.to(bf16).float() inside one fused kernel, and
-            # the bf16 heads (fused._mm) would silently take fp32 inputs when compiled
-            bf16 = {"emulate_precision_casts": True} if matmul_dtype == torch.bfloat16 else None
-            update = torch.compile(update, dynamic=False, options=bf16)
+            self.inductor = inductor_options(len(agents), self.device, matmul_dtype, inductor)
+            update = torch.compile(update, dynamic=False, options=self.inductor or None)
 
         def step(batch: Batch) -> dict[str, torch.Tensor]:
             return update(state.t, batch, fused_lib.draw_noise(spec, self.seeds, self.device))

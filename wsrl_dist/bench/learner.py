@@ -20,12 +20,14 @@ JAX jit of the same update) runs in the same process tree and its rows join the 
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import subprocess
 import sys
 import time
 
 import torch
+import torch._inductor.config  # --inductor keys are checked against it
 import torch.nn as nn
 
 from wsrl_dist.algo.agent import make_agent
@@ -96,14 +98,48 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _fresh_compile() -> None:
+    """Forget Dynamo's compiled code before a row. Every row builds the same bundle function (one
+    code object), so without this a row could reuse an earlier row's compiled code when its guards
+    pass, silently ignoring an --inductor patch, or, after 8 recompiles, run uncompiled. Inductor's
+    on-disk cache is keyed by its config, so a reset row with the same config still loads fast."""
+    torch._dynamo.reset()
+
+
+def inductor_sets(spec: str, compiled: bool) -> list[tuple[str, dict]]:
+    """--inductor 'default;combo_kernels=1,aggressive_fusion=1' -> [(row label suffix, options)].
+    Values parse as Python literals where they can (1, True, 'x'), else stay strings. Rows that do not
+    compile run once, unpatched."""
+    if not spec or not compiled:
+        return [("", {})]
+    sets = []
+    for part in (p.strip() for p in spec.split(";")):
+        if part in ("", "default"):
+            sets.append(("", {}))
+            continue
+        opts = {}
+        for kv in part.split(","):
+            key, sep, val = kv.partition("=")
+            if not sep or not hasattr(torch._inductor.config, key.strip().split(".")[0]):
+                raise ValueError(f"--inductor: {kv!r} is not key=value with a torch._inductor.config key")
+            try:
+                opts[key.strip()] = ast.literal_eval(val.strip())
+            except (ValueError, SyntaxError):
+                opts[key.strip()] = val.strip()
+        sets.append(("+" + "+".join(k.rsplit(".", 1)[-1] for k in opts), opts))
+    return sets
+
+
 def time_variant(size: str, variant: str, device: torch.device, sac: SACConfig, seconds: float,
-                 matmul_dtype: torch.dtype = torch.float32) -> float:
+                 matmul_dtype: torch.dtype = torch.float32, key: str | None = None,
+                 inductor: dict | None = None) -> float:
     """Bundles per second, measured after warm-up for about `seconds`."""
     agent, sac = _agent(size, variant, device, sac)
     batch = _batch(size, sac.utd * sac.batch_size, device)
     t_setup = time.perf_counter()
-    fn = make_bundle_fn(agent, sac, VARIANT_MODES[variant], example=batch, matmul_dtype=matmul_dtype)
-    return _calls_per_second(lambda: [fn(batch)], device, seconds, (size, variant), t_setup)
+    fn = make_bundle_fn(agent, sac, VARIANT_MODES[variant], example=batch, matmul_dtype=matmul_dtype,
+                        inductor=inductor)
+    return _calls_per_second(lambda: [fn(batch)], device, seconds, (size, key or variant), t_setup)
 
 
 def _calls_per_second(call, device: torch.device, seconds: float, key: tuple[str, str], t_setup: float) -> float:
@@ -122,6 +158,7 @@ def _calls_per_second(call, device: torch.device, seconds: float, key: tuple[str
     rate = n / (time.perf_counter() - t0)
     if not all(torch.isfinite(v).all() for info in out for v in info.values()):
         raise RuntimeError(f"{key[0]}/{key[1]}: non-finite losses")
+    print(f"# measured {key[0]}/{key[1]}: {rate:.1f} calls/s, setup {SETUP_S[key]:.1f} s", flush=True)
     if PROFILE_CALLS:
         print_profile(profile_calls(call, device, PROFILE_CALLS), f"{key[0]}/{key[1]}",
                       "kernels" if device.type == "cuda" else "ops", wall_us=1e6 / rate)
@@ -182,7 +219,8 @@ def print_profile(rows: list[tuple[str, float, float]], label: str, unit: str, t
 
 
 def time_multiseed(size: str, seeds: int, device: torch.device, sac: SACConfig, seconds: float,
-                   mode: str = "fused_graph", matmul_dtype: torch.dtype = torch.float32) -> float:
+                   mode: str = "fused_graph", matmul_dtype: torch.dtype = torch.float32,
+                   key: str | None = None, inductor: dict | None = None) -> float:
     """Aggregate bundles/s of `seeds` independent learners in one process (algo.fast.make_multiseed_fn:
     fused modes batch the seeds into every matmul; cuda_graph replays per-seed graphs on streams)."""
     from wsrl_dist.algo.fast import make_multiseed_fn
@@ -193,9 +231,9 @@ def time_multiseed(size: str, seeds: int, device: torch.device, sac: SACConfig, 
         agents.append(_agent(size, "stacked-graph" if "graph" in mode else "stacked-eager", device, sac)[0])
         batches.append(_batch(size, sac.utd * sac.batch_size, device))
     t_setup = time.perf_counter()
-    multi = make_multiseed_fn(agents, sac, mode, batches, matmul_dtype)
+    multi = make_multiseed_fn(agents, sac, mode, batches, matmul_dtype, inductor)
     return seeds * _calls_per_second(lambda: multi(batches), device, seconds,
-                                     (size, f"seeds-{mode}-S{seeds}"), t_setup)
+                                     (size, key or f"seeds-{mode}-S{seeds}"), t_setup)
 
 
 def pretrain_modes(device: torch.device) -> tuple[str, ...]:
@@ -230,6 +268,7 @@ def run_anchor(path: str) -> dict[str, float]:
         m = re.match(r"^(\S+)\s+([\d.]+)\s+([\d.]+)$", line.strip())
         if m:
             rows[f"anchor:{m.group(1)}"] = float(m.group(2))
+            print(f"# measured anchor:{m.group(1)}: {float(m.group(2)):.1f} bundles/s", flush=True)
     if not rows:
         print(f"anchor produced no table:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}", file=sys.stderr)
     return rows
@@ -250,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain", default="", help="offline rows, e.g. cql,calql,iql (eager, and graph on GPU)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="after timing each row, profile N calls and print kernels (ops on CPU) by time")
+    ap.add_argument("--inductor", default="",
+                    help="';'-separated Inductor option sets to compare, each 'key=value,...' or 'default' "
+                         "(algo.fast.inductor_options alone), e.g. 'default;combo_kernels=False;max_autotune=1': "
+                         "compiled rows run once per set, the set on top of the default options")
     ap.add_argument("--seed-modes", default="fused_graph",
                     help="fast paths for the --seeds rows (fused_graph, fused_compile_graph, cuda_graph, fused)")
     args = ap.parse_args(argv)
@@ -291,17 +334,23 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as e:
                     print(f"{size:<11}{name:<26} failed: {type(e).__name__}: {str(e)[:200]}")
         for v in variants:
-            try:
-                rates[v] = time_variant(size, v, device, sac, args.seconds, dtype)
-            except Exception as e:  # report and continue: one failing variant must not hide the rest
-                print(f"{size:<11}{v:<26} failed: {type(e).__name__}: {str(e)[:200]}")
+            for label, opts in inductor_sets(args.inductor, "compile" in v):
+                name = v + label
+                try:
+                    _fresh_compile()
+                    rates[name] = time_variant(size, v, device, sac, args.seconds, dtype, key=name, inductor=opts)
+                except Exception as e:  # report and continue: one failing variant must not hide the rest
+                    print(f"{size:<11}{name:<26} failed: {type(e).__name__}: {str(e)[:200]}")
         for s in [int(x) for x in args.seeds.split(",") if x]:
             for mode in args.seed_modes.split(","):
-                name = f"seeds-{mode}-S{s}"
-                try:
-                    rates[name] = time_multiseed(size, s, device, sac, args.seconds, mode, dtype)
-                except Exception as e:
-                    print(f"{size:<11}{name:<26} failed: {type(e).__name__}: {str(e)[:200]}")
+                for label, opts in inductor_sets(args.inductor, "compile" in mode):
+                    name = f"seeds-{mode}-S{s}{label}"
+                    try:
+                        _fresh_compile()
+                        rates[name] = time_multiseed(size, s, device, sac, args.seconds, mode, dtype,
+                                                     key=name, inductor=opts)
+                    except Exception as e:
+                        print(f"{size:<11}{name:<26} failed: {type(e).__name__}: {str(e)[:200]}")
         if size == "locomotion":
             rates.update(anchor)  # the anchor measures locomotion sizes only
         base = rates.get("naive-eager")
