@@ -119,3 +119,35 @@ def test_fused_compiled_bundle_hands_its_inductor_options_to_torch_compile(monke
     assert seen == [{"dynamic": False, "options": {"aggressive_fusion": True}}]
     info = fn(_batches(1, "cpu")[0])  # the (uncompiled) update still runs
     assert torch.isfinite(info["critic_loss"])
+
+
+def test_compiled_bundle_falls_back_when_default_combo_kernels_fail(monkeypatch):
+    """Combo kernels are on by default on a GPU; if Inductor fails with them, the bundle compiles
+    again without them (a warning, not a failed job). Asked for explicitly, the failure is raised."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from wsrl_dist.algo import fast
+
+    seen = []
+
+    def fake_compile(fn, dynamic, options):
+        seen.append(options)
+        if options and options.get("combo_kernels"):
+            def broken(*args):
+                raise BackendCompilerFailed(None, RuntimeError("combo codegen"), None)
+            return broken
+        return fn
+
+    monkeypatch.setattr(fast.torch, "compile", fake_compile)
+    monkeypatch.setattr(fast, "inductor_options", lambda seeds, device, dtype, over: {"combo_kernels": True, **(over or {})})
+    fn = fast.make_bundle_fn(_agent("cpu", capturable=False), SAC, "fused_compile")
+    with pytest.warns(RuntimeWarning, match="combo kernels"):
+        info = fn(_batches(1, "cpu")[0])
+    assert torch.isfinite(info["critic_loss"])
+    assert seen == [{"combo_kernels": True}, None]
+    fn(_batches(1, "cpu")[0])  # later calls go straight to the fallback
+    assert len(seen) == 2
+
+    fn = fast.make_bundle_fn(_agent("cpu", capturable=False), SAC, "fused_compile", inductor={"combo_kernels": True})
+    with pytest.raises(BackendCompilerFailed):
+        fn(_batches(1, "cpu")[0])

@@ -155,7 +155,7 @@ def test_learner_inductor_sets_run_each_compiled_row_once_per_set(capsys, monkey
             "--inductor", "default;combo_kernels=False,max_autotune_gemm_backends=TRITON"]
     assert learner.main(argv) == 0
     assert calls == [("fused-compile", {}),
-                     ("fused-compile+combo_kernels+max_autotune_gemm_backends",
+                     ("fused-compile+combo_kernels=False+max_autotune_gemm_backends=TRITON",
                       {"combo_kernels": False, "max_autotune_gemm_backends": "TRITON"}),
                      ("fused-eager", {})]
     assert len(resets) == 3
@@ -171,3 +171,4 @@ def test_learner_inductor_set_with_an_unknown_key_is_refused_by_name():
     with pytest.raises(ValueError, match="'combo_kernels'"):
         learner.inductor_sets("combo_kernels", compiled=True)
     assert learner.inductor_sets("combo_kernels=1", compiled=False) == [("", {})]
+    assert learner.inductor_sets("max_autotune=True", compiled=True) == [("+max_autotune", {"max_autotune": True})]

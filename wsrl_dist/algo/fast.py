@@ -6,6 +6,7 @@ static input buffers; the agent must be made with `capturable=True` on a CUDA de
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -246,6 +247,35 @@ def make_multiseed_fn(agents: list[Agent], cfg: SACConfig, mode: str, examples: 
     return step
 
 
+def _compile_with_fallback(fn: Callable, options: dict, asked: dict) -> Callable:
+    """torch.compile(fn) with `options`; if Inductor fails on the first call while combo kernels are
+    on by default only (inductor_options; an experimental Inductor feature, measured on the
+    locomotion sizes), warn and compile again without them instead of failing the job. The failure
+    is raised at code generation, before any kernel has run, so the state is untouched."""
+    import torch._dynamo.exc  # loaded with torch.compile; named here for the except below
+
+    compiled = torch.compile(fn, dynamic=False, options=options or None)
+    if not options.get("combo_kernels") or "combo_kernels" in asked:
+        return compiled
+    current = [compiled, True]  # the function to call, first call pending
+
+    def call(*args):
+        if not current[1]:
+            return current[0](*args)
+        try:
+            out = current[0](*args)
+        except torch._dynamo.exc.BackendCompilerFailed as e:
+            warnings.warn(f"fused bundle: Inductor failed with combo kernels ({str(e)[:300]}); "
+                          "compiling without them (slower at one seed, same math)", RuntimeWarning, stacklevel=2)
+            rest = {k: v for k, v in options.items() if k != "combo_kernels"}
+            current[0] = torch.compile(fn, dynamic=False, options=rest or None)
+            out = current[0](*args)
+        current[1] = False
+        return out
+
+    return call
+
+
 class FusedBundles:
     """S seeds' bundles as ONE fused update (algo/fused.py): f([batch per seed]) -> [info per seed].
 
@@ -272,7 +302,7 @@ class FusedBundles:
 
         if "compile" in mode:
             self.inductor = inductor_options(len(agents), self.device, matmul_dtype, inductor)
-            update = torch.compile(update, dynamic=False, options=self.inductor or None)
+            update = _compile_with_fallback(update, self.inductor, asked=inductor or {})
 
         def step(batch: Batch) -> dict[str, torch.Tensor]:
             return update(state.t, batch, fused_lib.draw_noise(spec, self.seeds, self.device))

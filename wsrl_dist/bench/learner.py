@@ -126,7 +126,9 @@ def inductor_sets(spec: str, compiled: bool) -> list[tuple[str, dict]]:
                 opts[key.strip()] = ast.literal_eval(val.strip())
             except (ValueError, SyntaxError):
                 opts[key.strip()] = val.strip()
-        sets.append(("+" + "+".join(k.rsplit(".", 1)[-1] for k in opts), opts))
+        # labelled by key alone where the value is True, else key=value (combo_kernels=False)
+        sets.append(("+" + "+".join(k.rsplit(".", 1)[-1] + ("" if v is True else f"={v}") for k, v in opts.items()),
+                     opts))
     return sets
 
 
