@@ -183,3 +183,55 @@ def test_medium_expert_concatenates_both_policies(cache):
     assert m["train_steps_used"] == 1500  # the whole budget, not stopped at the target
     # 501 medium rows then 500 expert rows: the medium part's last row closes its partial episode
     assert ds.terminals[500] == 1.0 or ds.timeouts[500] == 1.0
+
+
+def test_a_killed_behaviour_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """The behaviour run checkpoints every `checkpoint_every` env steps; a build killed after that
+    resumes there (updates not redone, evals kept, the cut episode ended as a timeout) and removes
+    the checkpoint once its run is stored."""
+    from wsrl_dist.data import builder
+
+    spec = dataclasses.replace(SPEC, recipe="expert", train_steps=1200, random_steps=300, eval_every=600)
+    real_update, calls = builder.sac_update, []
+
+    def killed_at_step_900(agent, batch, cfg):
+        if len(calls) == 600:  # updates start after the 300 random steps: update 600 is step 900
+            raise KeyboardInterrupt
+        calls.append(1)
+        real_update(agent, batch, cfg)
+
+    monkeypatch.setattr(builder, "sac_update", killed_at_step_900)
+    with pytest.raises(KeyboardInterrupt):
+        builder._train_cached(spec, tmp_path, progress=False, checkpoint_every=400)
+    (partial,) = tmp_path.glob("runs/*.partial.pt")
+    assert torch.load(partial, weights_only=True)["step"] == 800
+    assert not list(tmp_path.glob("runs/*.npz"))
+
+    calls.clear()
+    monkeypatch.setattr(builder, "sac_update", lambda *a: (calls.append(1), real_update(*a)))
+    replay, hist = builder._train_cached(spec, tmp_path, progress=False, checkpoint_every=400)
+    assert len(calls) == 400  # steps 801..1200 only
+    assert hist.train_steps_used == 1200 and hist.env_steps == [600, 1200]
+    assert len(replay["rewards"]) == 1200
+    assert replay["terminals"][799] or replay["timeouts"][799]  # the cut episode ends at step 800
+    assert not partial.exists() and len(list(tmp_path.glob("runs/*.npz"))) == 1
+
+
+def test_a_builder_checkpoint_of_another_spec_or_damaged_is_refused_by_name(tmp_path, monkeypatch):
+    from wsrl_dist.data import builder
+
+    spec = dataclasses.replace(SPEC, recipe="expert", train_steps=700, random_steps=300, eval_every=600)
+    partial = tmp_path / "run.partial.pt"
+
+    def stop(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builder, "sac_update", stop)
+    with pytest.raises(KeyboardInterrupt):  # checkpoint at step 200 (random steps), killed at 301
+        builder.train_behaviour_policy(spec, progress=False, partial=partial, checkpoint_every=200)
+    assert torch.load(partial, weights_only=True)["step"] == 200
+    with pytest.raises(ValueError, match="written for build spec .* remove it"):
+        builder.train_behaviour_policy(dataclasses.replace(spec, seed=3), progress=False, partial=partial)
+    partial.write_bytes(partial.read_bytes()[:100])
+    with pytest.raises(ValueError, match="does not load"):
+        builder.train_behaviour_policy(spec, progress=False, partial=partial)

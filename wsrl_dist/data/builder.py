@@ -1,7 +1,8 @@
 """D4RL-recipe dataset builder: SAC behaviour policy -> rollouts -> D4RL-layout HDF5 in a cache.
 
 Source of offline files where D4RL/Minari data cannot be downloaded: `build_dataset` -> `write_d4rl_hdf5`
--> `load_d4rl_hdf5` -> pre-training. Rewards are stored raw (docs/CONVENTIONS.md).
+-> `load_d4rl_hdf5` -> pre-training. Rewards are stored raw (docs/CONVENTIONS.md). The behaviour run
+(the long part) checkpoints as it goes and a killed build resumes it (`train_behaviour_policy`).
 """
 
 from __future__ import annotations
@@ -192,12 +193,19 @@ def _eval_return(policy: Policy, task: TaskSpec, episodes: int, seed: int) -> fl
     return float(evaluate(policy, task, episodes, seed)["return_mean"])
 
 
-def train_behaviour_policy(spec: BuildSpec, progress: bool = True
+def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: Path | None = None,
+                           checkpoint_every: int = 50_000
                            ) -> tuple[Agent, dict[str, np.ndarray], TrainHistory]:
     """SAC from scratch on make_env(task): `random_steps` uniform actions first, then one update per env
     step; deterministic eval every `eval_every` steps. medium / medium-replay stop at the first eval
     >= target_return; other recipes train the whole budget (medium-expert keeps the actor at that
-    point). Returns (agent, replay columns [N rows, raw rewards, oldest first], history)."""
+    point). Returns (agent, replay columns [N rows, raw rewards, oldest first], history).
+
+    `partial`: a checkpoint file written every `checkpoint_every` env steps (agent, optimizers, replay,
+    history, RNG states) and resumed from when present, so a killed build loses at most that many
+    steps. A resumed run is not bitwise the uninterrupted one: the environment's episode in progress
+    cannot be restored, so its last stored row is marked a timeout (an episode end, as D4RL marks a
+    cut) and a fresh episode starts (reset seeded with seed + step)."""
     spec = spec.resolved()
     task, net, cfg = get_task(spec.task), spec.net_config(), spec.sac
     obs_dim, act_dim = obs_act_dims(task)
@@ -207,13 +215,20 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True
     env = make_env(task, seed=spec.seed)
     rng = np.random.default_rng(spec.seed)
     buf = RingBuffer(spec.train_steps, obs_dim, act_dim)
-    bar = tqdm(total=spec.train_steps, desc=f"SAC {spec.task} ({spec.recipe})", disable=not progress,
-               mininterval=1.0)
     with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's torch RNG
         torch.manual_seed(spec.seed)
         agent = make_agent(obs_dim, act_dim, net, cfg, device=spec.device)
-        obs, _ = env.reset()
         step = 0
+        if partial is not None and partial.is_file():
+            step, wall_before = _load_build_partial(partial, spec, agent, buf, hist, rng)
+            t0 -= wall_before
+            obs, _ = env.reset(seed=spec.seed + step)
+        else:
+            obs, _ = env.reset()
+        bar = tqdm(total=spec.train_steps, initial=step, desc=f"SAC {spec.task} ({spec.recipe})",
+                   disable=not progress, mininterval=1.0)
+        if step:
+            bar.set_postfix(resumed_at=step)
         try:
             while step < spec.train_steps:
                 step += 1
@@ -240,6 +255,9 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True
                         hist.medium_weights = agent.export_policy()
                         if stop_at_target:
                             break
+                if partial is not None and checkpoint_every > 0 and step % checkpoint_every == 0 \
+                        and step < spec.train_steps:
+                    _save_build_partial(partial, spec, agent, buf, hist, rng, step, time.perf_counter() - t0)
         finally:
             bar.close()
             env.close()
@@ -249,6 +267,57 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True
     replay = buf.export()
     _end_last_episode(replay)
     return agent, replay, hist
+
+
+def _save_build_partial(path: Path, spec: BuildSpec, agent: Agent, buf: RingBuffer, hist: TrainHistory,
+                        rng: np.random.Generator, step: int, wall_s: float) -> None:
+    """Atomically (temp file + rename): a kill while writing leaves the previous checkpoint. Tensors
+    and plain types only, so it loads with torch.load(weights_only=True)."""
+    ring = buf.state_dict()
+    state = {
+        "spec_hash": spec.hash(), "step": step, "wall_s": wall_s, "agent": agent.state_dict(),
+        "ring": {**{k: v for k, v in ring.items() if k != "arrays"},
+                 "extra_fields": json.dumps(ring["extra_fields"]),
+                 "arrays": {k: torch.from_numpy(v) for k, v in ring["arrays"].items()}},
+        "history": json.dumps(hist.scalars()),
+        "medium_weights": {k: torch.from_numpy(np.asarray(v)) for k, v in (hist.medium_weights or {}).items()},
+        "rng": json.dumps(rng.bit_generator.state), "torch_cpu": torch.get_rng_state(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_build_partial(path: Path, spec: BuildSpec, agent: Agent, buf: RingBuffer, hist: TrainHistory,
+                        rng: np.random.Generator) -> tuple[int, float]:
+    """Restore a _save_build_partial checkpoint into fresh objects; returns (step, wall seconds so far)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: the dataset builder's checkpoint does not load ({type(e).__name__}: {e}); "
+                         "remove it to train the behaviour policy from scratch") from e
+    if state.get("spec_hash") != spec.hash():
+        raise ValueError(f"{path}: written for build spec {state.get('spec_hash')}, this build's is {spec.hash()}; "
+                         "remove it to train the behaviour policy from scratch")
+    step = int(state["step"])
+    if not 0 < step < spec.train_steps:
+        raise ValueError(f"{path}: step {step} is outside this build's 1..{spec.train_steps - 1}")
+    ring = dict(state["ring"])
+    ring["extra_fields"] = json.loads(ring["extra_fields"])
+    ring["arrays"] = {k: v.numpy() for k, v in ring["arrays"].items()}
+    cols = ring["arrays"]
+    if len(cols["terminals"]) != step:
+        raise ValueError(f"{path}: {len(cols['terminals'])} replay rows for step {step}")
+    _end_last_episode(cols)  # the episode it was in cannot be continued (see train_behaviour_policy)
+    buf.load_state_dict(ring)
+    agent.load_state_dict(state["agent"])
+    for k, v in json.loads(state["history"]).items():
+        setattr(hist, k, v)
+    hist.medium_weights = {k: v.numpy() for k, v in state["medium_weights"].items()} or None
+    rng.bit_generator.state = json.loads(state["rng"])
+    torch.set_rng_state(state["torch_cpu"])
+    return step, float(state["wall_s"])
 
 
 def _row(obs, action, reward, next_obs, terminated, truncated) -> dict[str, np.ndarray]:
@@ -323,9 +392,12 @@ def _load_cached(path: Path, spec: BuildSpec) -> OfflineDataset | None:
     return ds
 
 
-def _train_cached(spec: BuildSpec, root: Path, progress: bool) -> tuple[dict[str, np.ndarray], TrainHistory]:
+def _train_cached(spec: BuildSpec, root: Path, progress: bool, checkpoint_every: int = 50_000
+                  ) -> tuple[dict[str, np.ndarray], TrainHistory]:
     """train_behaviour_policy with its result (replay columns + history with actor weights) kept in
-    <cache>/runs/: medium and medium-replay share one run, expert and medium-expert another."""
+    <cache>/runs/: medium and medium-replay share one run, expert and medium-expert another. While it
+    trains, <that file>.partial.pt is its checkpoint (every `checkpoint_every` env steps), resumed from
+    by the next build of the same spec and removed once the run is stored."""
     mode = "to-target" if spec.recipe in ("medium", "medium-replay") else "full-budget"
     key = {**spec.key(), "recipe": mode, "transitions": None}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
@@ -341,7 +413,8 @@ def _train_cached(spec: BuildSpec, root: Path, progress: bool) -> tuple[dict[str
             return replay, hist
         except Exception as e:
             warnings.warn(f"retraining: cached run {path} does not load ({e})", stacklevel=3)
-    _, replay, hist = train_behaviour_policy(spec, progress)
+    partial = path.with_name(path.stem + ".partial.pt")  # resumed from if a build was killed
+    _, replay, hist = train_behaviour_policy(spec, progress, partial=partial, checkpoint_every=checkpoint_every)
     arrays = {"history": np.array(json.dumps(hist.scalars()))}
     arrays.update({f"replay/{k}": v for k, v in replay.items()} if mode == "to-target" else {})
     for part in ("medium", "final"):
@@ -350,15 +423,16 @@ def _train_cached(spec: BuildSpec, root: Path, progress: bool) -> tuple[dict[str
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+    partial.unlink(missing_ok=True)
     return replay, hist
 
 
-def _behaviour(spec: BuildSpec, root: Path, progress: bool
+def _behaviour(spec: BuildSpec, root: Path, progress: bool, checkpoint_every: int = 50_000
                ) -> tuple[dict[str, dict | None], dict[str, np.ndarray], TrainHistory]:
     """({part name: actor weights (None = random init)}, replay columns, history) for the recipe."""
     if spec.recipe == "random":
         return {"random": None}, {}, TrainHistory()
-    replay, hist = _train_cached(spec, root, progress)
+    replay, hist = _train_cached(spec, root, progress, checkpoint_every)
     reached = hist.target_reached_at is not None
     if not reached and spec.recipe != "expert":
         warnings.warn(f"{spec.task}: behaviour run never reached target_return {spec.target_return:.1f} "
@@ -371,19 +445,20 @@ def _behaviour(spec: BuildSpec, root: Path, progress: bool
 
 
 def build_dataset(spec: BuildSpec, cache_dir: str | os.PathLike | None = None,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, checkpoint_every: int = 50_000) -> Path:
     """Build (or find in the cache) the D4RL-layout HDF5 for `spec`; returns its path.
 
     medium-expert = transitions/2 rows of the medium policy then the rest of the expert's (D4RL
     concatenated two 1M files). The behaviour eval return in the metadata is a fresh deterministic
     eval (other episodes than the ones that stopped training), one value per part.
+    `checkpoint_every`: env steps between the behaviour run's checkpoints (0: none; `_train_cached`).
     """
     path = dataset_path(spec, cache_dir)
     spec = spec.resolved()
     if _load_cached(path, spec) is not None:
         return path
     task, net, t0 = get_task(spec.task), spec.net_config(), time.perf_counter()
-    weights, replay, hist = _behaviour(spec, path.parent, progress)
+    weights, replay, hist = _behaviour(spec, path.parent, progress, checkpoint_every)
     parts, evals = [], []
     for i, (name, w) in enumerate(weights.items()):
         policy = policy_from_weights(task, net, w, spec.seed + 1 + i)
