@@ -172,3 +172,12 @@ def test_learner_inductor_set_with_an_unknown_key_is_refused_by_name():
         learner.inductor_sets("combo_kernels", compiled=True)
     assert learner.inductor_sets("combo_kernels=1", compiled=False) == [("", {})]
     assert learner.inductor_sets("max_autotune=True", compiled=True) == [("+max_autotune", {"max_autotune": True})]
+
+
+def test_replay_rows_print_a_tiny_ratio_as_a_positive_number(capsys):
+    """A ray path crawling on a loaded machine (402 rows/s against a ring's millions) once printed
+    'x ring 0.00' and failed the positivity check of the table above: ratios keep 3 digits."""
+    replay.print_rows([("insert", "ray-feeders", 1, 64, 402.0, None, 402.0 / 3.1e6, [1e-3, 2e-3])])
+    (words, nums), = table_rows(capsys.readouterr().out, r"^insert\s")
+    assert_finite_positive([(words, nums)])
+    assert 1.2e-4 < nums[3] < 1.4e-4

@@ -206,7 +206,9 @@ def print_rows(rows: list[Row]) -> None:
         q = (f"{np.percentile(lat, 50) * 1e6:>10.1f}{np.percentile(lat, 99) * 1e6:>10.1f}"
              if lat is not None and len(lat) else f"{'-':>10}{'-':>10}")
         c = f"{cpu:>12.0f}" if cpu is not None else f"{'-':>12}"
-        print(f"{op:<8}{path:<13}{S:>3}{n:>11}{wall:>15.0f}{c}{x:>8.2f}{q}")
+        # x ring to 3 significant digits: a slow path on a loaded machine (a few hundred rows/s
+        # against millions) is a small positive ratio, never a printed 0.00
+        print(f"{op:<8}{path:<13}{S:>3}{n:>11}{wall:>15.0f}{c}{x:>8.3g}{q}")
 
 
 def main(argv: list[str] | None = None) -> int:
