@@ -238,7 +238,10 @@ def test_hash_tracks_hyperparameters_but_not_run_dir_or_progress():
     base = config.load()
     assert config.load(overrides=["run.run_dir=/somewhere", "run.progress=false"]).hash() == base.hash()
     # nor caches and checkpoint intervals: they change no number the run produces
-    assert config.load(overrides=["run.compile_cache=/tmp/c", "pretrain.checkpoint_every=7"]).hash() == base.hash()
+    assert config.load(overrides=["run.compile_cache=/tmp/c", "pretrain.checkpoint_every=7",
+                                  "dataset.build_checkpoint_every=9"]).hash() == base.hash()
+    with pytest.raises(ConfigError, match=r"dataset\.build_checkpoint_every must be >= 0"):
+        config.load(overrides=["dataset.build_checkpoint_every=-1"])
     assert config.load(overrides=["sac.critic_lr=0.0003000001"]).hash() != base.hash()
     assert config.load(overrides=["run.seed=1"]).hash() != base.hash()
     assert len(base.hash()) == 12 and int(base.hash(), 16) >= 0

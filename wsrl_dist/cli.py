@@ -131,7 +131,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from wsrl_dist.data import builder
 
         cfg = _load(args.items, [f"task.name={args.task}"])
-        print(f"dataset: {builder.build_dataset(job.build_spec(cfg, args.task))}")
+        path = builder.build_dataset(job.build_spec(cfg, args.task),
+                                     checkpoint_every=cfg.dataset.build_checkpoint_every)
+        print(f"dataset: {path}")
         return 0
     if args.cmd == "report":
         from wsrl_dist.ops.report import write_report

@@ -58,6 +58,9 @@ class DatasetConfig:
     build_hidden: list[int] = field(default_factory=lambda: [256, 256])  # behaviour policy nets
     build_random_steps: int = 5_000  # builder: uniform-random actions before SAC updates start
     build_eval_every: int = 10_000  # builder: env steps between behaviour-policy evaluations
+    # builder: env steps between checkpoints of the behaviour run (0 = none); a killed build resumes
+    # from the last one (<cache>/runs/*.partial.pt) when run again
+    build_checkpoint_every: int = 50_000
 
 
 @dataclass
@@ -143,6 +146,9 @@ class RunConfig:
         _check_choice("run.matmul_precision", self.run.matmul_precision, ("auto", "tf32", "fp32", "bf16"))
         if self.pretrain.checkpoint_every < 0:
             raise ConfigError(f"pretrain.checkpoint_every must be >= 0 (0 = never), got {self.pretrain.checkpoint_every}")
+        if self.dataset.build_checkpoint_every < 0:
+            raise ConfigError("dataset.build_checkpoint_every must be >= 0 (0 = never), got "
+                              f"{self.dataset.build_checkpoint_every}")
         if not str(self.run.compile_cache).strip():
             raise ConfigError("run.compile_cache: empty; use auto or a directory for torch.compile's cache")
         if self.run.matmul_precision == "bf16":
@@ -166,6 +172,7 @@ class RunConfig:
         d = self.to_dict()
         d["run"] = {k: v for k, v in d["run"].items() if k not in ("run_dir", "progress", "compile_cache")}
         d["pretrain"] = {k: v for k, v in d["pretrain"].items() if k != "checkpoint_every"}
+        d["dataset"] = {k: v for k, v in d["dataset"].items() if k != "build_checkpoint_every"}
         if not d["run"]["seeds"]:  # single-seed configs hash as they did before run.seeds existed
             del d["run"]["seeds"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

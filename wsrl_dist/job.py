@@ -139,7 +139,8 @@ def load_offline_dataset(cfg: RunConfig, task: TaskSpec, progress: bool = True) 
         return _load_minari(cfg, task, obs_dim, act_dim)
     from wsrl_dist.data import builder
 
-    path = builder.build_dataset(build_spec(cfg, task.name), progress=progress)
+    path = builder.build_dataset(build_spec(cfg, task.name), progress=progress,
+                                 checkpoint_every=cfg.dataset.build_checkpoint_every)
     return d4rl.load_d4rl_hdf5(path, expected_obs_dim=obs_dim, expected_act_dim=act_dim)
 
 
