@@ -181,3 +181,13 @@ def test_replay_rows_print_a_tiny_ratio_as_a_positive_number(capsys):
     (words, nums), = table_rows(capsys.readouterr().out, r"^insert\s")
     assert_finite_positive([(words, nums)])
     assert 1.2e-4 < nums[3] < 1.4e-4
+
+
+def test_publish_table_compares_inline_and_threaded_publishing_with_none(capsys):
+    from wsrl_dist.bench import publish
+
+    assert publish.main(["--task", TASK, "--seconds", "0.2", "--repeats", "1", "--work-ms", "0.5"]) == 0
+    rows = {w[0]: nums for w, nums in table_rows(capsys.readouterr().out, r"^(none|inline|thread)\s")}
+    assert set(rows) == {"none", "inline", "thread"}
+    assert rows["none"][1:] == [1.0, 0.0]  # the baseline against itself
+    assert all(math.isfinite(x) and x > 0 for m in ("inline", "thread") for x in rows[m][:2])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import ray
 
 from wsrl_dist.runtime.weights import WeightsClient, WeightStore
@@ -42,3 +43,62 @@ def test_client_pulls_newer_weights_through_the_object_store_and_tracks_lag(ray_
     weights, version = poll_until(client)
     assert version == 3 and (weights["layer"] == 3).all()  # skips straight to the newest
     assert client.lag == 0 and client.pulls == 2
+
+
+def test_publisher_puts_versions_off_the_caller_thread_in_order(ray_local):
+    """WeightPublisher: the put and the store call run on its thread; while one put runs, a newer
+    submit replaces the version waiting behind it; flush returns once the store holds the newest."""
+    import threading
+
+    from wsrl_dist.ops.metrics import SECONDS_BUCKETS, Histogram
+    from wsrl_dist.runtime.weights import WeightPublisher
+
+    store = ray.remote(WeightStore).remote()
+    release, callers = threading.Event(), []
+
+    def slow_first_put(obj):
+        callers.append(threading.current_thread().name)
+        if len(callers) == 1:
+            release.wait(10)
+        return ray.put(obj)
+
+    hist = Histogram(SECONDS_BUCKETS)
+    pub = WeightPublisher(store, hist, put=slow_first_put)
+    w = {v: {"layer": np.full(3, v, np.float32)} for v in range(4)}
+    pub.submit(w[1], 1, 10)
+    time.sleep(0.2)  # v1's put has started and blocks
+    pub.submit(w[2], 2, 20)
+    pub.submit(w[3], 3, 30)  # replaces v2, still waiting
+    release.set()
+    pub.flush(wait_store=True, timeout=30)
+    assert callers == ["weight-publisher", "weight-publisher"]  # never the caller's thread
+    version, refs = ray.get(store.latest.remote(-1))
+    assert version == 3 and (ray.get(refs[0])["layer"] == 3).all()
+    assert ray.get(store.stats.remote())["publishes"] == 2 and ray.get(store.stats.remote())["critic_updates"] == 30
+    assert pub.stats()["published"] == 2 and pub.stats()["superseded"] == 1
+    assert pub.stats()["put_hist"]["count"] == 2 and hist.sum >= 0.15  # v1's put waited ~0.2 s
+    pub.close()
+
+
+def test_publisher_error_surfaces_in_the_callers_thread_and_publishing_goes_on(ray_local):
+    from wsrl_dist.runtime.weights import WeightPublisher
+
+    store = ray.remote(WeightStore).remote()
+    fail = [True]
+
+    def put(obj):
+        if fail[0]:
+            fail[0] = False
+            raise ValueError("object store full")
+        return ray.put(obj)
+
+    pub = WeightPublisher(store, put=put)
+    pub.submit({"layer": np.zeros(2, np.float32)}, 0, 0)
+    with pytest.raises(RuntimeError, match="weight publishing failed: ValueError: object store full"):
+        pub.flush(timeout=30)
+    pub.submit({"layer": np.ones(2, np.float32)}, 1, 4)
+    pub.flush(wait_store=True, timeout=30)
+    assert ray.get(store.get_version.remote()) == 1
+    pub.close()
+    with pytest.raises(RuntimeError, match="submit after close"):
+        pub.submit({"layer": np.ones(2, np.float32)}, 2, 8)

@@ -29,6 +29,7 @@ from wsrl_dist.runtime.feed import ReplayFeed
 from wsrl_dist.runtime.hostcopy import HostCopy
 from wsrl_dist.runtime.limiter import UtdLimiter
 from wsrl_dist.runtime.procstats import ProcessStats
+from wsrl_dist.runtime.weights import WeightPublisher
 
 
 def first_update_step(cfg) -> int:
@@ -87,7 +88,8 @@ class Learner:
         self.publish_hist = Histogram(SECONDS_BUCKETS)
         self.time_split = dict.fromkeys(
             ("limiter_wait", "sample_wait", "assemble_to_device", "update_launch", "publish"), 0.0)
-        self._publish_acks: list[Any] = []
+        # ray.put + store call of each version on a thread of its own (weights.WeightPublisher)
+        self._publisher = WeightPublisher(store, self.publish_hist)
         # the training loop reads weights and losses off the GPU without waiting for it (hostcopy.py)
         self._weights_copy = HostCopy(self.device)
         self._info_copy = HostCopy(self.device)
@@ -140,23 +142,18 @@ class Learner:
     # ------------------------------------------------------------------ weights
     def publish(self, bump: bool = True, wait: bool = False) -> int:
         """Export the actor, ray.put it once, hand the store [ref]; returns the version published
-        (a new one, or with bump=False the current one again: a resumed job's fresh store).
-        `wait` returns only once the store holds it. The training loop uses _publish_async."""
+        (a new one, or with bump=False the current one again: a resumed job's fresh store), once it
+        is put. `wait` returns only once the store holds it. The training loop uses _publish_async."""
         self._collect_copies(block=True)  # a version still on its way out goes first
-        t0 = time.perf_counter()
         self.version += int(bump)
-        self._put_weights(self.agent.export_policy(), self.version)
-        self.publish_hist.observe(time.perf_counter() - t0)
-        if wait:
-            ray.get(self._publish_acks[-1])
+        self._publisher.submit(self.agent.export_policy(), self.version, self.limiter.updates)
+        self._publisher.flush(wait_store=wait)
         return self.version
 
-    def _put_weights(self, weights: dict[str, np.ndarray], version: int) -> None:
-        ref = ray.put(weights)  # copies into the object store: `weights` may be reused after this
-        self._publish_acks.append(self.store.publish.remote(version, [ref], self.limiter.updates))
-        if len(self._publish_acks) > 8:  # keep the ack list short without waiting on the store
-            self._publish_acks = ray.wait(self._publish_acks, num_returns=len(self._publish_acks),
-                                          timeout=0)[1]
+    def drain_publishing(self) -> None:
+        """Every weight version started so far handed to the store (end of training)."""
+        self._collect_copies(block=True)
+        self._publisher.flush()
 
     def _publish_async(self) -> None:
         """Start a new weight version's copy to the host; it reaches the store in _collect_copies
@@ -170,14 +167,13 @@ class Learner:
         """Publish a weight copy and read a loss copy that have landed (block: wait for them)."""
         got = self._weights_copy.poll(block)
         if got is not None:
-            t0 = time.perf_counter()
             version, flat = got
+            flat = flat.copy()  # the pinned buffer is reused by the next copy; the put comes later
             out, offset = {}, 0
             for k, v in self.agent.actor.state_dict().items():
                 out[k] = flat[offset: offset + v.numel()].reshape(v.shape)
                 offset += v.numel()
-            self._put_weights(out, version)
-            self.publish_hist.observe(time.perf_counter() - t0)
+            self._publisher.submit(out, version, self.limiter.updates)
         got = self._info_copy.poll(block)
         if got is not None:
             keys, vals = got
@@ -311,7 +307,7 @@ class Learner:
             self.step_hist.observe(t_wait - t0)
         self.feed.close()
         with self._agent_lock:
-            self._collect_copies(block=True)
+            self.drain_publishing()
         self.train_seconds += time.perf_counter() - t_start
         return self.stats()
 
@@ -323,13 +319,17 @@ class Learner:
         t0, u0 = self._train_start
         elapsed = time.perf_counter() - t0 if t0 else 0.0
         self.bundle_timer.poll()
+        pub = self._publisher.stats()
         out = {
             "critic_updates": lim["updates"], "bundles": self.bundles, "env_steps": env_steps,
             "critic_updates_per_second": (lim["updates"] - u0) / elapsed if elapsed > 0 else 0.0,
             "granted_env_steps": lim["granted"], "version": self.version,
             "limiter_blocked_seconds": lim["blocked_seconds"], "losses": dict(self.last_info),
             "train_seconds": self.train_seconds, "step_hist": self.step_hist.to_dict(),
-            "publish_hist": self.publish_hist.to_dict(), "device": str(self.device),
+            # seconds per ray.put + store call, on the publisher's thread (weights.WeightPublisher);
+            # superseded: versions replaced by a newer one before their put started
+            "publish_hist": pub["put_hist"], "weights_superseded": pub["superseded"],
+            "device": str(self.device),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "time_split_s": dict(self.time_split),  # GPUs Ray gave this learner (placement)
             "offline_rows_per_bundle": self.cfg.sac.utd * self.cfg.sac.batch_size - self.online_rows,

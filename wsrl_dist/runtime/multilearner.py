@@ -154,7 +154,7 @@ class MultiSeedLearner:
         for lrn in lrns:
             lrn.feed.close()
             with lrn._agent_lock:
-                lrn._collect_copies(block=True)
+                lrn.drain_publishing()
             lrn.train_seconds += time.perf_counter() - t_start
         return [self.stats(i) for i in range(len(lrns))]
 
