@@ -217,6 +217,31 @@ def test_a_killed_behaviour_run_resumes_from_its_checkpoint(tmp_path, monkeypatc
     assert not partial.exists() and len(list(tmp_path.glob("runs/*.npz"))) == 1
 
 
+def test_medium_replay_resumes_the_run_a_killed_medium_build_left(tmp_path, monkeypatch):
+    """medium and medium-replay share one behaviour run: the checkpoint a killed medium build left
+    is that run's, so a medium-replay build resumes it instead of refusing it."""
+    from wsrl_dist.data import builder
+
+    medium = dataclasses.replace(SPEC, train_steps=700, random_steps=300, target_return=1e9)
+
+    def stop(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builder, "sac_update", stop)
+    with pytest.raises(KeyboardInterrupt):  # checkpoint at step 200 (random steps), killed at 301
+        builder._train_cached(medium, tmp_path, progress=False, checkpoint_every=200)
+    monkeypatch.undo()
+    real_load, resumed = builder._load_build_partial, []
+    monkeypatch.setattr(builder, "_load_build_partial",
+                        lambda *a: resumed.append(real_load(*a)) or resumed[-1])
+    replay, hist = builder._train_cached(dataclasses.replace(medium, recipe="medium-replay"), tmp_path,
+                                         progress=False, checkpoint_every=200)
+    assert [step for step, _ in resumed] == [200]  # resumed there, not retrained
+    assert hist.train_steps_used == 700 and len(replay["rewards"]) == 700
+    assert replay["terminals"][199] or replay["timeouts"][199]  # the cut episode ends at step 200
+    assert not list(tmp_path.glob("runs/*.partial.pt"))
+
+
 def test_a_builder_checkpoint_of_another_spec_or_damaged_is_refused_by_name(tmp_path, monkeypatch):
     from wsrl_dist.data import builder
 
@@ -230,7 +255,7 @@ def test_a_builder_checkpoint_of_another_spec_or_damaged_is_refused_by_name(tmp_
     with pytest.raises(KeyboardInterrupt):  # checkpoint at step 200 (random steps), killed at 301
         builder.train_behaviour_policy(spec, progress=False, partial=partial, checkpoint_every=200)
     assert torch.load(partial, weights_only=True)["step"] == 200
-    with pytest.raises(ValueError, match="written for build spec .* remove it"):
+    with pytest.raises(ValueError, match="written for behaviour run .* remove it"):
         builder.train_behaviour_policy(dataclasses.replace(spec, seed=3), progress=False, partial=partial)
     partial.write_bytes(partial.read_bytes()[:100])
     with pytest.raises(ValueError, match="does not load"):

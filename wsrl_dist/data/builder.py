@@ -269,13 +269,23 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: P
     return agent, replay, hist
 
 
+def _run_mode(spec: BuildSpec) -> str:
+    return "to-target" if spec.recipe in ("medium", "medium-replay") else "full-budget"
+
+
+def _run_hash(spec: BuildSpec) -> str:
+    """What decides a behaviour run (not the rows later written): recipes that share a run share it."""
+    key = {**spec.key(), "recipe": _run_mode(spec), "transitions": None}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def _save_build_partial(path: Path, spec: BuildSpec, agent: Agent, buf: RingBuffer, hist: TrainHistory,
                         rng: np.random.Generator, step: int, wall_s: float) -> None:
     """Atomically (temp file + rename): a kill while writing leaves the previous checkpoint. Tensors
     and plain types only, so it loads with torch.load(weights_only=True)."""
     ring = buf.state_dict()
     state = {
-        "spec_hash": spec.hash(), "step": step, "wall_s": wall_s, "agent": agent.state_dict(),
+        "run_hash": _run_hash(spec), "step": step, "wall_s": wall_s, "agent": agent.state_dict(),
         "ring": {**{k: v for k, v in ring.items() if k != "arrays"},
                  "extra_fields": json.dumps(ring["extra_fields"]),
                  "arrays": {k: torch.from_numpy(v) for k, v in ring["arrays"].items()}},
@@ -297,9 +307,10 @@ def _load_build_partial(path: Path, spec: BuildSpec, agent: Agent, buf: RingBuff
     except Exception as e:
         raise ValueError(f"{path}: the dataset builder's checkpoint does not load ({type(e).__name__}: {e}); "
                          "remove it to train the behaviour policy from scratch") from e
-    if state.get("spec_hash") != spec.hash():
-        raise ValueError(f"{path}: written for build spec {state.get('spec_hash')}, this build's is {spec.hash()}; "
-                         "remove it to train the behaviour policy from scratch")
+    # the run's key, not the dataset's: medium and medium-replay resume the same interrupted run
+    if state.get("run_hash") != _run_hash(spec):
+        raise ValueError(f"{path}: written for behaviour run {state.get('run_hash')}, this build's is "
+                         f"{_run_hash(spec)}; remove it to train the behaviour policy from scratch")
     step = int(state["step"])
     if not 0 < step < spec.train_steps:
         raise ValueError(f"{path}: step {step} is outside this build's 1..{spec.train_steps - 1}")
@@ -398,9 +409,7 @@ def _train_cached(spec: BuildSpec, root: Path, progress: bool, checkpoint_every:
     <cache>/runs/: medium and medium-replay share one run, expert and medium-expert another. While it
     trains, <that file>.partial.pt is its checkpoint (every `checkpoint_every` env steps), resumed from
     by the next build of the same spec and removed once the run is stored."""
-    mode = "to-target" if spec.recipe in ("medium", "medium-replay") else "full-budget"
-    key = {**spec.key(), "recipe": mode, "transitions": None}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    mode, digest = _run_mode(spec), _run_hash(spec)
     path = root / "runs" / f"{spec.task}-{mode}-seed{spec.seed}-{digest}.npz"
     if path.is_file():
         try:
