@@ -242,6 +242,9 @@ def test_hash_tracks_hyperparameters_but_not_run_dir_or_progress():
                                   "dataset.build_checkpoint_every=9"]).hash() == base.hash()
     with pytest.raises(ConfigError, match=r"dataset\.build_checkpoint_every must be >= 0"):
         config.load(overrides=["dataset.build_checkpoint_every=-1"])
+    assert config.load(overrides=["runtime.grant_wait_s=0"]).hash() == base.hash()  # how workers wait
+    with pytest.raises(ConfigError, match=r"runtime\.grant_wait_s must be in \[0, 10\] seconds, got -1"):
+        config.load(overrides=["runtime.grant_wait_s=-1"])
     assert config.load(overrides=["sac.critic_lr=0.0003000001"]).hash() != base.hash()
     assert config.load(overrides=["run.seed=1"]).hash() != base.hash()
     assert len(base.hash()) == 12 and int(base.hash(), 16) >= 0

@@ -29,7 +29,7 @@ from wsrl_dist.ops.metrics import MetricsServer
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.runtime import checkpoint as ckpt
 from wsrl_dist.runtime.control import NAMESPACE, controller_name, make_controller, scale, status
-from wsrl_dist.runtime.learner import Learner, first_update_step
+from wsrl_dist.runtime.learner import Learner, first_update_step, learner_actor_class
 from wsrl_dist.runtime.monitor import Monitor
 from wsrl_dist.runtime.replay import ReplayShard
 from wsrl_dist.runtime.supervisor import Supervisor
@@ -95,7 +95,8 @@ class Job:
     # ------------------------------------------------------------------ actors
     def _create_actors(self) -> None:
         self.store = ray.remote(WeightStore).options(num_cpus=0, scheduling_strategy=_on_this_node()).remote()
-        self.learner = ray.remote(Learner).options(**self._learner_options()).remote(self.cfg_dict, self.store)
+        self.learner = (learner_actor_class(Learner, self.rt.num_workers).options(**self._learner_options())
+                        .remote(self.cfg_dict, self.store))
         self.learner_node = ray.get(self.learner.ping.remote())
         self.shards = self._make_shards(self.learner_node)
         ray.get(self.learner.set_shards.remote(self.shards))

@@ -1,8 +1,10 @@
 """Learner: replay shards -> update bundles (algo/update.py) -> versioned weights (weights.py).
 
 Hosts the UTD limiter (limiter.py): its own side is checked locally before every bundle, and rollout
-workers ask it for env steps through `acquire_env_steps`. driver.py runs it as a threaded Ray actor
-(train() in one thread; grants, stats and checkpoints answer from others).
+workers ask it for env steps through `wait_for_env_steps` (or `acquire_env_steps`, which never
+waits). driver.py runs it as a threaded Ray actor (train() in one thread; stats and checkpoints answer
+from others, grant calls from the GRANTS concurrency group's threads, so that workers waiting there
+never take the threads the driver's calls need).
 """
 
 from __future__ import annotations
@@ -30,6 +32,16 @@ from wsrl_dist.runtime.hostcopy import HostCopy
 from wsrl_dist.runtime.limiter import UtdLimiter
 from wsrl_dist.runtime.procstats import ProcessStats
 from wsrl_dist.runtime.weights import WeightPublisher
+
+GRANTS = "grants"  # Ray concurrency group of the rollout workers' grant calls (learner_actor_class)
+
+
+def learner_actor_class(cls: type, num_workers: int, groups: int = 1) -> Any:
+    """`cls` (Learner or MultiSeedLearner) as a Ray actor class whose grant calls run on a thread
+    pool of their own: a worker waiting there for env steps holds one thread. Twice the workers (at
+    least 16) per seed group leaves room for `wsrl-dist scale`; past that, grant calls queue (the
+    workers slow down, nothing deadlocks: each waits at most runtime.grant_wait_s)."""
+    return ray.remote(concurrency_groups={GRANTS: max(16, 2 * int(num_workers)) * int(groups)})(cls)
 
 
 def first_update_step(cfg) -> int:
@@ -73,6 +85,9 @@ class Learner:
         self.limiter = UtdLimiter(c.sac.utd, first_update_step(c), c.finetune.online_steps,
                                   c.runtime.utd_slack, c.runtime.rollout_slack)
         self._lock = threading.Lock()  # limiter, shared with the workers' grant calls
+        # grant calls waiting for rollout room sleep on this; after_bundle wakes them as room opens
+        self._room = threading.Condition(self._lock)
+        self._grant_waiters = 0
         self._agent_lock = threading.Lock()  # agent: one bundle or one state_dict at a time
         self._finish = threading.Event()
         self.rng = np.random.default_rng(c.run.seed + 17)
@@ -180,8 +195,10 @@ class Learner:
             self.last_info = {k: float(v) for k, v in zip(keys, vals)}
 
     # ------------------------------------------------------------------ limiter
+    @ray.method(concurrency_group=GRANTS)
     def acquire_env_steps(self, n: int, multiple: int = 1, blocked_s: float = 0.0) -> int:
-        """Rollout side: env steps a worker may take now (0 = wait, -1 = budget spent)."""
+        """Rollout side, never waits: env steps a worker may take now (0 = wait, -1 = budget spent).
+        `blocked_s`: what the worker slept since its last refused call (limiter's rollout side)."""
         with self._lock:
             if blocked_s:
                 self.limiter.add_blocked("rollout", blocked_s)
@@ -189,11 +206,53 @@ class Learner:
         self.process_stats.count_grant(granted)
         return granted
 
+    @ray.method(concurrency_group=GRANTS)
+    def wait_for_env_steps(self, n: int, multiple: int = 1, wait_s: float = 0.1) -> list:
+        """Rollout side, waits: like acquire_env_steps, but a refused call sleeps here until the
+        training loop makes room (after_bundle wakes it) or `wait_s` passes, instead of the worker
+        polling: with the learner the bottleneck, 14 polling workers made ~600 grant calls/s into
+        this process, 84% of them refused (BENCHMARKS.md, end to end), each one GIL time taken
+        from the training loop. Returns [granted (0 after wait_s, -1 = budget spent), seconds waited]."""
+        t0 = time.perf_counter()
+        deadline, slept = t0 + max(0.0, float(wait_s)), False
+        with self._room:
+            while True:
+                granted = self.limiter.grant(n, multiple, self.cfg.runtime.grant_quantum)
+                left = deadline - time.perf_counter()
+                if granted or left <= 0:
+                    break
+                self._grant_waiters += 1
+                try:
+                    self._room.wait(left)
+                finally:
+                    self._grant_waiters -= 1
+                slept = True
+            waited = time.perf_counter() - t0 if slept else 0.0
+            if self.limiter.total_steps <= self.limiter.granted:
+                self._room.notify_all()  # the budget is spent: every waiter returns -1 now
+            if waited:
+                self.limiter.add_blocked("rollout", waited)
+        self.process_stats.count_grant(granted)
+        return [granted, waited]
+
+    def _wake_grant_waiters(self) -> None:
+        """Wake waiting grant calls for the room there is now (caller holds self._lock): one per
+        grant quantum of room, so a bundle that frees one env step does not wake all 14 workers."""
+        if not self._grant_waiters:
+            return
+        room, quantum = self.limiter.rollout_room(), self.cfg.runtime.grant_quantum
+        left = self.limiter.total_steps - self.limiter.granted
+        if left <= 0:
+            self._room.notify_all()
+        elif room >= min(quantum, left):
+            self._room.notify(min(self._grant_waiters, max(1, room // quantum)))
+
     def begin_online(self, env_steps: int) -> None:
         """Align the rollout budget with what the shards hold (after warmup or a resume)."""
         with self._lock:
             self.limiter.sync_env_steps(env_steps)
             self.env_steps = int(env_steps)
+            self._room.notify_all()  # the granted count moved: let waiting workers look again
 
     def finish(self) -> None:
         """Rollout is over: run the updates still owed, then return from train()."""
@@ -270,6 +329,7 @@ class Learner:
             self._info_copy.start(list(info.values()), tag=list(info.keys()))
         with self._lock:
             self.limiter.record_updates(self.cfg.sac.utd)
+            self._wake_grant_waiters()
 
     def publish_due(self) -> None:
         """A weight version every `publish_every` bundles (started async), and whatever copies have
@@ -359,6 +419,7 @@ class Learner:
             torch.set_rng_state(state["torch_rng"])
             self.rng.bit_generator.state = state["rng"]
             self._bundle = None
+            self._room.notify_all()
 
     def ping(self) -> str:
         return ray.get_runtime_context().get_node_id()

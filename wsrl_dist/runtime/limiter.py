@@ -85,6 +85,10 @@ class UtdLimiter:
         self.granted += g
         return g
 
+    def rollout_room(self) -> int:
+        """Env steps grant() could hand out right now (0 when the rollout side must wait)."""
+        return max(0, min(self.env_steps_allowed(), self.total_steps) - self.granted)
+
     def sync_env_steps(self, env_steps: int) -> None:
         """Set the granted count to what replay holds (start of the online stage, after a resume):
         steps granted but lost in flight are handed out again."""

@@ -19,7 +19,7 @@ import ray
 import torch
 
 from wsrl_dist.algo.fast import make_multiseed_fn
-from wsrl_dist.runtime.learner import Learner
+from wsrl_dist.runtime.learner import GRANTS, Learner
 
 
 class MultiSeedLearner:
@@ -76,8 +76,13 @@ class MultiSeedLearner:
     def publish(self, group: int, bump: bool = True, wait: bool = False) -> int:
         return self._one(group).publish(bump, wait)
 
+    @ray.method(concurrency_group=GRANTS)
     def acquire_env_steps(self, group: int, n: int, multiple: int = 1, blocked_s: float = 0.0) -> int:
         return self._one(group).acquire_env_steps(n, multiple, blocked_s)
+
+    @ray.method(concurrency_group=GRANTS)
+    def wait_for_env_steps(self, group: int, n: int, multiple: int = 1, wait_s: float = 0.1) -> list:
+        return self._one(group).wait_for_env_steps(n, multiple, wait_s)
 
     def begin_online(self, group: int, env_steps: int) -> None:
         self._one(group).begin_online(env_steps)

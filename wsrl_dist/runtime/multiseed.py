@@ -35,6 +35,7 @@ from wsrl_dist.runtime.driver import (
     check_learner_running,
     scale_requests,
 )
+from wsrl_dist.runtime.learner import learner_actor_class
 from wsrl_dist.runtime.multilearner import LearnerView, MultiSeedLearner
 from wsrl_dist.runtime.supervisor import Supervisor
 from wsrl_dist.runtime.weights import WeightStore
@@ -108,8 +109,9 @@ class MultiSeedJob:
         stores = [ray.remote(WeightStore).options(num_cpus=0, scheduling_strategy=here).remote()
                   for _ in self.groups]
         opts = self.groups[0]._learner_options()
-        opts["max_concurrency"] = 4 + 4 * len(self.groups)  # every group's workers ask for grants
-        self.learner = ray.remote(MultiSeedLearner).options(**opts).remote(
+        opts["max_concurrency"] = 4 + 4 * len(self.groups)  # every group's driver-side calls
+        cls = learner_actor_class(MultiSeedLearner, self.groups[0].rt.num_workers, len(self.groups))
+        self.learner = cls.options(**opts).remote(
             [g.cfg_dict for g in self.groups], stores)
         self.learner_node = ray.get(self.learner.ping.remote())
         for i, (g, store) in enumerate(zip(self.groups, stores)):

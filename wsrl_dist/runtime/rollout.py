@@ -161,32 +161,56 @@ class RolloutWorker:
     def run(self) -> dict[str, Any]:
         """Online stage: step while the limiter grants env steps, until the budget is spent or stop()."""
         self.running = True
-        blocked, backoff = 0.0, 0.0005
         try:
-            while not self._stop.is_set():
-                want = max(self.num_envs, self.chunk_size - self._buffered)  # >= one vector step
-                g = ray.get(self.learner.acquire_env_steps.remote(want, self.num_envs, blocked))
-                blocked = 0.0
-                if g < 0:
-                    break
-                if g == 0:
-                    self._send()  # never sit on rows the learner is waiting for
-                    t0 = time.perf_counter()
-                    time.sleep(backoff)
-                    # up to 50 ms: with the learner behind, 14 workers polling at ~1 kHz flooded
-                    # its actor with grant calls (GIL contention slowed its training loop); the
-                    # rollout slack (runtime.rollout_slack env steps) covers the later wake-up
-                    backoff = min(backoff * 2, 0.05)
-                    blocked = time.perf_counter() - t0
-                    self.blocked["limiter"] += blocked
-                    self._pull_weights()
-                    continue
-                backoff = 0.001
-                self._take(g)
+            if self.cfg.runtime.grant_wait_s > 0:
+                self._run_waiting(self.cfg.runtime.grant_wait_s)
+            else:
+                self._run_polling()
             self._drain()
         finally:
             self.running = False
         return self.stats()
+
+    def _run_waiting(self, wait_s: float) -> None:
+        """Grants from learner.wait_for_env_steps: a refused worker waits in the learner, which
+        wakes it when its updates make room, so it neither polls nor oversleeps. Rows still buffered
+        here came from a partial grant (a full one ends on a chunk): the pool is short, so they go
+        to the shard before the call, never held while the learner may be waiting for them."""
+        while not self._stop.is_set():
+            self._send()
+            want = max(self.num_envs, self.chunk_size)
+            g, waited = ray.get(self.learner.wait_for_env_steps.remote(want, self.num_envs, wait_s))
+            self.blocked["limiter"] += waited
+            if g < 0:
+                break
+            if g:
+                self._take(g)
+            else:
+                self._pull_weights()
+
+    def _run_polling(self) -> None:
+        """Grants from learner.acquire_env_steps, sleeping between refused calls (grant_wait_s 0)."""
+        blocked, backoff = 0.0, 0.0005
+        while not self._stop.is_set():
+            want = max(self.num_envs, self.chunk_size - self._buffered)  # >= one vector step
+            g = ray.get(self.learner.acquire_env_steps.remote(want, self.num_envs, blocked))
+            blocked = 0.0
+            if g < 0:
+                break
+            if g == 0:
+                self._send()  # never sit on rows the learner is waiting for
+                t0 = time.perf_counter()
+                time.sleep(backoff)
+                # up to 50 ms: with the learner behind, 14 workers polling at ~1 kHz flooded
+                # its actor with grant calls (GIL contention slowed its training loop); the
+                # rollout slack (runtime.rollout_slack env steps) covers the later wake-up
+                backoff = min(backoff * 2, 0.05)
+                blocked = time.perf_counter() - t0
+                self.blocked["limiter"] += blocked
+                self._pull_weights()
+                continue
+            backoff = 0.001
+            self._take(g)
 
     def stop(self) -> None:
         self._stop.set()

@@ -26,6 +26,9 @@ class RuntimeConfig:
     # the smallest rollout grant while the pool is short (limiter.grant): with the learner behind,
     # 14 workers asking for one step at a time made ~3,000 grant calls/s into the learner process
     grant_quantum: int = 8
+    # a refused worker waits in the learner (learner.wait_for_env_steps) up to this many seconds for
+    # room instead of polling it; 0: the old polling, with the worker's own sleeps backing off to 50 ms
+    grant_wait_s: float = 0.1
     max_inflight_chunks: int = 4  # insert calls a worker leaves unanswered before it waits
     prefetch: bool = True  # learner requests the next batches before running the current bundle
     # sample requests kept in flight when prefetch is on: one Ray sample round trip (~2.5 ms for
@@ -51,5 +54,7 @@ class RuntimeConfig:
                 f"({self.envs_per_worker}) or null, else a vector env can never step")
         if self.max_inflight_chunks < 1 or self.monitor_interval <= 0 or self.keep_checkpoints < 1:
             raise ValueError("runtime.max_inflight_chunks/keep_checkpoints >= 1, monitor_interval > 0")
+        if not 0 <= self.grant_wait_s <= 10:
+            raise ValueError(f"runtime.grant_wait_s must be in [0, 10] seconds, got {self.grant_wait_s}")
         if self.utd_slack < 0:
             raise ValueError(f"runtime.utd_slack must be >= 0, got {self.utd_slack}")
