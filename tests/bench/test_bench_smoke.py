@@ -191,3 +191,22 @@ def test_publish_table_compares_inline_and_threaded_publishing_with_none(capsys)
     assert set(rows) == {"none", "inline", "thread"}
     assert rows["none"][1:] == [1.0, 0.0]  # the baseline against itself
     assert all(math.isfinite(x) and x > 0 for m in ("inline", "thread") for x in rows[m][:2])
+
+
+def test_grants_table_runs_the_same_job_with_waiting_and_polling_workers(capsys):
+    from wsrl_dist.bench import grants
+
+    assert grants.main(["finetune.warmup_steps=200", "finetune.online_steps=700", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0].startswith(("wait", "poll")):
+            rows[cells[0].split()[0]] = cells[1:]
+    assert set(rows) == {"wait", "poll"}
+    assert float(rows["poll"][1]) == 1.0  # x poll: the baseline against itself
+    for cells in rows.values():  # env steps/s, x poll, updates/s, 4 x ms, grant calls/s, refused %, cores
+        nums = [float(c.replace(",", "").rstrip("%")) for c in cells]
+        assert len(nums) == 10 and all(math.isfinite(x) and x >= 0 for x in nums), cells
+        assert all(nums[i] > 0 for i in (0, 2, 3, 5, 7, 9)), cells  # the job ran, the loop took time
+    assert out.count("# measured wait") == 2
