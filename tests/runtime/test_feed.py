@@ -76,6 +76,9 @@ def test_feed_hands_out_whole_rows_mixed_over_shards_one_request_per_group(ray_l
     assert feed.requests == 12 // group + depth  # one Ray round trip per `group` bundles, + in flight
     assert feed.env_steps == 1000 and feed.shard_sizes == [500, 500]
     assert not any(np.array_equal(seen[i], seen[i + 1]) for i in range(11))
+    # next()'s own time in parts: each part timed, none negative; no copy on a CPU learner
+    assert set(feed.split) == {"submit", "reuse_wait", "shuffle", "copy", "views"}
+    assert all(v >= 0 for v in feed.split.values()) and feed.split["shuffle"] > 0
     feed.close()
 
 

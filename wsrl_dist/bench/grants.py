@@ -51,6 +51,7 @@ def run_job(configs: list[str], overrides: list[str], wait_s: float, run_dir: Pa
         "updates_per_s": (info["critic_updates"] - info["stages"]["warmup"]["critic_updates"]) / wall,
         "ms_per_bundle": sum(split[k] for k in SPLIT) / bundles * 1e3,
         **{f"ms_{k}": split[k] / bundles * 1e3 for k in SPLIT},
+        **{f"ms_feed_{k}": v / bundles * 1e3 for k, v in info.get("learner_feed_split_s", {}).items()},
         "grant_calls_per_s": proc["grant_calls"] / wall,
         "refused_share": proc["grant_refusals"] / max(1, proc["grant_calls"]),
         "learner_cores": proc["cpu_seconds"] / wall,  # from learner start: warmup's share is small

@@ -343,7 +343,8 @@ class Job:
             self.run_dir, stages=self.stages, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
             env_steps=self._env_steps(), critic_updates=lrn["critic_updates"],
             weights_version=lrn["version"], worker_restarts=self.sup.restarts,
-            learner_time_split_s=lrn["time_split_s"], workers=self.monitor.view["workers"],
+            learner_time_split_s=lrn["time_split_s"], learner_feed_split_s=lrn["feed_split_s"],
+            workers=self.monitor.view["workers"],
             # is the learner device-bound? (runtime/bundletimer.py) and the host's weight-put share
             bundle_device_ms=lrn["bundle_device_ms"], learner_device_busy=lrn["device_busy"],
             weight_put_seconds=lrn["publish_hist"]["sum"], learner_process=lrn["process"],

@@ -112,6 +112,10 @@ class ReplayFeed:
         self.env_steps = 0
         self.requests = 0
         self.wait_seconds = 0.0  # time next() spent blocked on sample answers
+        # where the rest of next() goes, summed over requests (the learner's assemble_to_device):
+        # submitting the prefetched sample calls (and any top-up), waiting for a pinned buffer's
+        # last copy, the shuffle into it, queueing the host->device copy, making the bundles' views
+        self.split = dict.fromkeys(("submit", "reuse_wait", "shuffle", "copy", "views"), 0.0)
 
     # ------------------------------------------------------------------ learner side
     def next(self) -> Batch:
@@ -136,6 +140,7 @@ class ReplayFeed:
         return [s.sample.remote(int(k)) for s, k in zip(self.shards, counts)]
 
     def _fill(self, parts: list[dict]) -> None:
+        t0 = time.perf_counter()
         # keep `depth` requests in flight while this one is unpacked and updated on
         while len(self._pending) < self.depth:
             self._pending.append(self._request())
@@ -148,7 +153,9 @@ class ReplayFeed:
             rows.append(ray.get(self.shards[int(np.argmax(self.shard_sizes))].sample.remote(short)))
         stage = self._staging[self._next_staging]
         self._next_staging ^= 1
+        t1 = time.perf_counter()
         stage.wait_reusable()
+        t2 = time.perf_counter()
         # a random permutation of the concatenated rows, written in place: row i of part k goes to
         # position perm[offset + i] (mixes shards inside every critic minibatch)
         perm, offset = self.rng.permutation(n), 0
@@ -159,6 +166,7 @@ class ReplayFeed:
             for (name, _), view in zip(_FIELDS, dst):
                 view[where] = part[name]
             offset += k
+        t3 = time.perf_counter()
         if self._device_flat is None:
             flat = stage.host
         else:
@@ -166,7 +174,11 @@ class ReplayFeed:
             stage.event.record()
             stage.copied = True
             flat = self._device_flat
+        t4 = time.perf_counter()
         fields = _field_views(flat, n, self.widths)
         for g in range(self.group):
             sl = slice(g * self.rows, (g + 1) * self.rows)
             self._ready.append(Batch(*(f[sl] for f in fields)))
+        t5 = time.perf_counter()
+        for key, dt in zip(self.split, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            self.split[key] += dt

@@ -390,8 +390,10 @@ class Learner:
             # superseded: versions replaced by a newer one before their put started
             "publish_hist": pub["put_hist"], "weights_superseded": pub["superseded"],
             "device": str(self.device),
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-            "time_split_s": dict(self.time_split),  # GPUs Ray gave this learner (placement)
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],  # GPUs Ray gave this learner (placement)
+            "time_split_s": dict(self.time_split),
+            # assemble_to_device, in parts (runtime/feed.py ReplayFeed.split)
+            "feed_split_s": dict(self.feed.split) if self.feed is not None else {},
             "offline_rows_per_bundle": self.cfg.sac.utd * self.cfg.sac.batch_size - self.online_rows,
             # device ms per bundle (sampled every 50); busy = that x bundles/s: ~1 means device-bound
             "bundle_device_ms": self.bundle_timer.mean_ms,

@@ -61,6 +61,7 @@ class Monitor:
             "learner_env_steps": learner.get("env_steps", 0),
             "learner_device": learner.get("device"), "learner_gpu_ids": learner.get("gpu_ids"),
             "learner_time_split_s": learner.get("time_split_s"),
+            "learner_feed_split_s": learner.get("feed_split_s"),
             "limiter_blocked_seconds": learner.get("limiter_blocked_seconds", {}),
             "replay": {i: {k: s[k] for k in ("size", "inserts", "samples", "rejected")}
                        for i, s in enumerate(shards)},
@@ -146,6 +147,7 @@ class Monitor:
         out["limiter_blocked_rollout_s"] = v["limiter_blocked_seconds"].get("rollout", 0.0)
         # cumulative wall seconds of the learner loop's parts, so a job cut short still shows them
         out["learner_time_split_s"] = v.get("learner_time_split_s")
+        out["learner_feed_split_s"] = v.get("learner_feed_split_s")  # its assemble part, in parts
         # the bundle's own device time and the share of wall time the device spent on bundles
         out["bundle_device_ms"] = v.get("bundle_device_ms")
         out["learner_device_busy"] = v.get("learner_device_busy")
