@@ -34,6 +34,24 @@ def offline_ratio(cfg: RunConfig) -> float:
     return 0.0
 
 
+def online_loss(cfg: RunConfig) -> str:
+    """The online update: "sac" (UTD bundles), or the pre-training loss kept online by the
+    offline_continued / offline_retained baselines (pretrain.algo: one step per env step)."""
+    if cfg.finetune.method in ("offline_continued", "offline_retained"):
+        return cfg.pretrain.algo
+    return "sac"
+
+
+def updates_per_env_step(cfg: RunConfig) -> int:
+    """Critic updates per env step (the UTD limiter's ratio): sac.utd, or 1 for a kept offline loss."""
+    return cfg.sac.utd if online_loss(cfg) == "sac" else 1
+
+
+def rows_per_env_step(cfg: RunConfig) -> int:
+    """Rows one env step's update reads: utd x batch_size (a bundle), or pretrain.batch_size."""
+    return cfg.sac.utd * cfg.sac.batch_size if online_loss(cfg) == "sac" else cfg.pretrain.batch_size
+
+
 def warmup_steps(cfg: RunConfig) -> int:
     return 0 if cfg.finetune.method == "wsrl_no_warmup" else cfg.finetune.warmup_steps
 

@@ -109,8 +109,8 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     # every graph mode needs capturable Adam: the pre-training step is captured with plain Adam
     # (fast.make_offline_step_fn), and so is the online bundle in cuda_graph / compile_graph
     agent = job.build_agent(cfg, obs_dim, act_dim, device, capturable=mode.endswith("graph"))
-    method, ft, sac = cfg.finetune.method, cfg.finetune, cfg.sac
-    online_loss = "sac" if method not in ("offline_continued", "offline_retained") else cfg.pretrain.algo
+    ft, sac = cfg.finetune, cfg.sac
+    online_loss = job.online_loss(cfg)
     need_mc = online_loss == "calql"  # Cal-QL online inserts whole episodes with MC returns (gotcha 14)
     buffer = RingBuffer(ft.replay_capacity, obs_dim, act_dim,
                         {"mc_returns": ((), np.float32)} if need_mc else None)
@@ -153,7 +153,7 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
 
     # ---- stages 2+3: warmup (K steps, no updates) then online updates, one env step at a time
     K = job.warmup_steps(cfg)
-    per_step_rows = sac.utd * sac.batch_size if online_loss == "sac" else cfg.pretrain.batch_size
+    per_step_rows = job.rows_per_env_step(cfg)
     first_update_after = max(K, int(per_step_rows * (1 - ratio)))
     bundle = None  # built on first use (CUDA-graph capture needs a real batch)
     env = make_env(task, seed=seed + c.episodes)

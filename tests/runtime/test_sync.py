@@ -106,13 +106,55 @@ def test_retention_baseline_samples_offline_rows_on_the_learner_never_in_the_sha
     assert shards[0]["ring"]["total_inserted"] == total  # the 400 offline rows never entered replay
 
 
-def test_methods_that_keep_the_offline_loss_online_are_refused_by_the_ray_job(ray_local, tmp_path):
+def kept_loss_config(tmp_path, name, method, algo, total=200, k=50):
+    write_d4rl_file(tmp_path / "data.hdf5")
+    return tiny_config(tmp_path / name, f"finetune.method={method}", f"pretrain.algo={algo}",
+                       "pretrain.steps=30", "pretrain.batch_size=32", f"finetune.warmup_steps={k}",
+                       f"finetune.online_steps={total}", "finetune.eval_every=100000", "dataset.source=d4rl",
+                       f"dataset.path={tmp_path / 'data.hdf5'}", "run.checkpoint_every=100000",
+                       "runtime.num_workers=1")
+
+
+def test_offline_continued_keeps_the_cql_loss_online_one_step_per_env_step_as_local_does(ray_local, tmp_path):
+    from wsrl_dist import local
     from wsrl_dist.runtime import driver
 
-    cfg = tiny_config(tmp_path / "refused", "finetune.method=offline_continued", "pretrain.algo=cql")
-    with pytest.raises(ValueError, match="local.py"):
+    cfg = kept_loss_config(tmp_path, "ray", "offline_continued", "cql")
+    run_dir = driver.launch(cfg, "pytest offline_continued")
+    info = run_json(run_dir)
+    first = first_update_step(cfg)
+    assert first == max(50, 32) + 1  # one pre-training batch (32 rows) per env step, not a bundle
+    assert info["utd_target"] == 1 and info["stages"]["pretrain"]["pretrain_steps"] == 30
+    assert (info["env_steps"], info["critic_updates"]) == (200, 200 - first)
+    assert info["stages"]["online"]["offline_rows_per_bundle"] == 0  # no retention
+    ref = run_json(local.run(kept_loss_config(tmp_path, "local", "offline_continued", "cql"), "pytest local"))
+    assert (ref["env_steps"], ref["critic_updates"]) == (info["env_steps"], info["critic_updates"])
+
+
+def test_offline_retained_iql_samples_offline_rows_on_the_learner_never_in_the_shards(ray_local, tmp_path):
+    from wsrl_dist.runtime import driver
+
+    cfg = kept_loss_config(tmp_path, "ray", "offline_retained", "iql")
+    run_dir = driver.launch(cfg, "pytest offline_retained")
+    info = run_json(run_dir)
+    assert info["stages"]["online"]["offline_rows_per_bundle"] == 16  # 50/50 of a 32-row batch
+    first = first_update_step(cfg)
+    assert first == max(50, 16) + 1 and info["critic_updates"] == 200 - first
+    _, shards, _ = checkpoint.load(checkpoint.latest(run_dir))
+    assert shards[0]["ring"]["total_inserted"] == 200  # the 400 offline rows never entered replay
+
+
+def test_calql_kept_online_is_refused_by_the_ray_job_naming_why(ray_local, tmp_path):
+    from wsrl_dist.runtime import driver
+
+    cfg = tiny_config(tmp_path / "refused", "finetune.method=offline_continued", "pretrain.algo=calql")
+    with pytest.raises(ValueError, match="Monte-Carlo returns of whole online episodes"):
         driver.launch(cfg, "pytest refused")
     assert not (tmp_path / "refused").exists()
+    cfg = tiny_config(tmp_path / "seeds", "finetune.method=offline_retained", "pretrain.algo=cql",
+                      "run.seeds=[0,1]")
+    with pytest.raises(ValueError, match="launch one job per seed"):
+        driver.launch(cfg, "pytest refused seeds")
 
 
 def test_learner_time_split_accounts_for_its_online_wall_time(sync_run):

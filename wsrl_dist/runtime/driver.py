@@ -52,7 +52,14 @@ def _evaluate(cfg: dict, weights: dict, version: int) -> dict[str, Any]:
     return evaluate(policy, task, c.finetune.eval_episodes, c.run.seed)
 
 
-UNSUPPORTED_METHODS = ("offline_continued", "offline_retained")  # keep the offline loss online
+def check_supported(cfg: RunConfig) -> None:
+    """What the Ray job cannot run yet, refused by name before anything is written."""
+    if job.online_loss(cfg) == "calql":
+        raise ValueError(
+            f"finetune.method={cfg.finetune.method} with pretrain.algo=calql keeps the Cal-QL loss "
+            "online, which needs Monte-Carlo returns of whole online episodes; the Ray job's workers "
+            "stream partial episodes, so it runs the cql and iql variants only: use `wsrl-dist run` "
+            "(local.py) for Cal-QL, or pretrain.algo=cql")
 
 
 def check_learner_running(train_ref: Any) -> None:
@@ -72,17 +79,16 @@ def scale_requests(controller: Any) -> list[int]:
 
 class Job:
     def __init__(self, cfg: RunConfig, command: str, resume_from: Path | None = None, resuming: bool = False):
-        if cfg.finetune.method in UNSUPPORTED_METHODS:
-            raise ValueError(f"finetune.method={cfg.finetune.method} keeps the pre-training loss online; "
-                             "the Ray learner runs SAC bundles only: use `wsrl-dist run` (local.py)")
+        check_supported(cfg)
         self.cfg, self.rt, self.command = cfg, cfg.runtime, command
-        self.run_dir = job.prepare_run_dir(cfg, command, extra={"runtime": "ray", "utd_target": cfg.sac.utd})
+        self.run_dir = job.prepare_run_dir(
+            cfg, command, extra={"runtime": "ray", "utd_target": job.updates_per_env_step(cfg)})
         self.resume_from = resume_from
         # resumed without an online checkpoint: pre-training continues from its own (learner.prepare)
         self.resuming = resuming or resume_from is not None
         self.cfg_dict = cfg.to_dict()
         self.first_update = first_update_step(cfg)
-        self.monitor = Monitor(cfg.sac.utd, self.first_update, cfg.task.spec())
+        self.monitor = Monitor(job.updates_per_env_step(cfg), self.first_update, cfg.task.spec())
         self.snapshot: dict[str, Any] = {}
         self.c: dict[str, Any] = {"next_eval": cfg.finetune.eval_every, "next_log": cfg.run.log_every,
                                   "next_checkpoint": cfg.run.checkpoint_every, "dropped": 0,

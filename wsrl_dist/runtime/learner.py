@@ -20,7 +20,7 @@ import ray
 import torch
 
 from wsrl_dist import job
-from wsrl_dist.algo.fast import make_bundle_fn, resolve_mode
+from wsrl_dist.algo.fast import make_bundle_fn, make_offline_step_fn, resolve_mode
 from wsrl_dist.algo.types import Batch
 from wsrl_dist.config import from_dict
 from wsrl_dist.envs.make import obs_act_dims
@@ -47,8 +47,9 @@ def learner_actor_class(cls: type, num_workers: int, groups: int = 1) -> Any:
 def first_update_step(cfg) -> int:
     """Env steps after which the first bundle may run: the reference updates only once
     t > max(K, min_steps_to_update) for the 0-based step t (wsrl-reference-full 1.3; local.py),
-    i.e. from the (max(K, rows * (1 - offline_ratio)) + 2)-th transition on."""
-    rows = cfg.sac.utd * cfg.sac.batch_size
+    i.e. from the (max(K, rows * (1 - offline_ratio)) + 2)-th transition on (rows: one env step's
+    update, job.rows_per_env_step)."""
+    rows = job.rows_per_env_step(cfg)
     return max(job.warmup_steps(cfg), int(rows * (1 - job.offline_ratio(cfg)))) + 1
 
 
@@ -82,7 +83,11 @@ class Learner:
                                      capturable=self.mode.endswith("graph"))
         self.store = store
         self.shards: list = []
-        self.limiter = UtdLimiter(c.sac.utd, first_update_step(c), c.finetune.online_steps,
+        # SAC bundles of sac.utd critic updates, or one step of the kept pre-training loss
+        # (offline_continued / offline_retained), per env step
+        self.online_loss = job.online_loss(c)
+        self.per_step = job.updates_per_env_step(c)
+        self.limiter = UtdLimiter(self.per_step, first_update_step(c), c.finetune.online_steps,
                                   c.runtime.utd_slack, c.runtime.rollout_slack)
         self._lock = threading.Lock()  # limiter, shared with the workers' grant calls
         # grant calls waiting for rollout room sleep on this; after_bundle wakes them as room opens
@@ -262,13 +267,13 @@ class Learner:
     @property
     def online_rows(self) -> int:
         """Replay rows per bundle: utd * batch_size minus the offline share (retention baselines)."""
-        n = self.cfg.sac.utd * self.cfg.sac.batch_size
+        n = job.rows_per_env_step(self.cfg)
         return n - (int(round(n * self.ratio)) if self.offline is not None else 0)
 
     def _with_offline(self, online: Batch) -> Batch:
         if self.offline is None:
             return online
-        off = self.offline.sample(self.cfg.sac.utd * self.cfg.sac.batch_size - self.online_rows)
+        off = self.offline.sample(job.rows_per_env_step(self.cfg) - self.online_rows)
         # online rows first, then offline rows: the reference's concatenation order (local.py)
         return Batch(*(torch.cat([a, b]) for a, b in zip(online[:5], off[:5])), None)
 
@@ -282,14 +287,14 @@ class Learner:
         t0, waited, fresh, polls = time.perf_counter(), False, False, 0
         while True:
             with self._lock:
-                avail = self.limiter.bundles_available(self.env_steps, self.cfg.sac.utd)
+                avail = self.limiter.bundles_available(self.env_steps, self.per_step)
                 owed = self.limiter.updates_due(self.env_steps) - self.limiter.updates
             if avail > 0:
                 if waited:
                     with self._lock:
                         self.limiter.add_blocked("learner", time.perf_counter() - t0)
                 return True
-            if fresh and owed < self.cfg.sac.utd:
+            if fresh and owed < self.per_step:
                 return False
             finishing = self._finish.is_set()
             if waited:  # poll the shards at up to 1 kHz, backing off to 100 Hz while starved
@@ -328,7 +333,7 @@ class Learner:
         if self.bundles % 20 == 1:
             self._info_copy.start(list(info.values()), tag=list(info.keys()))
         with self._lock:
-            self.limiter.record_updates(self.cfg.sac.utd)
+            self.limiter.record_updates(self.per_step)
             self._wake_grant_waiters()
 
     def publish_due(self) -> None:
@@ -337,6 +342,15 @@ class Learner:
         if self.bundles % self.cfg.runtime.publish_every == 0:
             self._publish_async()
         self._collect_copies()
+
+    def _make_update_fn(self, example: Batch):
+        """One env step's update: a SAC bundle, or a step of the kept pre-training loss (the
+        offline_* baselines: CQL / IQL, as local.py runs them online)."""
+        c = self.cfg
+        if self.online_loss == "sac":
+            return make_bundle_fn(self.agent, c.sac, self.mode, example=example, matmul_dtype=self.matmul_dtype)
+        return make_offline_step_fn(self.agent, self.online_loss, c.sac, c.pretrain.cql, c.pretrain.iql,
+                                    self.mode, example=example)
 
     def train(self) -> dict[str, Any]:
         """Run bundles within the limiter until finish() and every owed update is done."""
@@ -353,8 +367,7 @@ class Learner:
             # bundle, counters and publish under one lock: a checkpoint sees all of them or none
             with self._agent_lock:
                 if self._bundle is None:  # built on first use: CUDA-graph capture needs a batch
-                    self._bundle = make_bundle_fn(self.agent, self.cfg.sac, self.mode, example=batch,
-                                                  matmul_dtype=self.matmul_dtype)
+                    self._bundle = self._make_update_fn(batch)
                 self.bundle_timer.start()
                 info = self._bundle(batch)
                 self.bundle_timer.stop()
@@ -394,7 +407,7 @@ class Learner:
             "time_split_s": dict(self.time_split),
             # assemble_to_device, in parts (runtime/feed.py ReplayFeed.split)
             "feed_split_s": dict(self.feed.split) if self.feed is not None else {},
-            "offline_rows_per_bundle": self.cfg.sac.utd * self.cfg.sac.batch_size - self.online_rows,
+            "offline_rows_per_bundle": job.rows_per_env_step(self.cfg) - self.online_rows,
             # device ms per bundle (sampled every 50); busy = that x bundles/s: ~1 means device-bound
             "bundle_device_ms": self.bundle_timer.mean_ms,
             "device_busy": self.bundle_timer.busy(),

@@ -28,7 +28,6 @@ from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.runtime.control import controller_name, make_controller
 from wsrl_dist.runtime.driver import (
-    UNSUPPORTED_METHODS,
     Job,
     _on_this_node,
     _start_metrics,
@@ -78,9 +77,9 @@ class SeedGroup(Job):
 
 class MultiSeedJob:
     def __init__(self, cfg: RunConfig, command: str, resume: bool = False):
-        if cfg.finetune.method in UNSUPPORTED_METHODS:
+        if job.online_loss(cfg) != "sac":
             raise ValueError(f"finetune.method={cfg.finetune.method} keeps the pre-training loss online; "
-                             "the Ray learner runs SAC bundles only: use `wsrl-dist run` (local.py)")
+                             "several seeds in one learner run SAC bundles only: launch one job per seed")
         self.cfg, self.rt, self.seeds = cfg, cfg.runtime, list(cfg.run.seeds)
         if cfg.run.run_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
