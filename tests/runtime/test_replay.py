@@ -56,3 +56,16 @@ def test_restored_shard_holds_the_same_rows_counters_and_sampling_stream():
     x, y = a.sample(16), b.sample(16)
     for k in x:
         np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_a_shard_with_mc_returns_takes_only_frames_that_carry_them_and_samples_them():
+    mc = np.arange(8, dtype=np.float32)
+    with_mc = encode_chunk({**columns(8), "mc_returns": mc}, worker_id=1, seq=0, policy_versions=np.zeros(8))
+    shard = ReplayShard(64, O, A, seed=0, mc_returns=True)
+    assert shard.insert(chunk(8, 0)) == 0 and shard.rejected["schema"] == 1  # refused whole
+    assert shard.insert(with_mc) == 8 and len(shard.ring) == 8
+    batch = shard.sample(32)
+    assert set(np.unique(batch["mc_returns"])) <= set(mc.tolist())
+    np.testing.assert_array_equal(shard.ring.export()["mc_returns"], mc)
+    plain = ReplayShard(64, O, A, seed=0)
+    assert plain.insert(with_mc) == 0 and plain.rejected["schema"] == 1 and len(plain.ring) == 0

@@ -144,13 +144,33 @@ def test_offline_retained_iql_samples_offline_rows_on_the_learner_never_in_the_s
     assert shards[0]["ring"]["total_inserted"] == 200  # the 400 offline rows never entered replay
 
 
-def test_calql_kept_online_is_refused_by_the_ray_job_naming_why(ray_local, tmp_path):
+def test_calql_kept_online_streams_whole_episodes_with_their_mc_returns(ray_local, tmp_path):
+    from wsrl_dist import local
+    from wsrl_dist.data.returns import mc_returns_to_go
     from wsrl_dist.runtime import driver
 
-    cfg = tiny_config(tmp_path / "refused", "finetune.method=offline_continued", "pretrain.algo=calql")
-    with pytest.raises(ValueError, match="Monte-Carlo returns of whole online episodes"):
-        driver.launch(cfg, "pytest refused")
-    assert not (tmp_path / "refused").exists()
+    cfg = kept_loss_config(tmp_path, "ray", "offline_continued", "calql")
+    run_dir = driver.launch(cfg, "pytest calql online")
+    info = run_json(run_dir)
+    first = first_update_step(cfg)
+    assert (info["env_steps"], info["critic_updates"]) == (200, 200 - first)  # nothing lost or owed
+    ref = run_json(local.run(kept_loss_config(tmp_path, "local", "offline_continued", "calql"), "pytest local"))
+    assert ref["critic_updates"] == info["critic_updates"]
+    _, shards, _ = checkpoint.load(checkpoint.latest(run_dir))
+    rows = shards[0]["ring"]["arrays"]
+    assert shards[0]["ring"]["total_inserted"] == 200 and "mc_returns" in rows
+    # one worker, one env: the shard holds its episodes in order; each row's MC return-to-go is the
+    # one its episode's (scaled) rewards give, episodes ending at a terminal or a timeout. The
+    # episode running at the end of warmup and at the end of the run went out cut: a timeout row.
+    expect = mc_returns_to_go(rows["rewards"], rows["terminals"], rows["timeouts"], cfg.sac.discount)
+    np.testing.assert_allclose(rows["mc_returns"], expect, rtol=1e-5)
+    assert rows["terminals"].sum() >= 1 and rows["timeouts"][-1] + rows["terminals"][-1] == 1
+    assert rows["terminals"][49] + rows["timeouts"][49] == 1  # row 50 = the last warmup step
+
+
+def test_kept_losses_are_refused_by_the_multi_seed_learner(ray_local, tmp_path):
+    from wsrl_dist.runtime import driver
+
     cfg = tiny_config(tmp_path / "seeds", "finetune.method=offline_retained", "pretrain.algo=cql",
                       "run.seeds=[0,1]")
     with pytest.raises(ValueError, match="launch one job per seed"):

@@ -107,3 +107,15 @@ def test_shard_counts_each_rejection_inserts_nothing_and_keeps_serving():
     assert shard.insert(frame(8)) == 8
     assert shard.sample(32)["observations"].shape == (32, O)
     assert shard.stats()["size"] == 16
+
+
+def test_mc_returns_travel_as_an_optional_column_checked_like_the_others():
+    mc = np.linspace(5, 1, 8).astype(np.float32)
+    chunk = decode_chunk(frame(mc_returns=mc), obs_dim=O, act_dim=A, max_bytes=1 << 20)
+    np.testing.assert_array_equal(chunk.columns["mc_returns"], mc)
+    assert "mc_returns" not in decode_chunk(frame(), obs_dim=O, act_dim=A, max_bytes=1 << 20).columns
+    assert reason(frame(mc_returns=np.full(8, np.nan, np.float32))) == "nonfinite"
+    assert reason(frame(mc_returns=np.ones(5, np.float32))) == "schema"  # rows must match
+    obj = msgpack.unpackb(frame(), raw=False)
+    obj["cols"]["advantages"] = obj["cols"]["rewards"]  # a column nobody declared
+    assert reason(msgpack.packb(obj, use_bin_type=True)) == "schema"

@@ -52,16 +52,6 @@ def _evaluate(cfg: dict, weights: dict, version: int) -> dict[str, Any]:
     return evaluate(policy, task, c.finetune.eval_episodes, c.run.seed)
 
 
-def check_supported(cfg: RunConfig) -> None:
-    """What the Ray job cannot run yet, refused by name before anything is written."""
-    if job.online_loss(cfg) == "calql":
-        raise ValueError(
-            f"finetune.method={cfg.finetune.method} with pretrain.algo=calql keeps the Cal-QL loss "
-            "online, which needs Monte-Carlo returns of whole online episodes; the Ray job's workers "
-            "stream partial episodes, so it runs the cql and iql variants only: use `wsrl-dist run` "
-            "(local.py) for Cal-QL, or pretrain.algo=cql")
-
-
 def check_learner_running(train_ref: Any) -> None:
     """During the online stage the learner's train() only returns by failing: raise its error."""
     if ray.wait([train_ref], timeout=0)[0]:
@@ -79,7 +69,6 @@ def scale_requests(controller: Any) -> list[int]:
 
 class Job:
     def __init__(self, cfg: RunConfig, command: str, resume_from: Path | None = None, resuming: bool = False):
-        check_supported(cfg)
         self.cfg, self.rt, self.command = cfg, cfg.runtime, command
         self.run_dir = job.prepare_run_dir(
             cfg, command, extra={"runtime": "ray", "utd_target": job.updates_per_env_step(cfg)})
@@ -131,7 +120,8 @@ class Job:
         return [ray.remote(ReplayShard).options(num_cpus=rt.shard_cpus, scheduling_strategy=near)
                 .remote(capacity, obs_dim, act_dim, self.cfg.run.seed + 101 * i,
                         reward_scale=task.reward_scale, reward_bias=task.reward_bias,
-                        max_frame_bytes=rt.max_frame_bytes, shard_id=i)
+                        max_frame_bytes=rt.max_frame_bytes, shard_id=i,
+                        mc_returns=job.online_loss(self.cfg) == "calql")
                 for i in range(rt.num_shards)]
 
     def _teardown(self) -> None:

@@ -90,7 +90,7 @@ class ReplayFeed:
 
     def __init__(self, shards: list, rows: int, obs_dim: int, act_dim: int, device: torch.device,
                  rng: np.random.Generator, bundles_per_request: int = 1, depth: int = 0,
-                 shard_sizes: list[int] | None = None):
+                 shard_sizes: list[int] | None = None, mc_returns: bool = False):
         if not shards:
             raise ValueError("ReplayFeed needs at least one replay shard")
         if rows < 1 or bundles_per_request < 1 or depth < 0:
@@ -99,7 +99,9 @@ class ReplayFeed:
         self.shards, self.rows, self.device, self.rng = list(shards), int(rows), device, rng
         self.group, self.depth = int(bundles_per_request), int(depth)
         dims = {"o": int(obs_dim), "a": int(act_dim), None: None}
-        self.widths = [dims[w] for _, w in _FIELDS]
+        # Batch's field order; mc_returns (Cal-QL kept online) is its sixth field
+        self.fields = _FIELDS + ((("mc_returns", None),) if mc_returns else ())
+        self.widths = [dims[w] for _, w in self.fields]
         n = self.rows * self.group
         self._staging = [_Staging(n, self.widths, device) for _ in range(2)]
         self._next_staging = 0
@@ -163,7 +165,7 @@ class ReplayFeed:
         for part in rows:
             k = len(part["rewards"])
             where = perm[offset: offset + k]
-            for (name, _), view in zip(_FIELDS, dst):
+            for (name, _), view in zip(self.fields, dst):
                 view[where] = part[name]
             offset += k
         t3 = time.perf_counter()

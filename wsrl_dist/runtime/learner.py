@@ -53,6 +53,16 @@ def first_update_step(cfg) -> int:
     return max(job.warmup_steps(cfg), int(rows * (1 - job.offline_ratio(cfg)))) + 1
 
 
+def rollout_slack(cfg) -> int | None:
+    """The limiter's rollout side: runtime.rollout_slack, or None (workers unpaced) when the Cal-QL
+    loss is kept online. Deviation, for that case only: its workers hold each episode's rows until
+    the episode ends (its MC returns need all of them), and with paced workers the rows they hold
+    could exceed the slack while the learner waits for exactly those rows (a stall). Unpaced, the
+    learner side still caps updates at one per env step in the shards; it may fall behind the
+    rollout (utd_actual < 1 for a while) and makes up the owed updates before the run ends."""
+    return None if job.online_loss(cfg) == "calql" else cfg.runtime.rollout_slack
+
+
 def to_cpu(obj: Any) -> Any:
     """Nested containers with every tensor moved to the CPU (state leaving a GPU actor)."""
     if torch.is_tensor(obj):
@@ -88,7 +98,7 @@ class Learner:
         self.online_loss = job.online_loss(c)
         self.per_step = job.updates_per_env_step(c)
         self.limiter = UtdLimiter(self.per_step, first_update_step(c), c.finetune.online_steps,
-                                  c.runtime.utd_slack, c.runtime.rollout_slack)
+                                  c.runtime.utd_slack, rollout_slack(c))
         self._lock = threading.Lock()  # limiter, shared with the workers' grant calls
         # grant calls waiting for rollout room sleep on this; after_bundle wakes them as room opens
         self._room = threading.Condition(self._lock)
@@ -274,8 +284,9 @@ class Learner:
         if self.offline is None:
             return online
         off = self.offline.sample(job.rows_per_env_step(self.cfg) - self.online_rows)
-        # online rows first, then offline rows: the reference's concatenation order (local.py)
-        return Batch(*(torch.cat([a, b]) for a, b in zip(online[:5], off[:5])), None)
+        # online rows first, then offline rows: the reference's concatenation order (local.py);
+        # mc_returns only where both sides have them (Cal-QL kept online)
+        return Batch(*(None if a is None or b is None else torch.cat([a, b]) for a, b in zip(online, off)))
 
     def _poll_env_steps(self) -> None:
         steps = ray.get([s.env_steps.remote() for s in self.shards])
@@ -311,7 +322,8 @@ class Learner:
         sizes = [p["size"] for p in ray.get([s.sample.remote(0) for s in self.shards])]
         return ReplayFeed(self.shards, self.online_rows, self.obs_dim, self.act_dim, self.device,
                           self.rng, bundles_per_request=rt.sample_bundles if rt.prefetch else 1,
-                          depth=rt.prefetch_depth if rt.prefetch else 0, shard_sizes=sizes)
+                          depth=rt.prefetch_depth if rt.prefetch else 0, shard_sizes=sizes,
+                          mc_returns=self.online_loss == "calql")
 
     def next_batch(self) -> Batch:
         """The next bundle's batch (online rows from the feed + offline rows for retention

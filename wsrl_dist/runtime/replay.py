@@ -24,7 +24,8 @@ class ReplayShard:
     """Rows [C] of transitions + the policy version that produced each row.
 
     `sample(n)` -> observations [n, O], actions [n, A], rewards (scaled) [n], next_observations
-    [n, O], terminals/timeouts/masks [n] float32, policy_versions [n] int64.
+    [n, O], terminals/timeouts/masks [n] float32, policy_versions [n] int64 (+ mc_returns [n]
+    float32 on a shard made with mc_returns=True).
     """
 
     def __init__(
@@ -38,11 +39,18 @@ class ReplayShard:
         reward_bias: float = 0.0,
         max_frame_bytes: int = 64 * 1024 * 1024,
         shard_id: int = 0,
+        mc_returns: bool = False,
     ):
         self.obs_dim, self.act_dim, self.shard_id = int(obs_dim), int(act_dim), int(shard_id)
+        # every row carries its episode's Monte-Carlo return-to-go (a Cal-QL loss kept online):
+        # frames must then bring the column, and frames without it are refused (and vice versa)
+        self.mc_returns = bool(mc_returns)
+        extra = {"policy_versions": ((), np.int64)}
+        if self.mc_returns:
+            extra["mc_returns"] = ((), np.float32)
         self.reward_scale, self.reward_bias = float(reward_scale), float(reward_bias)
         self.max_frame_bytes = int(max_frame_bytes)
-        self.ring = RingBuffer(capacity, obs_dim, act_dim, extra_fields={"policy_versions": ((), np.int64)})
+        self.ring = RingBuffer(capacity, obs_dim, act_dim, extra_fields=extra)
         self.rng = np.random.default_rng(seed)
         self.samples = 0  # rows handed out
         self.rejected = {r: 0 for r in REASONS}
@@ -57,6 +65,9 @@ class ReplayShard:
             chunk = decode_chunk(frame, obs_dim=self.obs_dim, act_dim=self.act_dim,
                                  max_bytes=self.max_frame_bytes)
             cols = dict(chunk.columns)
+            if ("mc_returns" in cols) != self.mc_returns:
+                raise WireError("schema", f"this shard {'needs' if self.mc_returns else 'takes no'} an "
+                                          "mc_returns column")
             cols["rewards"] = (cols["rewards"] * self.reward_scale + self.reward_bias).astype(np.float32)
             n = self.ring.insert(cols, source=f"worker {chunk.worker_id} seq {chunk.seq}")
         except WireError as e:

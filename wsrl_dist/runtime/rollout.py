@@ -1,7 +1,10 @@
 """RolloutWorker: vector env + CPU Policy -> wire chunks -> one replay shard (the acting end of the data path).
 
 Rows are stamped with the weights version that chose their action; rewards stay RAW in the chunk
-(the shard scales them, once). Between chunks the worker pulls newer weights without blocking and,
+(the shard scales them, once). When the learner keeps the Cal-QL loss online, each env's rows wait
+here until their episode ends and go out with its Monte-Carlo returns-to-go (computed from the scaled
+rewards, as local.py does); an episode still running when the worker drains (end of warmup, budget
+spent, stop) goes out cut there, its last row marked a timeout. Between chunks the worker pulls newer weights without blocking and,
 in the online stage, asks the learner's UTD limiter for env steps. driver.py runs it as a threaded Ray
 actor (max_concurrency=2) so `stop()` and `stats()` answer while `run()` loops.
 """
@@ -19,8 +22,10 @@ import numpy as np
 import ray
 import torch
 
+from wsrl_dist import job
 from wsrl_dist.algo.policy import Policy, pin_blas_threads
 from wsrl_dist.config import from_dict
+from wsrl_dist.data.returns import mc_returns_to_go
 from wsrl_dist.envs.make import make_vector_env, obs_act_dims, true_next_obs
 from wsrl_dist.ops.metrics import POLICY_LAG_BUCKETS, Histogram
 from wsrl_dist.runtime.weights import WeightsClient
@@ -45,7 +50,7 @@ class RolloutWorker:
         self.worker_id, self.shard, self.learner = int(worker_id), shard, learner
         self.chunk_size, self.max_inflight = rt.chunk_size, rt.max_inflight_chunks
         self.num_envs = rt.envs_per_worker
-        task = self.cfg.task.spec()
+        task = self.task = self.cfg.task.spec()
         # a restarted actor gets fresh seeds: replaying its first life's episodes adds nothing
         with warnings.catch_warnings():  # Ray warns about an internal call of this property
             warnings.simplefilter("ignore")
@@ -63,6 +68,10 @@ class RolloutWorker:
         self.restarted = bool(restarted)
         self._stop = threading.Event()
         self._rows: list[dict[str, np.ndarray]] = []  # per vector step, each [E, ...] (or fewer rows)
+        # Cal-QL kept online: per env, its running episode's rows (one dict per step) until it ends
+        self._episodes: list[list[dict]] | None = (
+            [[] for _ in range(self.num_envs)] if job.online_loss(self.cfg) == "calql" else None)
+        self._since_pull = 0
         self._buffered = 0
         self._returns: list[float] = []  # episodes finished since the last chunk
         self._ep_return = np.zeros(self.num_envs)
@@ -97,11 +106,36 @@ class RolloutWorker:
             # terminated wins over a same-step truncation (envs/wrappers.py table)
             "timeouts": np.logical_and(trunc, np.logical_not(term)),
         }
-        self._rows.append({k: np.asarray(v)[:keep] for k, v in row.items()})
-        self._rows[-1]["policy_versions"] = np.full(keep, self.policy.version, dtype=np.int64)
-        self._buffered += keep
+        kept = {k: np.asarray(v)[:keep] for k, v in row.items()}
+        kept["policy_versions"] = np.full(keep, self.policy.version, dtype=np.int64)
+        if self._episodes is None:
+            self._rows.append(kept)
+            self._buffered += keep
+        else:
+            for i in range(keep):
+                self._episodes[i].append({k: v[i:i + 1] for k, v in kept.items()})
+                if done[i]:
+                    self._close_episode(i)
         self.env_steps += keep
         self.obs = nxt
+
+    def _close_episode(self, i: int, cut: bool = False) -> None:
+        """Env i's episode rows -> the send buffer, with their MC returns-to-go (scaled rewards, the
+        task's sparse rule, as local.py). `cut`: the episode is still running; its last row is
+        marked a timeout (bootstrapped, and where its return-to-go stops)."""
+        rows, self._episodes[i] = self._episodes[i], []
+        if not rows:
+            return
+        ep = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+        if cut and not ep["terminals"][-1]:
+            ep["timeouts"] = ep["timeouts"].copy()
+            ep["timeouts"][-1] = True
+        t, d = self.task, self.cfg.sac.discount
+        ep["mc_returns"] = mc_returns_to_go(
+            t.scale_reward(ep["rewards"].astype(np.float64)), ep["terminals"], ep["timeouts"], d,
+            sparse_negative_reward=t.sparse_negative_reward if t.sparse_reward else None).astype(np.float32)
+        self._rows.append(ep)
+        self._buffered += len(rows)
 
     def _take(self, n: int) -> None:
         """Take exactly n env steps (the last vector step may keep only part of its rows)."""
@@ -109,15 +143,20 @@ class RolloutWorker:
             keep = min(n, self.num_envs)
             self._step(keep)
             n -= keep
+            self._since_pull += keep
             if self._buffered >= self.chunk_size:
                 self._send()
+            elif self._since_pull >= self.chunk_size:  # rows held for whole episodes: pull anyway
+                self._pull_weights()
 
     # ------------------------------------------------------------------ replay side
     def _send(self) -> None:
         if not self._buffered:
             return
-        cols = {k: np.concatenate([r[k] for r in self._rows]) for k in (*_COLS, "policy_versions")}
-        frame = encode_chunk({k: cols[k] for k in _COLS}, worker_id=self.worker_id, seq=self.seq,
+        names = (*_COLS, "policy_versions", *(("mc_returns",) if self._episodes is not None else ()))
+        cols = {k: np.concatenate([r[k] for r in self._rows]) for k in names}
+        frame = encode_chunk({k: v for k, v in cols.items() if k != "policy_versions"},
+                             worker_id=self.worker_id, seq=self.seq,
                              policy_versions=cols["policy_versions"], episode_returns=self._returns)
         self.lag_hist.observe(max(0, self.weights.latest_seen - int(cols["policy_versions"].min())))
         self._rows, self._returns = [], []
@@ -138,11 +177,14 @@ class RolloutWorker:
             self.rejected_chunks += n == 0
 
     def _drain(self) -> None:
+        for i in range(self.num_envs if self._episodes is not None else 0):
+            self._close_episode(i, cut=True)
         self._send()
         self._ack(self._inflight)
         self._inflight = []
 
     def _pull_weights(self) -> None:
+        self._since_pull = 0
         got = self.weights.poll()
         if got is not None:
             self.policy.load(*got)

@@ -27,6 +27,10 @@ COLUMNS: dict[str, tuple[np.dtype, str]] = {
     "timeouts": (_F32, "flag"),
     "policy_versions": (_I64, "scalar"),
 }
+# Columns a frame may carry besides COLUMNS: Monte-Carlo returns-to-go of whole episodes, computed by
+# the worker from scaled rewards when the learner keeps the Cal-QL loss online (rollout.py)
+OPTIONAL_COLUMNS: dict[str, tuple[np.dtype, str]] = {"mc_returns": (_F32, "scalar")}
+_ALL_COLUMNS = {**COLUMNS, **OPTIONAL_COLUMNS}
 _TOP_KEYS = {"v", "worker_id", "seq", "cols", "returns"}
 _COL_KEYS = {"dtype", "shape", "data"}
 _MAX_CONTAINER = 1 << 16  # longest msgpack array/map a valid frame holds (episode returns, shapes)
@@ -44,8 +48,8 @@ class WireError(ValueError):
 
 @dataclass
 class TransitionChunk:
-    """Decoded frame: `columns` holds the six transition columns ([N, O], [N, A], [N] float32)
-    and `policy_versions` [N] int64; `episode_returns` are raw returns of episodes that ended here."""
+    """Decoded frame: `columns` holds the six transition columns ([N, O], [N, A], [N] float32),
+    `policy_versions` [N] int64 and any OPTIONAL_COLUMNS the frame carried; `episode_returns` are raw returns of episodes that ended here."""
 
     columns: dict[str, np.ndarray]
     worker_id: int
@@ -69,12 +73,15 @@ def encode_chunk(
     policy_versions: np.ndarray | Sequence[int],
     episode_returns: Sequence[float] = (),
 ) -> bytes:
-    """Six transition columns [N, ...] + policy_versions [N] -> one msgpack frame (bytes).
+    """Six transition columns [N, ...] (+ any OPTIONAL_COLUMNS present) + policy_versions [N] -> one
+    msgpack frame (bytes).
 
     The encoder casts to the wire dtypes but does not validate: the receiving shard does.
     """
     cols = {name: _pack_array(columns[name], dt) for name, (dt, _) in COLUMNS.items()
             if name != "policy_versions"}
+    cols.update({name: _pack_array(columns[name], dt) for name, (dt, _) in OPTIONAL_COLUMNS.items()
+                 if name in columns})
     cols["policy_versions"] = _pack_array(np.asarray(policy_versions), _I64)
     frame = {"v": WIRE_VERSION, "worker_id": int(worker_id), "seq": int(seq), "cols": cols,
              "returns": [float(r) for r in episode_returns]}
@@ -112,7 +119,7 @@ def _unpack(frame: bytes, max_bytes: int) -> object:
 
 
 def _column(name: str, spec: object, n_rows: int | None, obs_dim: int, act_dim: int) -> np.ndarray:
-    dtype, kind = COLUMNS[name]
+    dtype, kind = _ALL_COLUMNS[name]
     if not isinstance(spec, dict) or set(spec) != _COL_KEYS:
         raise WireError("schema", f"column '{name}' must be a map with keys {sorted(_COL_KEYS)}")
     if spec["dtype"] != dtype.str:
@@ -147,15 +154,16 @@ def decode_chunk(frame: bytes, *, obs_dim: int, act_dim: int, max_bytes: int) ->
         if type(obj[key]) is not int:
             raise WireError("schema", f"'{key}' must be an integer")
     cols = obj["cols"]
-    if not isinstance(cols, dict) or set(cols) != set(COLUMNS):
-        raise WireError("schema", f"'cols' must hold exactly {sorted(COLUMNS)}")
+    if not isinstance(cols, dict) or not set(COLUMNS) <= set(cols) <= set(_ALL_COLUMNS):
+        raise WireError("schema", f"'cols' must hold exactly {sorted(COLUMNS)} (and optionally "
+                                  f"{sorted(OPTIONAL_COLUMNS)})")
     first = _column("observations", cols["observations"], None, obs_dim, act_dim)
     n_rows = int(first.shape[0])
     if n_rows == 0:
         raise WireError("schema", "empty chunk")
     out = {"observations": first}
-    for name in COLUMNS:
-        if name != "observations":
+    for name in _ALL_COLUMNS:
+        if name != "observations" and name in cols:
             out[name] = _column(name, cols[name], n_rows, obs_dim, act_dim)
     returns = obj["returns"]
     if not isinstance(returns, list) or not all(type(r) in (int, float) for r in returns):
