@@ -68,6 +68,7 @@ def bare_worker(cfg: RunConfig, seed: int) -> RolloutWorker:
     w.obs, _ = w.venv.reset(seed=seed)
     w.policy = Policy(*obs_act_dims(task), cfg.net, seed=seed)
     w._rows, w._buffered, w._returns = [], 0, []
+    w._episodes = None  # rows go out per chunk (a Cal-QL loss kept online would hold episodes)
     w._ep_return = np.zeros(w.num_envs)
     w.recent_returns = deque(maxlen=20)
     w.episodes = w.env_steps = 0
