@@ -158,6 +158,8 @@ class RunConfig:
         if self.finetune.warmup_steps < 0 or self.finetune.online_steps < 0:
             raise ConfigError("finetune.warmup_steps and finetune.online_steps must be >= 0")
         _check_seeds(self.run.seeds)
+        if self.runtime.replay_groups:
+            _check_replay_groups(self)
         if len(self.run.seeds) == 1:  # one seed is a plain run: every code path reads run.seed
             self.run.seed, self.run.seeds = self.run.seeds[0], []
         return self
@@ -181,6 +183,19 @@ class RunConfig:
 
     def dump(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _check_replay_groups(cfg: RunConfig) -> None:
+    """runtime.replay_groups runs a sample request's bundles as one call on the feed's own buffers:
+    SAC bundles of one seed on online rows alone (a fast path other than fused_* runs the group's
+    bundles one by one: no gain, same math)."""
+    why = None
+    if cfg.finetune.method in ("rlpd", "offline_continued", "offline_retained"):
+        why = f"finetune.method={cfg.finetune.method} (offline rows or a kept pre-training loss per step)"
+    elif len(cfg.run.seeds) > 1:
+        why = "run.seeds (several seeds already step in one call)"
+    if why:
+        raise ConfigError(f"runtime.replay_groups=true does not work with {why}; set it false")
 
 
 def _check_seeds(seeds: list[int]) -> None:

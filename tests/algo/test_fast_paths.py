@@ -151,3 +151,41 @@ def test_compiled_bundle_falls_back_when_default_combo_kernels_fail(monkeypatch)
     fn = fast.make_bundle_fn(_agent("cpu", capturable=False), SAC, "fused_compile", inductor={"combo_kernels": True})
     with pytest.raises(BackendCompilerFailed):
         fn(_batches(1, "cpu")[0])
+
+
+@pytest.mark.parametrize("device,mode", [
+    ("cpu", "fused"),
+    pytest.param("cuda", "fused_graph", marks=cuda),
+    pytest.param("cuda", "fused_compile_graph", marks=cuda),
+])
+def test_a_bundle_group_steps_like_its_bundles_one_by_one(device, mode):
+    """runtime.replay_groups: G bundles in one call (on a GPU one CUDA graph reading the batches in
+    place) leave the agent where G calls in order do, and return the last bundle's info. A group
+    given batches at other addresses copies them in first (same result)."""
+    batches = _batches(4, device)
+
+    def run(grouped: bool, elsewhere: bool = False):
+        agent = _agent(device, capturable=mode.endswith("graph"))
+        fn = make_bundle_fn(agent, SAC, mode, example=batches[0])
+        group = fn.group(batches) if grouped else None  # capture draws noise: seed after it
+        torch.manual_seed(11)
+        if device == "cuda":
+            torch.cuda.manual_seed(11)
+        if grouped:
+            info = group([Batch(*(t.clone() for t in b)) for b in batches] if elsewhere else batches)
+        else:
+            info = [fn(b) for b in batches][-1]
+        return agent, [{k: v.clone() for k, v in info.items()}]
+
+    one_by_one = run(False)
+    _assert_same(one_by_one, run(True), atol=1e-5)
+    if device == "cuda":
+        _assert_same(one_by_one, run(True, elsewhere=True), atol=1e-5)
+
+
+def test_a_bundle_group_of_several_seeds_is_refused():
+    from wsrl_dist.algo.fast import FusedBundles
+
+    agents = [_agent("cpu", capturable=False) for _ in range(2)]
+    with pytest.raises(ValueError, match="one seed"):
+        FusedBundles(agents, SAC, "fused").group(_batches(2, "cpu"))

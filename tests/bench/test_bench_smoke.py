@@ -210,3 +210,13 @@ def test_grants_table_runs_the_same_job_with_waiting_and_polling_workers(capsys)
         assert len(nums) == 10 and all(math.isfinite(x) and x >= 0 for x in nums), cells
         assert all(nums[i] > 0 for i in (0, 2, 3, 5, 7, 9)), cells  # the job ran, the loop took time
     assert out.count("# measured wait") == 2
+
+
+def test_learner_group_rows_time_several_bundles_per_call(capsys):
+    from wsrl_dist.bench import learner
+
+    assert learner.main(["--variants", "fused-eager,stacked-eager", "--group", "2", "--seconds", "0.05"]) == 0
+    rows = table_rows(capsys.readouterr().out, r"^locomotion\s")
+    # a group row for the fused variant only (the others have no groups)
+    assert [w[1] for w, _ in rows] == ["fused-eager", "fused-eager-x2", "stacked-eager"]
+    assert_finite_positive(rows)

@@ -41,3 +41,14 @@ def test_cuda_events_time_queued_work_without_blocking():
     torch.cuda.synchronize()
     timer.poll()
     assert timer.samples == 4 and timer.mean_ms > 0.0
+
+
+def test_a_group_of_bundles_counts_as_that_many_bundles():
+    """runtime.replay_groups launches 4 bundles as one call: a sampled call's time is 4 bundles'."""
+    timer = BundleTimer(torch.device("cpu"), every=6)
+    for _ in range(3):  # bundles 1-4, 5-8 (crosses 6: sampled), 9-12 (crosses 12: sampled)
+        timer.start(4)
+        time.sleep(0.04)
+        timer.stop()
+    assert timer.samples == 8
+    assert 8.0 <= timer.mean_ms <= 30.0  # ~40 ms per call / 4 bundles

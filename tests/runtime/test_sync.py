@@ -168,6 +168,41 @@ def test_calql_kept_online_streams_whole_episodes_with_their_mc_returns(ray_loca
     assert rows["terminals"][49] + rows["timeouts"][49] == 1  # row 50 = the last warmup step
 
 
+def test_replay_groups_run_whole_sample_requests_in_one_call_with_exact_counters(ray_local, tmp_path):
+    """runtime.replay_groups: a sample request's 4 bundles as one call whenever the limiter allows
+    all 4 (here the CPU learner is the bottleneck, so most of the time); the counters, the UTD band
+    and the weight versions come out as with one bundle per call."""
+    from wsrl_dist.runtime import driver
+
+    total, k = 400, 50
+    cfg = tiny_config(tmp_path / "groups", "runtime.replay_groups=true", "runtime.sample_bundles=4",
+                      "run.fast_path=fused", f"finetune.warmup_steps={k}", f"finetune.online_steps={total}",
+                      "finetune.eval_every=100000", "run.checkpoint_every=100000", "runtime.num_workers=2",
+                      "runtime.publish_every=3")
+    run_dir = driver.launch(cfg, "pytest replay groups")
+    info = run_json(run_dir)
+    first = first_update_step(cfg)
+    bundles = total - first
+    assert (info["env_steps"], info["critic_updates"]) == (total, UTD * bundles)
+    online = info["stages"]["online"]
+    assert online["bundles"] == bundles and online["bundle_groups"] >= 1
+    assert online["bundle_groups"] * 4 <= bundles
+    # a version for every multiple of publish_every crossed: at most one per call, so groups that
+    # cross one publish once; versions never go past bundles // 3 (and the store got the last)
+    assert 1 <= info["weights_version"] <= bundles // 3 + 1
+    for r in read_records(run_dir, "throughput"):
+        if r["phase"] == "online":
+            assert r["critic_updates"] - UTD * max(0, r["learner_env_steps"] - first) <= cfg.runtime.utd_slack
+
+
+def test_replay_groups_are_refused_where_a_bundle_is_not_one_requests_rows():
+    from wsrl_dist.config import ConfigError, load
+
+    for extra, why in ((["finetune.method=rlpd"], "finetune.method=rlpd"), (["run.seeds=[0,1]"], "run.seeds")):
+        with pytest.raises(ConfigError, match=f"runtime.replay_groups=true does not work with {why}"):
+            load(overrides=["runtime.replay_groups=true", *extra])
+
+
 def test_kept_losses_are_refused_by_the_multi_seed_learner(ray_local, tmp_path):
     from wsrl_dist.runtime import driver
 

@@ -144,6 +144,20 @@ def time_variant(size: str, variant: str, device: torch.device, sac: SACConfig, 
     return _calls_per_second(lambda: [fn(batch)], device, seconds, (size, key or variant), t_setup)
 
 
+def time_group(size: str, variant: str, device: torch.device, sac: SACConfig, seconds: float, group: int,
+               matmul_dtype: torch.dtype = torch.float32, key: str | None = None,
+               inductor: dict | None = None) -> float:
+    """Bundles per second with `group` bundles per call (runtime.replay_groups: on a GPU one CUDA
+    graph of `group` bundles reading its batches in place, algo/fast.py FusedBundles.group)."""
+    agent, sac = _agent(size, variant, device, sac)
+    batches = [_batch(size, sac.utd * sac.batch_size, device) for _ in range(group)]
+    t_setup = time.perf_counter()
+    fn = make_bundle_fn(agent, sac, VARIANT_MODES[variant], example=batches[0], matmul_dtype=matmul_dtype,
+                        inductor=inductor)
+    run = fn.group(batches)
+    return group * _calls_per_second(lambda: [run(batches)], device, seconds, (size, key or variant), t_setup)
+
+
 def _calls_per_second(call, device: torch.device, seconds: float, key: tuple[str, str], t_setup: float) -> float:
     """Calls/s of `call` (returning a list of info dicts) for about `seconds` after 3 warm-up calls;
     the time from `t_setup` to the end of the warm-up goes to SETUP_S[key]."""
@@ -295,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="';'-separated Inductor option sets to compare, each 'key=value,...' or 'default' "
                          "(algo.fast.inductor_options alone), e.g. 'default;combo_kernels=False;max_autotune=1': "
                          "compiled rows run once per set, the set on top of the default options")
+    ap.add_argument("--group", type=int, default=0, metavar="G",
+                    help="also time each fused-* variant with G bundles per call (runtime.replay_groups)")
     ap.add_argument("--seed-modes", default="fused_graph",
                     help="fast paths for the --seeds rows (fused_graph, fused_compile_graph, cuda_graph, fused)")
     args = ap.parse_args(argv)
@@ -343,6 +359,14 @@ def main(argv: list[str] | None = None) -> int:
                     rates[name] = time_variant(size, v, device, sac, args.seconds, dtype, key=name, inductor=opts)
                 except Exception as e:  # report and continue: one failing variant must not hide the rest
                     print(f"{size:<11}{name:<26} failed: {type(e).__name__}: {str(e)[:200]}")
+                if args.group > 1 and v.startswith("fused"):
+                    name = f"{v}-x{args.group}{label}"
+                    try:
+                        _fresh_compile()
+                        rates[name] = time_group(size, v, device, sac, args.seconds, args.group, dtype,
+                                                 key=name, inductor=opts)
+                    except Exception as e:
+                        print(f"{size:<11}{name:<26} failed: {type(e).__name__}: {str(e)[:200]}")
         for s in [int(x) for x in args.seeds.split(",") if x]:
             for mode in args.seed_modes.split(","):
                 for label, opts in inductor_sets(args.inductor, "compile" in mode):

@@ -33,20 +33,22 @@ class BundleTimer:
         self.samples = 0
         self.seconds = 0.0  # summed device seconds of the sampled bundles
 
-    def start(self) -> None:
-        """Call right before a bundle is launched (after it was built: compilation is not timed)."""
+    def start(self, n: int = 1) -> None:
+        """Call right before a bundle (or a group of `n` launched as one call) is launched (after it
+        was built: compilation is not timed)."""
         if self._first is None:
             self._first = time.perf_counter()
-        self._calls += 1
-        if self._calls % self.every or len(self._pending) >= self.max_pending:
+        before = self._calls
+        self._calls += n
+        if before // self.every == self._calls // self.every or len(self._pending) >= self.max_pending:
             self._open = None
             return
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
-            self._open = (ev,)
+            self._open = (ev, n)
         else:
-            self._open = (time.perf_counter(),)
+            self._open = (time.perf_counter(), n)
 
     def stop(self) -> None:
         """Call right after the bundle was launched (on CUDA: queued on the current stream)."""
@@ -55,10 +57,10 @@ class BundleTimer:
         if self.cuda:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
-            self._pending.append((self._open[0], end))
+            self._pending.append((self._open[0], end, self._open[1]))
         else:
             with self._lock:
-                self.samples += 1
+                self.samples += self._open[1]
                 self.seconds += time.perf_counter() - self._open[0]
         self._open = None
         self.poll()
@@ -67,8 +69,8 @@ class BundleTimer:
         """Fold in every timed bundle that has finished on the device (non-blocking)."""
         with self._lock:
             while self._pending and self._pending[0][1].query():
-                start, end = self._pending.popleft()
-                self.samples += 1
+                start, end, n = self._pending.popleft()
+                self.samples += n
                 self.seconds += start.elapsed_time(end) / 1000.0
 
     @property

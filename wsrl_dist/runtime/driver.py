@@ -312,6 +312,7 @@ class Job:
         self.learner.finish.remote()
         final = self._call(train_ref, "online")
         self.stages["online"] = {"wall_s": time.time() - t0, "bundles": final["bundles"],
+                                 "bundle_groups": final["bundle_groups"],
                                  "offline_rows_per_bundle": final["offline_rows_per_bundle"]}
 
     def _rollout_complete(self, total: int) -> bool:

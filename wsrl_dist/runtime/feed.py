@@ -129,6 +129,19 @@ class ReplayFeed:
             self._fill(parts)
         return self._ready.popleft()
 
+    def at_request_start(self) -> bool:
+        """Whether next_group() can hand out a whole request (no bundle of the current one taken)."""
+        return len(self._ready) in (0, self.group)
+
+    def next_group(self) -> list[Batch]:
+        """The next request's G bundles at once (their views keep the same addresses request
+        after request on a GPU: the device buffer's G slices). Only at a request start."""
+        if not self.at_request_start():
+            raise RuntimeError("next_group() in the middle of a request: take its bundles with next()")
+        out = [self.next()]
+        out += [self._ready.popleft() for _ in range(self.group - 1)]
+        return out
+
     def close(self) -> None:
         """Wait for the requests still in flight (their rows are dropped)."""
         while self._pending:

@@ -109,8 +109,10 @@ class Learner:
         self.offline: DeviceSampler | None = None
         self.ratio = job.offline_ratio(c)
         self._bundle = None
+        self._group = None  # runtime.replay_groups: G bundles per call (FusedBundles.group)
         self.version = -1
         self.bundles = 0
+        self.bundle_groups = 0  # calls that ran a whole sample request's bundles (replay_groups)
         self.env_steps = 0  # rows in the shards, as last seen by the learner
         self.last_info: dict[str, float] = {}
         self.train_seconds = 0.0
@@ -328,36 +330,50 @@ class Learner:
     def next_batch(self) -> Batch:
         """The next bundle's batch (online rows from the feed + offline rows for retention
         baselines); adds the wait and the unpacking to the time split."""
+        return self._sampled(lambda: self._with_offline(self.feed.next()))
+
+    def next_group(self) -> list[Batch] | None:
+        """runtime.replay_groups: the feed's next request as G bundles, when a whole request is at
+        hand and the limiter allows all G now; None otherwise (the loop then runs one bundle)."""
+        with self._lock:
+            avail = self.limiter.bundles_available(self.env_steps, self.per_step)
+        if avail < self.feed.group or not self.feed.at_request_start():
+            return None
+        return self._sampled(self.feed.next_group)
+
+    def _sampled(self, take):
         t0 = time.perf_counter()
         waited = self.feed.wait_seconds
-        online = self.feed.next()
+        out = take()
         self.env_steps = max(self.env_steps, self.feed.env_steps)
-        batch = self._with_offline(online)
         wait = self.feed.wait_seconds - waited
         self.time_split["sample_wait"] += wait
         self.time_split["assemble_to_device"] += time.perf_counter() - t0 - wait
-        return batch
+        return out
 
-    def after_bundle(self, info: dict[str, torch.Tensor]) -> None:
-        """Bookkeeping once a bundle is queued (caller holds the agent lock): counters, limiter,
+    def after_bundle(self, info: dict[str, torch.Tensor], n: int = 1) -> None:
+        """Bookkeeping once `n` bundles are queued (caller holds the agent lock): counters, limiter,
         and every 20 bundles a loss snapshot copied to the host without waiting for the GPU."""
-        self.bundles += 1
-        if self.bundles % 20 == 1:
+        first = self.bundles + 1
+        self.bundles += n
+        if any(b % 20 == 1 for b in range(first, self.bundles + 1)):
             self._info_copy.start(list(info.values()), tag=list(info.keys()))
         with self._lock:
-            self.limiter.record_updates(self.per_step)
+            self.limiter.record_updates(self.per_step * n)
             self._wake_grant_waiters()
 
-    def publish_due(self) -> None:
-        """A weight version every `publish_every` bundles (started async), and whatever copies have
-        landed since the last call go out (caller holds the agent lock)."""
-        if self.bundles % self.cfg.runtime.publish_every == 0:
+    def publish_due(self, n: int = 1) -> None:
+        """A weight version every `publish_every` bundles (started async; one for the last `n`
+        bundles however many multiples they crossed), and whatever copies have landed since the
+        last call go out (caller holds the agent lock)."""
+        every = self.cfg.runtime.publish_every
+        if any(b % every == 0 for b in range(self.bundles - n + 1, self.bundles + 1)):
             self._publish_async()
         self._collect_copies()
 
     def _make_update_fn(self, example: Batch):
         """One env step's update: a SAC bundle, or a step of the kept pre-training loss (the
-        offline_* baselines: CQL / IQL, as local.py runs them online)."""
+        offline_* baselines: CQL / IQL / Cal-QL, as local.py runs them online)."""
         c = self.cfg
         if self.online_loss == "sac":
             return make_bundle_fn(self.agent, c.sac, self.mode, example=example, matmul_dtype=self.matmul_dtype)
@@ -365,27 +381,37 @@ class Learner:
                                     self.mode, example=example)
 
     def train(self) -> dict[str, Any]:
-        """Run bundles within the limiter until finish() and every owed update is done."""
+        """Run bundles within the limiter until finish() and every owed update is done. With
+        runtime.replay_groups each whole sample request's G bundles run as one call (one CUDA
+        graph replay on a GPU: algo/fast.py FusedBundles.group) whenever the limiter allows all G."""
         t_start = time.perf_counter()
         self._train_start = (t_start, self.limiter.updates)
         self.feed = self.make_feed()
+        self._group = None  # captured on the feed's buffers: a new feed needs a new one
+        groups = self.cfg.runtime.replay_groups and self.feed.group > 1
         split = self.time_split  # wall seconds per part of the loop (issue 5's time split)
         t_wait = time.perf_counter()
         while self._wait_for_room():
             t0 = time.perf_counter()
             split["limiter_wait"] += t0 - t_wait
-            batch = self.next_batch()
+            group = self.next_group() if groups else None
+            batch = group[0] if group else self.next_batch()
             t2 = time.perf_counter()
             # bundle, counters and publish under one lock: a checkpoint sees all of them or none
             with self._agent_lock:
                 if self._bundle is None:  # built on first use: CUDA-graph capture needs a batch
                     self._bundle = self._make_update_fn(batch)
-                self.bundle_timer.start()
-                info = self._bundle(batch)
+                if group and self._group is None:  # the fused bundles group; others loop
+                    self._group = (self._bundle.group(group) if hasattr(self._bundle, "group")
+                                   else lambda bs: [self._bundle(b) for b in bs][-1])
+                n = len(group) if group else 1
+                self.bundle_groups += bool(group)
+                self.bundle_timer.start(n)
+                info = self._group(group) if group else self._bundle(batch)
                 self.bundle_timer.stop()
-                self.after_bundle(info)
+                self.after_bundle(info, n)
                 t3 = time.perf_counter()
-                self.publish_due()
+                self.publish_due(n)
             t_wait = time.perf_counter()
             split["update_launch"] += t3 - t2
             split["publish"] += t_wait - t3
@@ -407,6 +433,7 @@ class Learner:
         pub = self._publisher.stats()
         out = {
             "critic_updates": lim["updates"], "bundles": self.bundles, "env_steps": env_steps,
+            "bundle_groups": self.bundle_groups,
             "critic_updates_per_second": (lim["updates"] - u0) / elapsed if elapsed > 0 else 0.0,
             "granted_env_steps": lim["granted"], "version": self.version,
             "limiter_blocked_seconds": lim["blocked_seconds"], "losses": dict(self.last_info),
@@ -445,7 +472,7 @@ class Learner:
             self.env_steps = int(state["env_steps"])
             torch.set_rng_state(state["torch_rng"])
             self.rng.bit_generator.state = state["rng"]
-            self._bundle = None
+            self._bundle = self._group = None
             self._room.notify_all()
 
     def ping(self) -> str:

@@ -38,6 +38,10 @@ class RuntimeConfig:
     # one host->device copy serve this many bundles. Rows are then sampled up to
     # (prefetch_depth + 1) * sample_bundles bundles (= env steps) before use; 1 without prefetch.
     sample_bundles: int = 4
+    # run each sample request's sample_bundles bundles as ONE call (one CUDA graph replay on a GPU,
+    # reading the feed's device buffer in place) whenever the limiter allows them all; experimental
+    # (not yet measured on a GPU), for SAC methods on the fused fast paths, one seed
+    replay_groups: bool = False
     monitor_interval: float = 1.0  # driver's stats/metrics/health loop, seconds
     restart_timeout: float = 120.0  # seconds a restarting worker may take before it is replaced
     keep_checkpoints: int = 2  # newest checkpoints kept under <run_dir>/checkpoints
