@@ -1,6 +1,6 @@
-"""Grant calls that wait in the learner (Learner.wait_for_env_steps) instead of polling it: a refused
-call sleeps until the training loop's updates make a grant quantum of room, until its wait runs out,
-or until the budget is spent. Plain threads, no Ray: the waiting is the learner's own."""
+"""Grant calls that wait in the learner (Learner.wait_for_env_steps, runtime/grants.py) instead of
+polling it: a refused call sleeps until the training loop's updates make a grant quantum of room,
+until its wait runs out, or until the budget is spent. Plain threads, no Ray."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class Waiter:
 
 def waiters(lrn: Learner) -> int:
     with lrn._lock:
-        return lrn._grant_waiters
+        return lrn.grants.waiters
 
 
 def until(pred, timeout: float = 10.0) -> None:

@@ -29,7 +29,8 @@ from wsrl_dist.ops.metrics import MetricsServer
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.runtime import checkpoint as ckpt
 from wsrl_dist.runtime.control import NAMESPACE, controller_name, make_controller, scale, status
-from wsrl_dist.runtime.learner import Learner, first_update_step, learner_actor_class
+from wsrl_dist.runtime.grants import learner_actor_class
+from wsrl_dist.runtime.learner import Learner, first_update_step
 from wsrl_dist.runtime.monitor import Monitor
 from wsrl_dist.runtime.replay import ReplayShard
 from wsrl_dist.runtime.supervisor import Supervisor

@@ -28,20 +28,11 @@ from wsrl_dist.ops.metrics import SECONDS_BUCKETS, Histogram
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
 from wsrl_dist.runtime.bundletimer import BundleTimer
 from wsrl_dist.runtime.feed import ReplayFeed
+from wsrl_dist.runtime.grants import GRANTS, GrantDesk, rollout_slack
 from wsrl_dist.runtime.hostcopy import HostCopy
 from wsrl_dist.runtime.limiter import UtdLimiter
 from wsrl_dist.runtime.procstats import ProcessStats
 from wsrl_dist.runtime.weights import WeightPublisher
-
-GRANTS = "grants"  # Ray concurrency group of the rollout workers' grant calls (learner_actor_class)
-
-
-def learner_actor_class(cls: type, num_workers: int, groups: int = 1) -> Any:
-    """`cls` (Learner or MultiSeedLearner) as a Ray actor class whose grant calls run on a thread
-    pool of their own: a worker waiting there for env steps holds one thread. Twice the workers (at
-    least 16) per seed group leaves room for `wsrl-dist scale`; past that, grant calls queue (the
-    workers slow down, nothing deadlocks: each waits at most runtime.grant_wait_s)."""
-    return ray.remote(concurrency_groups={GRANTS: max(16, 2 * int(num_workers)) * int(groups)})(cls)
 
 
 def first_update_step(cfg) -> int:
@@ -51,16 +42,6 @@ def first_update_step(cfg) -> int:
     update, job.rows_per_env_step)."""
     rows = job.rows_per_env_step(cfg)
     return max(job.warmup_steps(cfg), int(rows * (1 - job.offline_ratio(cfg)))) + 1
-
-
-def rollout_slack(cfg) -> int | None:
-    """The limiter's rollout side: runtime.rollout_slack, or None (workers unpaced) when the Cal-QL
-    loss is kept online. Deviation, for that case only: its workers hold each episode's rows until
-    the episode ends (its MC returns need all of them), and with paced workers the rows they hold
-    could exceed the slack while the learner waits for exactly those rows (a stall). Unpaced, the
-    learner side still caps updates at one per env step in the shards; it may fall behind the
-    rollout (utd_actual < 1 for a while) and makes up the owed updates before the run ends."""
-    return None if job.online_loss(cfg) == "calql" else cfg.runtime.rollout_slack
 
 
 def to_cpu(obj: Any) -> Any:
@@ -100,9 +81,8 @@ class Learner:
         self.limiter = UtdLimiter(self.per_step, first_update_step(c), c.finetune.online_steps,
                                   c.runtime.utd_slack, rollout_slack(c))
         self._lock = threading.Lock()  # limiter, shared with the workers' grant calls
-        # grant calls waiting for rollout room sleep on this; after_bundle wakes them as room opens
-        self._room = threading.Condition(self._lock)
-        self._grant_waiters = 0
+        # the workers' side of the limiter; after_bundle wakes grant calls waiting for room
+        self.grants = GrantDesk(self.limiter, self._lock, c.runtime.grant_quantum)
         self._agent_lock = threading.Lock()  # agent: one bundle or one state_dict at a time
         self._finish = threading.Event()
         self.rng = np.random.default_rng(c.run.seed + 17)
@@ -214,62 +194,26 @@ class Learner:
     # ------------------------------------------------------------------ limiter
     @ray.method(concurrency_group=GRANTS)
     def acquire_env_steps(self, n: int, multiple: int = 1, blocked_s: float = 0.0) -> int:
-        """Rollout side, never waits: env steps a worker may take now (0 = wait, -1 = budget spent).
-        `blocked_s`: what the worker slept since its last refused call (limiter's rollout side)."""
-        with self._lock:
-            if blocked_s:
-                self.limiter.add_blocked("rollout", blocked_s)
-            granted = self.limiter.grant(n, multiple, self.cfg.runtime.grant_quantum)
+        """Rollout side, never waits: env steps a worker may take now (0 = wait, -1 = budget spent)."""
+        granted = self.grants.acquire(n, multiple, blocked_s)
         self.process_stats.count_grant(granted)
         return granted
 
     @ray.method(concurrency_group=GRANTS)
     def wait_for_env_steps(self, n: int, multiple: int = 1, wait_s: float = 0.1) -> list:
-        """Rollout side, waits: like acquire_env_steps, but a refused call sleeps here until the
-        training loop makes room (after_bundle wakes it) or `wait_s` passes, instead of the worker
-        polling: with the learner the bottleneck, 14 polling workers made ~600 grant calls/s into
-        this process, 84% of them refused (BENCHMARKS.md, end to end), each one GIL time taken
-        from the training loop. Returns [granted (0 after wait_s, -1 = budget spent), seconds waited]."""
-        t0 = time.perf_counter()
-        deadline, slept = t0 + max(0.0, float(wait_s)), False
-        with self._room:
-            while True:
-                granted = self.limiter.grant(n, multiple, self.cfg.runtime.grant_quantum)
-                left = deadline - time.perf_counter()
-                if granted or left <= 0:
-                    break
-                self._grant_waiters += 1
-                try:
-                    self._room.wait(left)
-                finally:
-                    self._grant_waiters -= 1
-                slept = True
-            waited = time.perf_counter() - t0 if slept else 0.0
-            if self.limiter.total_steps <= self.limiter.granted:
-                self._room.notify_all()  # the budget is spent: every waiter returns -1 now
-            if waited:
-                self.limiter.add_blocked("rollout", waited)
+        """Rollout side, waits (runtime.grant_wait_s > 0): a refused call sleeps here until this
+        learner's updates make room or `wait_s` passes (grants.GrantDesk). Returns [granted (0
+        after wait_s, -1 = budget spent), seconds waited]."""
+        granted, waited = self.grants.wait_for(n, multiple, wait_s)
         self.process_stats.count_grant(granted)
         return [granted, waited]
-
-    def _wake_grant_waiters(self) -> None:
-        """Wake waiting grant calls for the room there is now (caller holds self._lock): one per
-        grant quantum of room, so a bundle that frees one env step does not wake all 14 workers."""
-        if not self._grant_waiters:
-            return
-        room, quantum = self.limiter.rollout_room(), self.cfg.runtime.grant_quantum
-        left = self.limiter.total_steps - self.limiter.granted
-        if left <= 0:
-            self._room.notify_all()
-        elif room >= min(quantum, left):
-            self._room.notify(min(self._grant_waiters, max(1, room // quantum)))
 
     def begin_online(self, env_steps: int) -> None:
         """Align the rollout budget with what the shards hold (after warmup or a resume)."""
         with self._lock:
             self.limiter.sync_env_steps(env_steps)
             self.env_steps = int(env_steps)
-            self._room.notify_all()  # the granted count moved: let waiting workers look again
+            self.grants.wake_all()  # the granted count moved: let waiting workers look again
 
     def finish(self) -> None:
         """Rollout is over: run the updates still owed, then return from train()."""
@@ -360,7 +304,7 @@ class Learner:
             self._info_copy.start(list(info.values()), tag=list(info.keys()))
         with self._lock:
             self.limiter.record_updates(self.per_step * n)
-            self._wake_grant_waiters()
+            self.grants.wake()
 
     def publish_due(self, n: int = 1) -> None:
         """A weight version every `publish_every` bundles (started async; one for the last `n`
@@ -473,7 +417,7 @@ class Learner:
             torch.set_rng_state(state["torch_rng"])
             self.rng.bit_generator.state = state["rng"]
             self._bundle = self._group = None
-            self._room.notify_all()
+            self.grants.wake_all()
 
     def ping(self) -> str:
         return ray.get_runtime_context().get_node_id()

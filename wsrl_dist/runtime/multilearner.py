@@ -19,7 +19,8 @@ import ray
 import torch
 
 from wsrl_dist.algo.fast import make_multiseed_fn
-from wsrl_dist.runtime.learner import GRANTS, Learner
+from wsrl_dist.runtime.grants import GRANTS
+from wsrl_dist.runtime.learner import Learner
 
 
 class MultiSeedLearner:

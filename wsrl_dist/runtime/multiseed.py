@@ -34,7 +34,7 @@ from wsrl_dist.runtime.driver import (
     check_learner_running,
     scale_requests,
 )
-from wsrl_dist.runtime.learner import learner_actor_class
+from wsrl_dist.runtime.grants import learner_actor_class
 from wsrl_dist.runtime.multilearner import LearnerView, MultiSeedLearner
 from wsrl_dist.runtime.supervisor import Supervisor
 from wsrl_dist.runtime.weights import WeightStore
