@@ -90,7 +90,8 @@ def test_metric_names_follow_prometheus_conventions_and_cover_every_snapshot_key
                   "limiter_blocked_seconds", "replay", "rejected_chunks", "policy_lag",
                   "weight_publish_seconds", "weights_version", "worker_restarts_total", "workers_alive",
                   "episode_return", "normalized_score", "learner_step_seconds", "gpu_memory_bytes",
-                  "learner_device_busy", "learner_cpu_seconds", "learner_gc_seconds", "learner_grant_calls"]
+                  "learner_device_busy", "learner_cpu_seconds", "learner_gc_seconds", "learner_grant_calls",
+                  "learner_loop_seconds"]
     assert set(documented) == {s.key for s in METRICS}
 
 
@@ -111,6 +112,8 @@ def full_snapshot() -> dict:
         "learner_step_seconds": step.to_dict(), "gpu_memory_bytes": 123456789,
         "learner_device_busy": 0.93, "learner_cpu_seconds": 12.5, "learner_gc_seconds": 0.25,
         "learner_grant_calls": {"granted": 300, "refused": 1200},
+        "learner_loop_seconds": {"limiter_wait": 1.5, "sample_wait": 0.5, "assemble_to_device": 2.0,
+                                 "update_launch": 3.0, "publish": 0.25},
     }
 
 

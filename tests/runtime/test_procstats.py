@@ -40,11 +40,15 @@ def test_monitor_exports_the_learner_process_counters():
              "rejected": {}, "env_steps_by_worker": {0: 500}}
     proc = {"cpu_seconds": 3.5, "gc_seconds": 0.02, "gc_collections": [9, 1, 0], "grant_calls": 40,
             "grant_refusals": 30, "threads": 12}
-    mon.update(phase="online", learner={"critic_updates": 80, "process": proc}, shards=[shard], workers={},
+    split = {"limiter_wait": 0.5, "sample_wait": 0.25, "assemble_to_device": 1.0, "update_launch": 2.0,
+             "publish": 0.125}
+    mon.update(phase="online", learner={"critic_updates": 80, "process": proc, "time_split_s": split},
+               shards=[shard], workers={},
                alive={}, store_version=3, restarts=0, dropped=0, workers_target=1, now=10.0)
     snap = mon.snapshot()
     assert snap["learner_cpu_seconds"] == 3.5 and snap["learner_gc_seconds"] == 0.02
     assert snap["learner_grant_calls"] == {"granted": 10, "refused": 30}
     names = {f.name for f in metric_families(snap, strict=True)}
-    assert {"wsrl_learner_cpu_seconds", "wsrl_learner_grant_calls"} <= names  # counters drop _total
+    assert snap["learner_loop_seconds"] == split  # the loop's time split, by part
+    assert {"wsrl_learner_cpu_seconds", "wsrl_learner_grant_calls", "wsrl_learner_loop_seconds"} <= names
     assert mon.throughput_record()["learner_process"] == proc

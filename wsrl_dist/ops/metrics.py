@@ -38,6 +38,9 @@ SNAPSHOT schema (every key optional; a missing key is simply not exported):
     learner_gc_seconds        float  cumulative seconds that process spent in garbage collection
     learner_grant_calls       {"granted": int, "refused": int}  cumulative env-step grant requests
                               from rollout workers the learner answered, by outcome
+    learner_loop_seconds      {part: s}  cumulative wall seconds of the learner's training loop by
+                              part: limiter_wait, sample_wait, assemble_to_device, update_launch,
+                              publish (runtime/learner.py time split)
 A multi-seed job serves one snapshot per seed, each series with a leading `seed` label
 (`labelled_metric_families`); a single-seed job's series carry no seed label.
 A histogram dict is {"buckets": [upper bounds, +Inf excluded], "counts": [non-cumulative count per
@@ -201,6 +204,10 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("wsrl_learner_grant_calls_total", "counter",
                "Env-step grant requests from rollout workers answered by the learner, by outcome.",
                "learner_grant_calls", "map", ("outcome",)),
+    MetricSpec("wsrl_learner_loop_seconds_total", "counter",
+               "Wall seconds of the learner's training loop, by part (waiting on the limiter, waiting "
+               "for samples, assembling batches, launching updates, publishing weights).",
+               "learner_loop_seconds", "map", ("part",)),
 )
 
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)

@@ -107,6 +107,7 @@ class Monitor:
             "weight_publish_seconds": v["weight_publish_seconds"],
             "learner_step_seconds": v["learner_step_seconds"], "gpu_memory_bytes": v["gpu_memory_bytes"],
             "learner_device_busy": v.get("learner_device_busy"),
+            "learner_loop_seconds": v.get("learner_time_split_s") or None,
         }
         proc = v.get("learner_process")
         if proc:  # the learner process's own load (runtime/procstats.py)
