@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.runtime.test_wire import A, O, columns
 from wsrl_dist.runtime.replay import ReplayShard
@@ -69,3 +70,9 @@ def test_a_shard_with_mc_returns_takes_only_frames_that_carry_them_and_samples_t
     np.testing.assert_array_equal(shard.ring.export()["mc_returns"], mc)
     plain = ReplayShard(64, O, A, seed=0)
     assert plain.insert(with_mc) == 0 and plain.rejected["schema"] == 1 and len(plain.ring) == 0
+    # a resumed Cal-QL job restores its shards with the column; a checkpoint without it is refused
+    again = ReplayShard(64, O, A, seed=1, mc_returns=True)
+    again.load_state_dict(shard.state_dict())
+    np.testing.assert_array_equal(again.ring.export()["mc_returns"], mc)
+    with pytest.raises(ValueError, match="do not match buffer fields.*mc_returns"):
+        ReplayShard(64, O, A, seed=1, mc_returns=True).load_state_dict(plain.state_dict())
