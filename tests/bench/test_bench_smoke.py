@@ -193,23 +193,33 @@ def test_publish_table_compares_inline_and_threaded_publishing_with_none(capsys)
     assert all(math.isfinite(x) and x > 0 for m in ("inline", "thread") for x in rows[m][:2])
 
 
-def test_grants_table_runs_the_same_job_with_waiting_and_polling_workers(capsys):
-    from wsrl_dist.bench import grants
+def test_job_table_runs_the_same_job_under_each_variant(capsys):
+    from wsrl_dist.bench import job
 
-    assert grants.main(["finetune.warmup_steps=200", "finetune.online_steps=700", "--repeats", "1"]) == 0
+    assert job.main(["finetune.warmup_steps=200", "finetune.online_steps=700", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     rows = {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells[0].startswith(("wait", "poll")):
-            rows[cells[0].split()[0]] = cells[1:]
-    assert set(rows) == {"wait", "poll"}
-    assert float(rows["poll"][1]) == 1.0  # x poll: the baseline against itself
-    for cells in rows.values():  # env steps/s, x poll, updates/s, 4 x ms, grant calls/s, refused %, cores
+        if cells[0].startswith("runtime.grant_wait_s="):
+            rows[cells[0]] = cells[1:]
+    assert set(rows) == {"runtime.grant_wait_s=0 (baseline)", "runtime.grant_wait_s=0.1"}
+    assert float(rows["runtime.grant_wait_s=0 (baseline)"][1]) == 1.0  # x base: itself
+    for cells in rows.values():  # env steps/s, x base, updates/s, 4 x ms, grant calls/s, refused %, cores
         nums = [float(c.replace(",", "").rstrip("%")) for c in cells]
         assert len(nums) == 10 and all(math.isfinite(x) and x >= 0 for x in nums), cells
         assert all(nums[i] > 0 for i in (0, 2, 3, 5, 7, 9)), cells  # the job ran, the loop took time
-    assert out.count("# measured wait") == 2
+    assert out.count("# measured [") == 2
+
+
+def test_job_refuses_a_bad_variant_before_running_anything():
+    from wsrl_dist.bench import job
+    from wsrl_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match="runtime.grant_wait_s must be in"):
+        job.main(["--variants", "runtime.grant_wait_s=0; runtime.grant_wait_s=-3"])
+    with pytest.raises(SystemExit, match="at least two"):
+        job.main(["--variants", "runtime.grant_wait_s=0"])
 
 
 def test_learner_group_rows_time_several_bundles_per_call(capsys):
