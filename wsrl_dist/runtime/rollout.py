@@ -1,12 +1,15 @@
 """RolloutWorker: vector env + CPU Policy -> wire chunks -> one replay shard (the acting end of the data path).
 
 Rows are stamped with the weights version that chose their action; rewards stay RAW in the chunk
-(the shard scales them, once). When the learner keeps the Cal-QL loss online, each env's rows wait
-here until their episode ends and go out with its Monte-Carlo returns-to-go (computed from the scaled
-rewards, as local.py does); an episode still running when the worker drains (end of warmup, budget
-spent, stop) goes out cut there, its last row marked a timeout. Between chunks the worker pulls newer weights without blocking and,
+(the shard scales them, once). Between chunks the worker pulls newer weights without blocking and,
 in the online stage, asks the learner's UTD limiter for env steps. driver.py runs it as a threaded Ray
 actor (max_concurrency=2) so `stop()` and `stats()` answer while `run()` loops.
+
+When the learner keeps the Cal-QL loss online, each env's rows wait here until their episode ends and
+go out with its Monte-Carlo returns-to-go (from the scaled rewards, as local.py computes them); an
+episode still running when the worker drains (end of warmup, budget spent, stop) goes out cut there,
+its last row marked a timeout. A partial vector step (the budget's last remainder, a warmup share)
+is always followed by a drain, so an env whose row was dropped never runs on into the same episode.
 """
 
 from __future__ import annotations
