@@ -82,6 +82,28 @@ def test_feed_hands_out_whole_rows_mixed_over_shards_one_request_per_group(ray_l
     feed.close()
 
 
+def test_next_group_hands_out_a_whole_request_and_only_at_its_start(ray_local):
+    """runtime.replay_groups takes a request's bundles at once; mid-request it must not."""
+    import ray
+
+    shards = make_shards(ray, [range(0, 500)])
+    feed = ReplayFeed(shards, rows=64, obs_dim=O, act_dim=A, device=torch.device("cpu"),
+                      rng=np.random.default_rng(2), bundles_per_request=3, depth=1, shard_sizes=[500])
+    assert feed.at_request_start()
+    group = feed.next_group()
+    assert len(group) == 3 and feed.requests == 2  # this request and the one in flight
+    ids = [check_rows(b) for b in group]
+    assert all(len(i) == 64 for i in ids) and not np.array_equal(ids[0], ids[1])
+    assert feed.at_request_start()
+    feed.next()
+    assert not feed.at_request_start()
+    with pytest.raises(RuntimeError, match="middle of a request"):
+        feed.next_group()
+    feed.next(), feed.next()
+    assert feed.at_request_start() and len(feed.next_group()) == 3
+    feed.close()
+
+
 def test_feed_tops_up_from_the_fullest_shard_when_a_split_hits_an_empty_one(ray_local):
     import ray
 
