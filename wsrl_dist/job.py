@@ -8,6 +8,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +131,11 @@ def update_run_json(run_dir: Path, **fields: Any) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
-def load_offline_dataset(cfg: RunConfig, task: TaskSpec, progress: bool = True) -> OfflineDataset:
+def load_offline_dataset(cfg: RunConfig, task: TaskSpec, progress: bool = True,
+                         report: Callable[[dict[str, Any]], None] | None = None) -> OfflineDataset:
     """The offline dataset named by cfg.dataset: a D4RL HDF5 file, a Minari dataset, or one built by
-    the project's D4RL-recipe builder (cached). `auto` uses the D4RL file when present, else builds."""
+    the project's D4RL-recipe builder (cached). `auto` uses the D4RL file when present, else builds.
+    `report`: the builder's progress events (data.builder.BuildReport), when it builds."""
     from wsrl_dist.data import d4rl
     from wsrl_dist.envs.make import obs_act_dims
 
@@ -158,7 +161,7 @@ def load_offline_dataset(cfg: RunConfig, task: TaskSpec, progress: bool = True) 
     from wsrl_dist.data import builder
 
     path = builder.build_dataset(build_spec(cfg, task.name), progress=progress,
-                                 checkpoint_every=cfg.dataset.build_checkpoint_every)
+                                 checkpoint_every=cfg.dataset.build_checkpoint_every, report=report)
     return d4rl.load_d4rl_hdf5(path, expected_obs_dim=obs_dim, expected_act_dim=act_dim)
 
 

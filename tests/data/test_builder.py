@@ -262,3 +262,18 @@ def test_a_builder_checkpoint_of_another_spec_or_damaged_is_refused_by_name(tmp_
     partial.write_bytes(partial.read_bytes()[:100])
     with pytest.raises(ValueError, match="does not load"):
         builder.train_behaviour_policy(spec, progress=False, partial=partial)
+
+
+def test_a_build_reports_its_progress_to_a_callback(tmp_path):
+    """Callers that show build progress elsewhere than tqdm (the Ray learner under `launch`) get
+    behaviour-run events with the eval return against its target, then rollout rows to the total."""
+    events = []
+    spec = dataclasses.replace(SPEC, transitions=1200)
+    build_dataset(spec, tmp_path, progress=False, report=events.append)
+    behaviour = [e for e in events if e["part"] == "behaviour"]
+    rollout = [e for e in events if e["part"] == "rollout"]
+    assert behaviour and rollout and all(e["stage"] == "build" for e in events)
+    assert [e["done"] for e in behaviour] == sorted(e["done"] for e in behaviour)
+    assert behaviour[-1]["target_return"] == pytest.approx(60.0)
+    assert behaviour[-1]["eval_return"] >= 60.0  # stopped at the target: the last eval reached it
+    assert rollout[-1]["done"] == rollout[-1]["total"] == 1200

@@ -14,6 +14,7 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,11 @@ BUILDABLE_FAMILIES = ("locomotion", "classic")
 # Medium targets for tasks without D4RL reference scores: 1/3 of the way from a random policy's return
 # to a solved one's. Pendulum-v1: random ~ -1230, solved ~ -150 (200-step episodes) -> -870.
 DEFAULT_MEDIUM_TARGETS: dict[str, float] = {"pendulum-v1": -870.0}
+# Progress events for callers that show or export build progress (the Ray learner, `launch`): called
+# with {"stage": "build", "part": "behaviour" | "rollout", "done", "total", "eval_return",
+# "target_return"} about every REPORT_EVERY steps or rows, at each behaviour eval and at each part's end.
+BuildReport = Callable[[dict[str, Any]], None]
+REPORT_EVERY = 1_000
 
 
 def recipe_from_task(task_name: str) -> str:
@@ -194,7 +200,7 @@ def _eval_return(policy: Policy, task: TaskSpec, episodes: int, seed: int) -> fl
 
 
 def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: Path | None = None,
-                           checkpoint_every: int = 50_000
+                           checkpoint_every: int = 50_000, report: BuildReport | None = None
                            ) -> tuple[Agent, dict[str, np.ndarray], TrainHistory]:
     """SAC from scratch on make_env(task): `random_steps` uniform actions first, then one update per env
     step; deterministic eval every `eval_every` steps. medium / medium-replay stop at the first eval
@@ -244,7 +250,8 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: P
                 if step > spec.random_steps:
                     sac_update(agent, batch_from_numpy(buf.sample(cfg.batch_size, rng), agent.device), cfg)
                 bar.update(1)
-                if step % spec.eval_every == 0 or step == spec.train_steps:
+                evaluated = step % spec.eval_every == 0 or step == spec.train_steps
+                if evaluated:
                     policy = policy_from_weights(task, net, agent.export_policy(), spec.seed)
                     ret = _eval_return(policy, task, spec.eval_episodes, spec.seed)
                     hist.env_steps.append(step)
@@ -254,7 +261,10 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: P
                         hist.target_reached_at = step
                         hist.medium_weights = agent.export_policy()
                         if stop_at_target:
+                            _report(report, "behaviour", step, spec.train_steps, hist)
                             break
+                if report is not None and (evaluated or step % REPORT_EVERY == 0):
+                    _report(report, "behaviour", step, spec.train_steps, hist)
                 if partial is not None and checkpoint_every > 0 and step % checkpoint_every == 0 \
                         and step < spec.train_steps:
                     _save_build_partial(partial, spec, agent, buf, hist, rng, step, time.perf_counter() - t0)
@@ -267,6 +277,15 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: P
     replay = buf.export()
     _end_last_episode(replay)
     return agent, replay, hist
+
+
+def _report(report: BuildReport | None, part: str, done: int, total: int,
+            hist: TrainHistory | None = None) -> None:
+    if report is None:
+        return
+    report({"stage": "build", "part": part, "done": int(done), "total": int(total),
+            "eval_return": hist.eval_returns[-1] if hist is not None and hist.eval_returns else None,
+            "target_return": hist.target_return if hist is not None else None})
 
 
 def _run_mode(spec: BuildSpec) -> str:
@@ -346,7 +365,8 @@ def _end_last_episode(cols: dict[str, np.ndarray]) -> None:
 
 
 def rollout_dataset(policy: Policy, task: str | TaskSpec, n_transitions: int, seed: int,
-                    deterministic: bool = False, *, progress: bool = False) -> OfflineDataset:
+                    deterministic: bool = False, *, progress: bool = False,
+                    report: BuildReport | None = None) -> OfflineDataset:
     """`n_transitions` rows of `policy` acting in make_env(task, seed): D4RL columns, raw rewards,
     timeouts at TimeLimit truncation and on the last row (a partial episode) unless it terminated."""
     task = task if isinstance(task, TaskSpec) else get_task(task)
@@ -363,6 +383,8 @@ def rollout_dataset(policy: Policy, task: str | TaskSpec, n_transitions: int, se
             for k, v in _row(obs, action, reward, next_obs, terminated, truncated).items():
                 cols[k][i] = v[0]
             obs = env.reset()[0] if (terminated or truncated) else next_obs
+            if report is not None and ((i + 1) % (10 * REPORT_EVERY) == 0 or i + 1 == n):
+                _report(report, "rollout", i + 1, n)
     finally:
         env.close()
     _end_last_episode(cols)
@@ -403,8 +425,8 @@ def _load_cached(path: Path, spec: BuildSpec) -> OfflineDataset | None:
     return ds
 
 
-def _train_cached(spec: BuildSpec, root: Path, progress: bool, checkpoint_every: int = 50_000
-                  ) -> tuple[dict[str, np.ndarray], TrainHistory]:
+def _train_cached(spec: BuildSpec, root: Path, progress: bool, checkpoint_every: int = 50_000,
+                  report: BuildReport | None = None) -> tuple[dict[str, np.ndarray], TrainHistory]:
     """train_behaviour_policy with its result (replay columns + history with actor weights) kept in
     <cache>/runs/: medium and medium-replay share one run, expert and medium-expert another. While it
     trains, <that file>.partial.pt is its checkpoint (every `checkpoint_every` env steps), resumed from
@@ -423,7 +445,8 @@ def _train_cached(spec: BuildSpec, root: Path, progress: bool, checkpoint_every:
         except Exception as e:
             warnings.warn(f"retraining: cached run {path} does not load ({e})", stacklevel=3)
     partial = path.with_name(path.stem + ".partial.pt")  # resumed from if a build was killed
-    _, replay, hist = train_behaviour_policy(spec, progress, partial=partial, checkpoint_every=checkpoint_every)
+    _, replay, hist = train_behaviour_policy(spec, progress, partial=partial, checkpoint_every=checkpoint_every,
+                                             report=report)
     arrays = {"history": np.array(json.dumps(hist.scalars()))}
     arrays.update({f"replay/{k}": v for k, v in replay.items()} if mode == "to-target" else {})
     for part in ("medium", "final"):
@@ -436,12 +459,13 @@ def _train_cached(spec: BuildSpec, root: Path, progress: bool, checkpoint_every:
     return replay, hist
 
 
-def _behaviour(spec: BuildSpec, root: Path, progress: bool, checkpoint_every: int = 50_000
+def _behaviour(spec: BuildSpec, root: Path, progress: bool, checkpoint_every: int = 50_000,
+               report: BuildReport | None = None
                ) -> tuple[dict[str, dict | None], dict[str, np.ndarray], TrainHistory]:
     """({part name: actor weights (None = random init)}, replay columns, history) for the recipe."""
     if spec.recipe == "random":
         return {"random": None}, {}, TrainHistory()
-    replay, hist = _train_cached(spec, root, progress, checkpoint_every)
+    replay, hist = _train_cached(spec, root, progress, checkpoint_every, report)
     reached = hist.target_reached_at is not None
     if not reached and spec.recipe != "expert":
         warnings.warn(f"{spec.task}: behaviour run never reached target_return {spec.target_return:.1f} "
@@ -454,20 +478,22 @@ def _behaviour(spec: BuildSpec, root: Path, progress: bool, checkpoint_every: in
 
 
 def build_dataset(spec: BuildSpec, cache_dir: str | os.PathLike | None = None,
-                  progress: bool = True, checkpoint_every: int = 50_000) -> Path:
+                  progress: bool = True, checkpoint_every: int = 50_000,
+                  report: BuildReport | None = None) -> Path:
     """Build (or find in the cache) the D4RL-layout HDF5 for `spec`; returns its path.
 
     medium-expert = transitions/2 rows of the medium policy then the rest of the expert's (D4RL
     concatenated two 1M files). The behaviour eval return in the metadata is a fresh deterministic
     eval (other episodes than the ones that stopped training), one value per part.
     `checkpoint_every`: env steps between the behaviour run's checkpoints (0: none; `_train_cached`).
+    `report`: progress events (BuildReport) for a caller that shows them somewhere other than tqdm.
     """
     path = dataset_path(spec, cache_dir)
     spec = spec.resolved()
     if _load_cached(path, spec) is not None:
         return path
     task, net, t0 = get_task(spec.task), spec.net_config(), time.perf_counter()
-    weights, replay, hist = _behaviour(spec, path.parent, progress, checkpoint_every)
+    weights, replay, hist = _behaviour(spec, path.parent, progress, checkpoint_every, report)
     parts, evals = [], []
     for i, (name, w) in enumerate(weights.items()):
         policy = policy_from_weights(task, net, w, spec.seed + 1 + i)
@@ -476,7 +502,8 @@ def build_dataset(spec: BuildSpec, cache_dir: str | os.PathLike | None = None,
             parts.append({k: v[-spec.transitions:] for k, v in replay.items()})
         else:
             n = spec.transitions // len(weights) + (i < spec.transitions % len(weights))
-            parts.append(rollout_dataset(policy, task, n, spec.seed + 1 + i, progress=progress).columns())
+            parts.append(rollout_dataset(policy, task, n, spec.seed + 1 + i, progress=progress,
+                                         report=report).columns())
     ds = OfflineDataset.from_columns({k: np.concatenate([p[k] for p in parts]) for k in COLUMN_NAMES})
     rets = episode_returns(ds)
     one = len(evals) == 1
