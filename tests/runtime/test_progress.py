@@ -194,3 +194,24 @@ def test_a_build_part_that_ends_between_two_polls_still_gets_its_final_line():
     assert fields["stage"] == "pretrain" and fields["pretrain_steps"] == 20 and fields["stage_progress"] == 1.0
     assert prog.update("warmup", {"env_steps": 0}, None, now=2.0)["stage"] == "warmup"
     assert len(out.getvalue().splitlines()) == 4  # no warmup (K = 0): it prints nothing
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_each_stage_is_one_tqdm_bar_that_ends_at_its_total():
+    term = _Terminal()
+    lines = StageLines(term)
+    for n in (0, 40, 100):
+        lines.show("pretrain", "", n, 100, "critic 0.5")
+    lines.show("online", "", 60, 80)
+    lines.close(80)
+    # tqdm redraws its line in place (\r); the last drawing of each bar is its final count
+    finals = [seg.split("\n")[0] for seg in term.getvalue().split("\r") if seg.strip()]
+    pre = [s for s in finals if s.startswith("pretrain:")]
+    onl = [s for s in finals if s.startswith("online:")]
+    assert "100/100" in pre[-1] and "critic 0.5" in pre[-1], finals
+    assert "80/80" in onl[-1] and "100%" in onl[-1], finals
+    assert term.getvalue().count("\n") == 2  # two bars, each closed once

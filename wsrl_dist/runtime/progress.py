@@ -216,7 +216,7 @@ class StageProgress:
         if stage not in ("build", "pretrain") or total <= 0:
             return {}
         rate = self._rate(stage, part, now, done)
-        eta = (total - done) / rate if rate else None
+        eta = 0.0 if done >= total else (total - done) / rate if rate else None
         bits = []
         if stage == "build" and rec.get("eval_return") is not None:
             bits.append(f"eval {rec['eval_return']:.4g} / target {_fmt_num(rec.get('target_return'), 4)}")
@@ -243,7 +243,7 @@ class StageProgress:
             return {"stage": stage, "stage_done": done, "stage_total": 0, "stage_progress": 1.0}
         done = min(done, total)
         rate = self._rate(stage, "", now, done)
-        eta = (total - done) / rate if rate else None
+        eta = 0.0 if done >= total else (total - done) / rate if rate else None
         bits = [f"{_fmt_num(rate)} env steps/s" if rate else ""]
         if stage == "online":
             if self.last_eval is not None:
