@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -55,6 +56,16 @@ def _load_run(run_dir: str, items: list[str], extra: list[str]):
         config.merge(cfg, config.parse_override(o))
     cfg.run.run_dir = str(run_dir)
     return cfg.validate()
+
+
+def _send_ray_token() -> None:
+    """A local Ray that `launch` started has token authentication on (Ray's default), and a process
+    that only connects to it sends no token unless RAY_AUTH_MODE says so (the launch's own children
+    inherit it): `wsrl-dist status` from another shell was refused. Ray reads the mode when it is
+    imported, so this runs before the first `import ray`."""
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token.is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _command() -> str:
@@ -124,6 +135,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _load(args.items, [f"pretrain.checkpoint={args.checkpoint}"])
         print(f"run dir: {local.run(cfg, _command())}")
         return 0
+    if args.cmd in ("status", "scale"):
+        _send_ray_token()
     if args.cmd == "status":
         from wsrl_dist.runtime.control import status_command
 

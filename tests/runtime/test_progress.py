@@ -215,3 +215,19 @@ def test_on_a_terminal_each_stage_is_one_tqdm_bar_that_ends_at_its_total():
     assert "100/100" in pre[-1] and "critic 0.5" in pre[-1], finals
     assert "80/80" in onl[-1] and "100%" in onl[-1], finals
     assert term.getvalue().count("\n") == 2  # two bars, each closed once
+
+
+def test_updates_the_learner_still_owes_after_the_last_env_step_get_a_line_of_their_own():
+    out = io.StringIO()
+    behind = StageProgress(0, 10, StageLines(out, plain_every=3600), updates_total=40)
+    fields = behind.update("online", {"env_steps": 10, "critic_updates": 12}, None, now=0.0)
+    assert (fields["stage_part"], fields["stage_done"], fields["stage_total"]) == ("updates", 12, 40)
+    behind.update("online", {"env_steps": 10, "critic_updates": 30}, None, now=1.0)
+    assert behind.update("done", {"env_steps": 10, "critic_updates": 40}, None, now=2.0)["stage"] == "done"
+    assert out.getvalue().splitlines() == ["online: 10/10 (100%)", "online updates: 12/40 (30%)",
+                                           "online updates: 40/40 (100%)  14 updates/s"]  # (40 - 12) / 2 s
+    out = io.StringIO()
+    kept_up = StageProgress(0, 10, StageLines(out, plain_every=3600), updates_total=40)
+    kept_up.update("online", {"env_steps": 10, "critic_updates": 40}, None, now=0.0)
+    kept_up.update("done", {"env_steps": 10, "critic_updates": 40}, None, now=1.0)
+    assert out.getvalue().splitlines() == ["online: 10/10 (100%)"]

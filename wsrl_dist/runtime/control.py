@@ -143,7 +143,7 @@ def status_command(address: str | None, job: str | None, as_json: bool, out=sys.
             return 2
         job = e.names[int(pick) - 1]
         st = status(address, job)
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, ConnectionError) as e:
         print(f"wsrl-dist status: {e}", file=sys.stderr)
         return 1
     st["job"] = controller_name(st.get("run_dir") or job or "")[len(PREFIX):]

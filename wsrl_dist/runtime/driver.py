@@ -188,8 +188,11 @@ class Job:
         if getattr(self, "_stage", None) is None:
             parent = getattr(self, "parent", None)
             label = f"seed {self.cfg.run.seed}" if parent is not None else ""
-            self._stage = StageProgress(job.warmup_steps(self.cfg), self.cfg.finetune.online_steps,
-                                        StageLines(label=label, enabled=self.cfg.run.progress))
+            total = self.cfg.finetune.online_steps
+            self._stage = StageProgress(job.warmup_steps(self.cfg), total,
+                                        StageLines(label=label, enabled=self.cfg.run.progress),
+                                        updates_total=int(round(self.monitor.utd_target
+                                                                * max(0, total - self.first_update))))
         return self._stage
 
     def _stage_progress(self, phase: str) -> None:

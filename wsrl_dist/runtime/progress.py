@@ -13,6 +13,7 @@ seconds plus the stage's last one). `format_status` is `wsrl-dist status`'s huma
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -133,8 +134,12 @@ class StageLines:
             self.close()
             self.key, self.last_plain = key, 0.0
             if self.tty:
-                self.bar = tqdm(total=total, desc=self._desc(stage, part), file=self.file,
-                                mininterval=0.5, dynamic_ncols=True)
+                # a terminal that reports no size (a pty from `script`, some CI runners) makes tqdm
+                # hide every bar (nrows -1): Python's size query falls back to 100 x 20 there
+                size = shutil.get_terminal_size((100, 20))
+                # initial: tqdm's own rate counts from the first count seen, not from 0
+                self.bar = tqdm(total=total, initial=min(int(done), int(total)), desc=self._desc(stage, part),
+                                file=self.file, mininterval=0.5, ncols=size.columns, nrows=size.lines)
         done = min(int(done), int(total))
         self.last = {"done": done, "total": int(total), "postfix": postfix}
         if self.bar is not None:
@@ -177,8 +182,12 @@ class StageProgress:
     stage fields (added to the monitor's view, so the status, the metrics.jsonl rows and the
     Prometheus snapshot carry them) and drives the stage lines."""
 
-    def __init__(self, warmup_total: int, online_total: int, lines: StageLines) -> None:
+    def __init__(self, warmup_total: int, online_total: int, lines: StageLines,
+                 updates_total: int = 0) -> None:
         self.warmup_total, self.online_total = int(warmup_total), int(online_total)
+        # critic updates the whole run makes (utd x online env steps after the first update step):
+        # a learner behind the rollout still owes some once the last env step is in
+        self.updates_total = int(updates_total)
         self.lines = lines
         self.rates: dict[tuple[str, str], _Rate] = {}
         self.learner_open = True  # the learner's build / pre-training lines are still to be ended
@@ -204,6 +213,8 @@ class StageProgress:
                 if self.lines.key == ("warmup", ""):
                     self.lines.close(self.warmup_total)  # _warmup returns only once the shards hold K
                 fields = self._env_stage("online", view, self.online_total, now)
+                if self.updates_total and fields["stage_done"] >= self.online_total:
+                    fields = self._owed_updates(view, now, final=phase == "done") or fields
                 if phase == "done":
                     fields["stage"] = "done"
         if not fields:
@@ -237,6 +248,23 @@ class StageProgress:
             fields["build_eval_return"] = rec.get("eval_return")
         return fields
 
+    def _owed_updates(self, view: dict[str, Any], now: float, final: bool) -> dict[str, Any]:
+        """Every env step is in but the learner still owes updates: a line of its own ("online
+        updates"), shown only when some were owed when the rollout ended."""
+        done, total = int(view.get("critic_updates", 0)), self.updates_total
+        key = ("online", "updates")
+        if key not in self.lines.closed and self.lines.key != key and done >= total:
+            self.lines.closed.add(key)  # the learner kept up: nothing to show
+        rate = self._rate(*key, now, done)
+        eta = 0.0 if done >= total else (total - done) / rate if rate else None
+        bits = [f"{_fmt_num(rate)} updates/s" if rate else "", f"ETA {fmt_seconds(eta)}" if eta else ""]
+        self.lines.show(*key, done, total, ", ".join(b for b in bits if b))
+        if final and self.lines.key == key:
+            self.lines.close(done)
+        return {"stage": "online", "stage_part": "updates", "stage_done": done, "stage_total": total,
+                "stage_progress": min(1.0, done / total), "stage_steps_per_second": rate or 0.0,
+                "stage_eta_seconds": eta}
+
     def _env_stage(self, stage: str, view: dict[str, Any], total: int, now: float) -> dict[str, Any]:
         done = int(view.get("env_steps", 0))
         if total <= 0:
@@ -268,7 +296,10 @@ def bar_options(file: IO[str] | None = None) -> dict[str, Any]:
     refresh; elsewhere (a log file, `ray job submit`) a line every PLAIN_EVERY seconds, not 10 a second."""
     out = file if file is not None else sys.stderr
     tty = bool(getattr(out, "isatty", lambda: False)())
-    return {"file": out, "mininterval": 0.1 if tty else PLAIN_EVERY}
+    if not tty:
+        return {"file": out, "mininterval": PLAIN_EVERY}
+    size = shutil.get_terminal_size((100, 20))  # as StageLines: a terminal with no size shows no bar
+    return {"file": out, "mininterval": 0.1, "ncols": size.columns, "nrows": size.lines}
 
 
 def announce(run_dir: Any, metrics_url: str, file: IO[str] | None = None, note: str = "") -> None:
@@ -297,8 +328,8 @@ def _one_status(st: dict[str, Any], indent: str = "") -> list[str]:
     utd = st.get("utd_actual")
     lines.append(f"env steps: {st.get('env_steps', 0)} ({_fmt_num(st.get('env_steps_per_second'))}/s)   "
                  f"updates: {st.get('critic_updates', 0)} ({_fmt_num(st.get('critic_updates_per_second'))}/s)")
-    lines.append(f"UTD:       {_fmt_num(utd)} (target {_fmt_num(st.get('utd_target'))})   "
-                 f"policy lag: {_fmt_num(st.get('policy_lag'))} versions")
+    lines.append(f"UTD:       {_fmt_num(st.get('utd_cumulative'))} online so far, {_fmt_num(utd)} recent "
+                 f"(target {_fmt_num(st.get('utd_target'))})   policy lag: {_fmt_num(st.get('policy_lag'))} versions")
     lines.append(f"workers:   {st.get('workers_alive', 0)}/{st.get('workers_target', '?')} alive, "
                  f"{st.get('worker_restarts_total') or 0} restarts")
     replay = st.get("replay_sizes") or {}
