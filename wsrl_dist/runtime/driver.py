@@ -204,7 +204,8 @@ class Job:
         fields = sp.update(phase, self.monitor.view, rec)
         self.monitor.view.update(fields)
         step = (rec or {}).get("loss_step")
-        if step and step != getattr(self, "_logged_pretrain", None):  # losses, as local.py logs them
+        # the latest pre-training losses once per log step seen (local.py logs every run.log_every)
+        if step and step != getattr(self, "_logged_pretrain", None):
             self._logged_pretrain = step
             self.log.write("pretrain", step=step, wall_time=self._wall(), **rec["losses"])
 
