@@ -231,3 +231,12 @@ def test_updates_the_learner_still_owes_after_the_last_env_step_get_a_line_of_th
     kept_up.update("online", {"env_steps": 10, "critic_updates": 40}, None, now=0.0)
     kept_up.update("done", {"env_steps": 10, "critic_updates": 40}, None, now=1.0)
     assert out.getvalue().splitlines() == ["online: 10/10 (100%)"]
+
+
+def test_a_plain_line_is_not_repeated_while_its_count_stands_still():
+    out = io.StringIO()
+    lines = StageLines(out, plain_every=0.0)  # every poll may print: only a new count does
+    for n in (5, 5, 5, 7, 7, 10):
+        lines.show("build", "behaviour", n, 10)
+    assert out.getvalue().splitlines() == ["build behaviour: 5/10 (50%)", "build behaviour: 7/10 (70%)",
+                                           "build behaviour: 10/10 (100%)"]

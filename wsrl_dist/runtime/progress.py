@@ -119,6 +119,7 @@ class StageLines:
         self.bar: tqdm | None = None
         self.last: dict[str, Any] = {}
         self.last_plain = 0.0
+        self.printed: int | None = None  # the count of the current line's last plain print
 
     def _desc(self, stage: str, part: str) -> str:
         name = f"{stage} {part}" if part else stage
@@ -132,7 +133,7 @@ class StageLines:
             return
         if key != self.key:
             self.close()
-            self.key, self.last_plain = key, 0.0
+            self.key, self.last_plain, self.printed = key, 0.0, None
             if self.tty:
                 # a terminal that reports no size (a pty from `script`, some CI runners) makes tqdm
                 # hide every bar (nrows -1): Python's size query falls back to 100 x 20 there
@@ -147,7 +148,7 @@ class StageLines:
             self.bar.n = done
             self.bar.set_postfix_str(postfix, refresh=False)
             self.bar.refresh()
-        elif time.time() - self.last_plain >= self.plain_every and done < total:
+        elif time.time() - self.last_plain >= self.plain_every and done < total and done != self.printed:
             self._plain()
         if done >= total:
             self.close()
@@ -157,7 +158,7 @@ class StageLines:
         pct = 100.0 * d / t if t else 0.0
         tail = f"  {self.last['postfix']}" if self.last["postfix"] else ""
         print(f"{self._desc(*self.key)}: {d}/{t} ({pct:.0f}%){tail}", file=self.file, flush=True)
-        self.last_plain = time.time()
+        self.last_plain, self.printed = time.time(), d
 
     def close(self, done: int | None = None) -> None:
         """End the current line (with `done` as its final count when given)."""
