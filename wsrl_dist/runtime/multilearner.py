@@ -21,6 +21,7 @@ import torch
 from wsrl_dist.algo.fast import make_multiseed_fn
 from wsrl_dist.runtime.grants import GRANTS
 from wsrl_dist.runtime.learner import Learner
+from wsrl_dist.runtime.progress import PROGRESS
 
 
 class MultiSeedLearner:
@@ -70,6 +71,10 @@ class MultiSeedLearner:
     def prepare(self, group: int, pretrain: bool = True, resume: bool = False) -> dict[str, Any]:
         with self._seed_rng(group):
             return self._one(group).prepare(pretrain, resume)
+
+    @ray.method(concurrency_group=PROGRESS)
+    def progress(self, group: int) -> dict[str, Any]:
+        return self._one(group).progress()
 
     def save_agent(self, group: int, path: str) -> None:
         self._one(group).save_agent(path)
