@@ -50,8 +50,9 @@ def agent(device: str = "cpu", capturable: bool = False):
 
 def test_fast_learner_step_is_sac_update_on_uniformly_drawn_stored_rows():
     """Same init, same noise: FastLearner.step (packed device rows, indices floor(u * n) drawn on the
-    device) leaves the weights and gives the action that sac_update on the host RingBuffer's rows
-    at those indices gives (so the packing of obs / action / reward / next obs / mask is right)."""
+    device) gives the action of the actor before the update and leaves the weights that sac_update
+    on the host RingBuffer's rows at those indices leaves (so the packing of obs / action / reward /
+    next obs / mask is right)."""
     rows, cfg = transitions(160, seed=1), SPEC.sac
     fast_agent, ref_agent = agent(), agent()
     fast = FastLearner(fast_agent, cfg, RingBuffer(200, 4, 1), builder.sac_update, graph=False)
@@ -66,11 +67,11 @@ def test_fast_learner_step_is_sac_update_on_uniformly_drawn_stored_rows():
         a_fast = fast.step(t, next_obs)
         ref.insert(transition_row(t))
         torch.manual_seed(100 + k)
+        with torch.no_grad():  # the next action comes from the actor before this step's update
+            a_ref = ref_agent.actor(torch.as_tensor(next_obs)[None])[0][0].numpy()
         u = torch.rand(cfg.batch_size, dtype=torch.float64)
         idx = (u * len(ref)).long().numpy()
         builder.sac_update(ref_agent, batch_from_numpy(ref.gather(idx)), cfg)
-        with torch.no_grad():
-            a_ref = ref_agent.actor(torch.as_tensor(next_obs)[None])[0][0].numpy()
         np.testing.assert_allclose(a_fast, a_ref, rtol=1e-5, atol=1e-6)
     for (name, p), q in zip(fast_agent.critic.named_parameters(), ref_agent.critic.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)

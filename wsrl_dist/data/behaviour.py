@@ -6,13 +6,17 @@ during the uniform-random phase, then `step` = insert + one plain-SAC update (UT
 
 - `EagerLearner`: replay in a host RingBuffer, numpy-drawn batch copied to the device per update,
   the update run op by op (the loop as D4RL's rlkit runs it; the CPU path).
-- `FastLearner`: replay rows also kept on the device, batch indices drawn there, and insert + update
-  + next action captured whole as ONE CUDA graph on a GPU (algo/fast.py `capture`, capturable Adam).
-  Per env step the host then does one 4*(W+O)-byte copy in, one graph replay and one A-float copy
-  out (the sync the next env step needs anyway). The eager online learner's ~5.7 ms per step on an
-  H100 (176 env steps/s) was almost all Python launching the update's small kernels one by one.
-  Same math as `sac_update` on a batch of uniformly drawn rows; on CPU (graph=False) it runs the
-  same function eagerly, which tests/data/test_behaviour.py checks against sac_update row for row.
+- `FastLearner`: replay rows also kept on the device, batch indices drawn there, and on a GPU two
+  CUDA graphs per env step (algo/fast.py `capture`, capturable Adam): (insert + next action), then
+  (draw + update). Per env step the host does one 4*(W+O)-byte copy in, two graph replays and one
+  A-float copy out, and waits only for the first graph: the update runs on the GPU while the host
+  steps the env. The eager loop's ~5.7 ms per step on an H100 (176 env steps/s) was almost all
+  Python launching the update's small kernels one by one. Same math as `sac_update` on a batch of
+  uniformly drawn rows; on CPU (graph=False) the same two functions run eagerly, which
+  tests/data/test_behaviour.py checks against sac_update row for row.
+  Deviation: the next action comes from the actor before this step's update (one update stale),
+  so that the update overlaps the env step. D4RL's behaviour learner (rlkit's batch SAC) acted with
+  a policy up to 1,000 updates stale (1,000 env steps collected, then 1,000 updates).
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ class FastLearner:
         self.host_action = torch.zeros(a, pin_memory=pin)
         self._staged: list[dict[str, np.ndarray]] = []
         self._uploaded = 0  # host rows (buf + staged) present in storage
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None
 
     # ------------------------------------------------------------------ host side
     def _pack(self, t: Transition, next_obs: np.ndarray | None) -> None:
@@ -143,12 +147,18 @@ class FastLearner:
         self._uploaded = n
 
     # ------------------------------------------------------------------ the step
-    def _device_step(self, _: object = None) -> None:
-        """Append inp's row, draw a batch of stored rows, update, act on inp's observation."""
-        o, a, w, cap = self.o, self.a, self.w, self.capacity
+    def _insert_act(self, _: object = None) -> None:
+        """Append inp's row; sample the action for inp's observation."""
+        o, w, cap = self.o, self.w, self.capacity
         with torch.no_grad():
             self.storage.index_copy_(0, torch.remainder(self.stored, cap).view(1), self.inp[:w].view(1, w))
             self.stored.add_(1)
+            self.action.copy_(self.agent.actor(self.inp[w:].view(1, o))[0][0])
+
+    def _draw_update(self, _: object = None) -> None:
+        """One update on a uniform batch of the stored rows."""
+        o, a, cap = self.o, self.a, self.capacity
+        with torch.no_grad():
             n = torch.clamp(self.stored, max=cap)
             u = torch.rand(self.cfg.batch_size, dtype=torch.float64, device=self.storage.device)
             idx = torch.minimum((u * n).long(), n - 1)
@@ -156,8 +166,6 @@ class FastLearner:
             batch = Batch(rows[:, :o], rows[:, o:o + a], rows[:, o + a], rows[:, o + a + 1:2 * o + a + 1],
                           1.0 - rows[:, 2 * o + a + 1])
         self.update(self.agent, batch, self.cfg)
-        with torch.no_grad():
-            self.action.copy_(self.agent.actor(self.inp[w:].view(1, o))[0][0])
 
     def _capture(self) -> None:
         for opt in _optimizers(self.agent):
@@ -166,7 +174,9 @@ class FastLearner:
             _init_adam_state(opt)
         # the warm-up calls write rows past `stored` (never drawn: restored below) and update the
         # agent (restored in place by capture); the action buffer is rewritten by every step
-        self._graph, _ = capture(self._device_step, None, [self.stored, *_state_tensors(self.agent)])
+        state = [self.stored, *_state_tensors(self.agent)]
+        self._graphs = (capture(self._insert_act, None, state)[0], capture(self._draw_update, None, state)[0])
+        self._acted = torch.cuda.Event()
 
     def insert(self, t: Transition) -> None:
         self._stage(t)
@@ -177,26 +187,29 @@ class FastLearner:
             return self.agent.actor(o)[0][0].cpu().numpy()
 
     def step(self, t: Transition, next_obs: np.ndarray) -> np.ndarray:
+        """Store `t`, return the action for `next_obs` (from the actor before this step's update),
+        then update on a batch drawn from all rows (on a GPU: still running when this returns)."""
         if self._uploaded != self._host_rows():
             self._upload()
         self._pack(t, next_obs)
-        self.inp.copy_(self.host_inp, non_blocking=True)
-        if self.graph:
-            if self._graph is None:
-                self._capture()
-            self._graph.replay()
+        if not self.graph:
+            self.inp.copy_(self.host_inp)
+            self._insert_act()
+            action = self.action.cpu().numpy()
+            self._draw_update()
         else:
-            self._device_step()
-        self.host_action.copy_(self.action, non_blocking=True)
+            if self._graphs is None:
+                self._capture()
+            self.inp.copy_(self.host_inp, non_blocking=True)
+            self._graphs[0].replay()
+            self.host_action.copy_(self.action, non_blocking=True)
+            self._acted.record()
+            self._graphs[1].replay()  # the update: the GPU runs it while the host steps the env
+            self._acted.synchronize()
+            action = self.host_action.numpy().copy()
         self._stage(t)
         self._uploaded += 1
-        if self.host_action.is_pinned():
-            torch.cuda.current_stream().synchronize()
-        return self.host_action.numpy().copy()
-
-    def rebind(self) -> None:
-        """After the agent's state was loaded (a resumed run): capture again, on the new Adam state."""
-        self._graph = None
+        return action
 
 
 def make_learner(agent: Agent, cfg: SACConfig, buf: RingBuffer, rng: np.random.Generator, update: UpdateFn,

@@ -206,8 +206,8 @@ def policy_from_weights(task: TaskSpec, net: NetConfig, weights: dict[str, np.nd
 def _eval_return(policy: Policy, task: TaskSpec, episodes: int, seed: int) -> float:
     """Mean raw return of the deterministic policy (evaluation.evaluate: eval env, seeded episodes).
     Serial: stepping the episodes together in a SyncVectorEnv measured slower on CPU (hopper, 10
-    episodes: 0.70-0.80 s vs 0.45-0.62 s; lock-step waits for the longest episode), and an eval
-    every 10k steps is ~10% of a 1,500 steps/s behaviour run (`wsrl-dist bench builder`)."""
+    random-init episodes: 0.70-0.80 s vs 0.45-0.62 s; lock-step waits for the longest episode). At
+    most 10k env steps per eval, every eval_every (10k) behaviour steps."""
     return float(evaluate(policy, task, episodes, seed)["return_mean"])
 
 
@@ -219,8 +219,9 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: P
     >= target_return; other recipes train the whole budget (medium-expert keeps the actor at that
     point). Returns (agent, replay columns [N rows, raw rewards, oldest first], history).
 
-    `fast` (None: on a CUDA device): data/behaviour.py's FastLearner, replay on the device and each
-    step one CUDA graph; else its EagerLearner (host replay, numpy-drawn batches), the CPU path.
+    `fast` (None: on a CUDA device): data/behaviour.py's FastLearner (replay on the device, a step as
+    two CUDA graphs, the next action from the actor before the step's update: its Deviation note);
+    else its EagerLearner (host replay, numpy-drawn batches, acting after the update), the CPU path.
     `partial`: a checkpoint file written every `checkpoint_every` env steps (agent, optimizers, replay,
     history, RNG states) and resumed from when present, so a killed build loses at most that many
     steps. A resumed run is not bitwise the uninterrupted one: the environment's episode in progress
@@ -265,7 +266,7 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: P
                 next_obs, reward, terminated, truncated, _ = env.step(action)
                 t = (obs, action, reward, next_obs, terminated, truncated)
                 obs = env.reset()[0] if (terminated or truncated) else next_obs
-                if learning:  # insert, update, and the updated actor's action for the next step
+                if learning:  # insert, one update, and the action for the next step
                     action = learner.step(t, obs)
                 else:
                     learner.insert(t)
