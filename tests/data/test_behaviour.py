@@ -91,6 +91,9 @@ def test_fast_learner_cuda_graph_matches_its_eager_step():
     for li, learner in enumerate(learners):
         for t in rows[:100]:
             learner.insert(t)
+        if learner.graph:  # capture first: its warm-up calls draw from the RNG seeded below
+            learner._upload()
+            learner._capture()
         for k, t in enumerate(rows[100:]):
             torch.cuda.manual_seed(100 + k)  # graph replays draw from the generator's state at replay
             actions[li].append(learner.step(t, t[3]))

@@ -109,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         rollout_parallel(w, spec.net_config(), task, args.rows, seed=1, num_envs=args.envs, workers=workers)
         par = args.rows / (time.perf_counter() - t0)
+        if workers != 1:  # what starting the processes costs: one row per stream, same workers
+            n_workers = min(args.envs, os.cpu_count() or 1) if workers is None else workers
+            t0 = time.perf_counter()
+            rollout_parallel(w, spec.net_config(), task, args.envs, seed=1, num_envs=args.envs, workers=n_workers)
+            print(f"# {n_workers} worker processes: {time.perf_counter() - t0:.1f} s to start and write "
+                  f"one row per stream (included in the parallel row below)")
         print(f"{'part':<10}{'path':<22}{'rows':>9}{'rows/s':>10}{'x serial':>9}{'s per 1M':>10}")
         label = f"{args.envs}envs/{args.workers}w"
         for name, rows, r in (("serial", args.serial_rows, serial), (label, args.rows, par)):

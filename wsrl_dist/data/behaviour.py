@@ -159,7 +159,7 @@ class FastLearner:
         """One update on a uniform batch of the stored rows."""
         o, a, cap = self.o, self.a, self.capacity
         with torch.no_grad():
-            n = torch.clamp(self.stored, max=cap)
+            n = torch.clamp(self.stored, min=1, max=cap)  # min: capture's warm-up may run on no rows
             u = torch.rand(self.cfg.batch_size, dtype=torch.float64, device=self.storage.device)
             idx = torch.minimum((u * n).long(), n - 1)
             rows = self.storage.index_select(0, idx)
