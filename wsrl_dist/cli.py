@@ -9,7 +9,7 @@
   wsrl-dist build-dataset TASK [k=v...]       D4RL-recipe dataset into the cache
   wsrl-dist report RUN_DIR                    learning curve, throughput plot, results table
                                               (a multi-seed run dir: one per seed-<s>/)
-  wsrl-dist bench learner|rollout|replay|publish|job  benchmarks (tables with ratios vs in-run baselines)
+  wsrl-dist bench learner|rollout|replay|publish|job|builder  benchmarks (tables with ratios vs in-run baselines)
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report")
     p.add_argument("run_dir")
     p = sub.add_parser("bench")
-    p.add_argument("what", choices=["learner", "rollout", "replay", "publish", "job"])
+    p.add_argument("what", choices=["learner", "rollout", "replay", "publish", "job", "builder"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     from wsrl_dist.config import ConfigError
