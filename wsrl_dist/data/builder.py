@@ -123,8 +123,11 @@ class BuildSpec:
                                    sac=dataclasses.replace(self.sac))
 
     def net_config(self) -> NetConfig:
-        # No LayerNorm: plain SAC nets (the fine-tuning nets use it, wsrl-reference "Networks").
-        return NetConfig(actor_hidden=list(self.hidden), critic_hidden=list(self.hidden), layer_norm=False)
+        # Plain rlkit-style SAC nets, not WSRL's: no LayerNorm (the fine-tuning nets use it,
+        # wsrl-reference "Networks"), two separate critics each with its own head, and the default
+        # init on the critic's last hidden layer. Same initial weights as before the shared head.
+        return NetConfig(actor_hidden=list(self.hidden), critic_hidden=list(self.hidden), layer_norm=False,
+                         shared_q_head=False, critic_kernel_scale_final=None)
 
     def key(self) -> dict[str, Any]:
         """The fields that decide the file's content (device excluded; no training fields for random)."""
