@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-import tomllib
 import warnings
 from pathlib import Path
+
+import tomllib
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 

@@ -87,16 +87,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     from wsrl_dist.config import ConfigError
+    from wsrl_dist.runtime.stop import JobStopped
+    from wsrl_dist.storage import ResumeError
 
     try:
         return _dispatch(args)
     except ConfigError as e:
         print(f"wsrl-dist: config error: {e}", file=sys.stderr)
         return 2
+    except ResumeError as e:  # a --resume target that is no run dir: one line, no traceback
+        print(f"wsrl-dist: {e}", file=sys.stderr)
+        return 2
+    except JobStopped as e:  # Ctrl-C / SIGTERM on launch: checkpointed; 130 / 143 like the shell
+        print(f"wsrl-dist: {e.line}", file=sys.stderr)
+        return e.exit_code
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd in ("run", "pretrain", "launch"):
+        if args.resume:
+            from wsrl_dist.storage import check_resume_dir
+
+            args.resume = str(check_resume_dir(args.resume))
         if args.resume and args.cmd == "launch":
             from wsrl_dist.runtime import driver
 
