@@ -89,6 +89,7 @@ def test_metric_names_follow_prometheus_conventions_and_cover_every_snapshot_key
                   "critic_updates_total", "critic_updates_per_second", "utd_actual", "utd_target",
                   "limiter_blocked_seconds", "replay", "rejected_chunks", "policy_lag",
                   "weight_publish_seconds", "weights_version", "worker_restarts_total", "workers_alive",
+                  "workers_pending",
                   "episode_return", "normalized_score", "learner_step_seconds", "gpu_memory_bytes",
                   "learner_device_busy", "learner_cpu_seconds", "learner_gc_seconds", "learner_grant_calls",
                   "learner_loop_seconds"]
@@ -108,7 +109,7 @@ def full_snapshot() -> dict:
                    1: {"size": 480, "inserts": 480, "samples": 88000, "rejected": {}}},
         "rejected_chunks": {"stale_version": 2, "bad_shape": 1}, "policy_lag": lag.to_dict(),
         "weight_publish_seconds": step.to_dict(), "weights_version": 17, "worker_restarts_total": 1,
-        "workers_alive": 2, "episode_return": -310.0, "normalized_score": 71.5,
+        "workers_alive": 2, "workers_pending": 1, "episode_return": -310.0, "normalized_score": 71.5,
         "learner_step_seconds": step.to_dict(), "gpu_memory_bytes": 123456789,
         "learner_device_busy": 0.93, "learner_cpu_seconds": 12.5, "learner_gc_seconds": 0.25,
         "learner_grant_calls": {"granted": 300, "refused": 1200},

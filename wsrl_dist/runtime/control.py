@@ -32,8 +32,15 @@ class JobController:
             raise ValueError(f"scale: need at least one rollout worker, got {n}")
         self._requests.append(n)
         self.scale_history.append((time.time(), n))
-        return {"requested": n, "workers_alive": self._status.get("workers_alive"),
-                "phase": self._status.get("phase")}
+        st = self._status
+        out = {"requested": n, "workers_alive": st.get("workers_alive"),
+               "workers_pending": st.get("workers_pending", 0), "phase": st.get("phase")}
+        cpus = (st.get("worker_resources") or {}).get("CPU")
+        if cpus is not None:  # will the new workers fit in what the cluster has free now?
+            from wsrl_dist.runtime.placement import scale_note
+
+            out["placement"] = scale_note(n, st.get("workers_alive") or 0, out["workers_pending"], cpus)
+        return out
 
     def take_requests(self) -> list[int]:
         out, self._requests = self._requests, []

@@ -159,7 +159,7 @@ class Job:
         self.monitor.update(phase=phase, learner=lrn, shards=shards, workers=self.sup.last_stats(),
                             alive=self.sup.states(), store_version=version,
                             restarts=self.sup.restarts, dropped=self.c["dropped"],
-                            workers_target=self.c["workers_target"])
+                            workers_target=self.c["workers_target"], placement=self.sup.placement())
         self.snapshot = self.monitor.snapshot()
         self._push_status()
         view, wall = self.monitor.view, self._wall()
