@@ -180,7 +180,8 @@ class RunConfig:
         d["pretrain"] = {k: v for k, v in d["pretrain"].items() if k != "checkpoint_every"}
         d["dataset"] = {k: v for k, v in d["dataset"].items() if k != "build_checkpoint_every"}
         # how a refused rollout worker waits for its next grant (in the learner, or polling)
-        d["runtime"] = {k: v for k, v in d["runtime"].items() if k != "grant_wait_s"}
+        # (and the tests' slow-learner delay)
+        d["runtime"] = {k: v for k, v in d["runtime"].items() if k not in ("grant_wait_s", "test_learner_delay_s")}
         if not d["run"]["seeds"]:  # single-seed configs hash as they did before run.seeds existed
             del d["run"]["seeds"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -32,6 +32,29 @@ def is_unplaced(handle: Any) -> bool:
     return st.get("State") in ("PENDING_CREATION", "DEPENDENCIES_UNREADY") and not st.get("Pid")
 
 
+def demanded(ask: dict[str, float]) -> int | None:
+    """Actors / tasks of exactly this resource shape Ray's scheduler cannot place now (what
+    `ray status` lists as Pending Demands); None where the autoscaler SDK is unavailable."""
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        demand = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands
+    except Exception:  # noqa: BLE001 -- an older Ray, or a GCS hiccup: no demand figure
+        return None
+    return sum(b.count for d in demand.ray_task_actor_demand for b in d.bundles_by_count
+               if {k: float(v) for k, v in b.bundle.items()} == ask)
+
+
+def pending_count(handles: list, worker_cpus: float) -> int:
+    """Workers waiting for resources: without a process yet AND counted in Ray's pending demand (a
+    worker whose CPU is granted but whose process is still starting has no process yet either)."""
+    unplaced = sum(is_unplaced(h) for h in handles)
+    if not unplaced:
+        return 0
+    n = demanded(asks(worker_cpus))
+    return unplaced if n is None else min(unplaced, n)
+
+
 def asks(worker_cpus: float) -> dict[str, float]:
     return {"CPU": float(worker_cpus)}
 

@@ -189,7 +189,7 @@ class Supervisor:
         from wsrl_dist.runtime import placement
 
         waiting = [s for s in self.slots.values() if s.state in ("starting", "restarting")]
-        n = sum(placement.is_unplaced(s.handle) for s in waiting)
+        n = placement.pending_count([s.handle for s in waiting], self.rt.worker_cpus)
         why = placement.reason(self.rt.worker_cpus, n)
         if why and not getattr(self, "_warned_pending", False):
             log.warning("%s", why)
