@@ -7,6 +7,7 @@ every tick. `scale(address, n)` and `status(address)` connect to the cluster and
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,20 @@ def controller_name(run_dir: str) -> str:
     return PREFIX + str(run_dir).rstrip("/").rsplit("/", 1)[-1]
 
 
+def use_token_auth_if_present() -> None:
+    """Ray >= 2.52 clusters use token auth by default (`ray start --head` writes ~/.ray/auth_token),
+    but a process joining one with RAY_AUTH_MODE unset sends no token ('Authentication token is
+    missing or incorrect'). With the mode unset and a token at hand, use it, as `ray job submit`
+    needs too (deploy/ray/job_submit.sh); an explicit RAY_AUTH_MODE is left alone."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or (path.is_file() and path.stat().st_size > 0):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def _connect(address: str | None) -> None:
+    use_token_auth_if_present()
     if not ray.is_initialized():
         ray.init(address=address or "auto", namespace=NAMESPACE, logging_level="WARNING",
                  log_to_driver=False)

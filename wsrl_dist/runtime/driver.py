@@ -432,6 +432,10 @@ def _connect(rt, groups: int = 1) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {}
+    if rt.address is not None or os.environ.get("RAY_ADDRESS"):
+        from wsrl_dist.runtime.control import use_token_auth_if_present
+
+        use_token_auth_if_present()  # joining a cluster: send the token Ray 2.60 expects
     if rt.address is None and not os.environ.get("RAY_ADDRESS"):
         need = 1 + groups * (rt.num_workers * rt.worker_cpus + rt.num_shards * rt.shard_cpus)
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
