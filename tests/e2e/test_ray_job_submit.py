@@ -79,7 +79,7 @@ def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="wsrl-ray-", dir="/tmp")  # short: Ray's unix socket paths
     gcs, dash, client, nm, om, agent, agent_grpc, metrics, renv, lo = _free_ports(10)
     cmd = [str(BIN / "ray"), "start", "--head", f"--temp-dir={temp_dir}", f"--port={gcs}",
-           "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", f"--ray-client-server-port={client}", f"--node-manager-port={nm}",
            f"--object-manager-port={om}", f"--dashboard-agent-listen-port={agent}",
            f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
@@ -89,7 +89,10 @@ def ray_head():
     try:
         out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        yield {"gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": temp_dir}
+        # the GCS listens on the node's address (Ray maps 127.0.0.1 to it when connecting)
+        from ray._private.services import get_node_ip_address
+
+        yield {"gcs": f"{get_node_ip_address()}:{gcs}", "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": temp_dir}
     finally:
         _stop_head(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -73,14 +73,20 @@ def controller_name(run_dir: str) -> str:
 
 def use_token_auth_if_present() -> None:
     """Ray >= 2.52 clusters use token auth by default (`ray start --head` writes ~/.ray/auth_token),
-    but a process joining one with RAY_AUTH_MODE unset sends no token ('Authentication token is
-    missing or incorrect'). With the mode unset and a token at hand, use it, as `ray job submit`
+    but a process joining one at an explicit address with RAY_AUTH_MODE unset sends no token
+    ('Authentication token is missing or incorrect'; Ray auto-enables it only for address=auto). With the mode unset and a token at hand, use it, as `ray job submit`
     needs too (deploy/ray/job_submit.sh); an explicit RAY_AUTH_MODE is left alone."""
     if os.environ.get("RAY_AUTH_MODE"):
         return
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     if os.environ.get("RAY_AUTH_TOKEN") or (path.is_file() and path.stat().st_size > 0):
         os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray caches its config at import: refresh it, as Ray's own _enable_token_auth does
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except (ImportError, AttributeError):  # another Ray: the env var alone, read at connect
+            pass
 
 
 def _connect(address: str | None) -> None:
