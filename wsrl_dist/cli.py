@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -58,16 +57,6 @@ def _load_run(run_dir: str, items: list[str], extra: list[str]):
     return cfg.validate()
 
 
-def _send_ray_token() -> None:
-    """A local Ray that `launch` started has token authentication on (Ray's default), and a process
-    that only connects to it sends no token unless RAY_AUTH_MODE says so (the launch's own children
-    inherit it): `wsrl-dist status` from another shell was refused. Ray reads the mode when it is
-    imported, so this runs before the first `import ray`."""
-    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token.is_file()):
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
 def _command() -> str:
     return "wsrl-dist " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -102,16 +91,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     from wsrl_dist.config import ConfigError
+    from wsrl_dist.runtime.stop import JobStopped
+    from wsrl_dist.storage import ResumeError
 
     try:
         return _dispatch(args)
     except ConfigError as e:
         print(f"wsrl-dist: config error: {e}", file=sys.stderr)
         return 2
+    except ResumeError as e:  # a --resume target that is no run dir: one line, no traceback
+        print(f"wsrl-dist: {e}", file=sys.stderr)
+        return 2
+    except JobStopped as e:  # Ctrl-C / SIGTERM on launch: checkpointed; 130 / 143 like the shell
+        print(f"wsrl-dist: {e.line}", file=sys.stderr)
+        return e.exit_code
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd in ("run", "pretrain", "launch"):
+        if args.resume:
+            from wsrl_dist.storage import check_resume_dir
+
+            args.resume = str(check_resume_dir(args.resume))
         if args.resume and args.cmd == "launch":
             from wsrl_dist.runtime import driver
 
@@ -135,8 +136,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _load(args.items, [f"pretrain.checkpoint={args.checkpoint}"])
         print(f"run dir: {local.run(cfg, _command())}")
         return 0
-    if args.cmd in ("status", "scale"):
-        _send_ray_token()
     if args.cmd == "status":
         from wsrl_dist.runtime.control import status_command
 

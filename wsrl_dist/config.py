@@ -96,7 +96,11 @@ class RunSection:
     # what a single-seed run dir holds (runtime/multiseed.py). Empty (default) or one entry: a plain
     # single-seed run with run.seed (one entry replaces run.seed).
     seeds: list[int] = field(default_factory=list)
-    run_dir: str | None = None  # None -> runs/<task>-<method>-s<seed>-<timestamp>
+    # where run dirs go (wsrl_dist/storage.py): auto = $WSRL_DIST_STORAGE or ~/wsrl_dist/runs (made
+    # absolute, so `ray job submit`'s temporary working dir never holds results), a path, or a URI
+    # (s3://, gs://: staged locally, copied there at checkpoints and the end; needs fsspec or pyarrow)
+    storage: str = "auto"
+    run_dir: str | None = None  # None -> <storage>/<task>-<method>-s<seed>-<timestamp>; explicit wins
     device: str = "auto"  # auto | cpu | cuda
     # auto (fused_compile_graph on GPU, eager on CPU) | eager | compile | cuda_graph | compile_graph, and the
     # same four over algo/fused.py's formulation: fused | fused_compile | fused_graph | fused_compile_graph
@@ -172,11 +176,12 @@ class RunConfig:
         produces are left out (where it writes, progress bars, caches, how often pre-training
         checkpoints), so configs hash as they did before those settings existed."""
         d = self.to_dict()
-        d["run"] = {k: v for k, v in d["run"].items() if k not in ("run_dir", "progress", "compile_cache")}
+        d["run"] = {k: v for k, v in d["run"].items() if k not in ("run_dir", "storage", "progress", "compile_cache")}
         d["pretrain"] = {k: v for k, v in d["pretrain"].items() if k != "checkpoint_every"}
         d["dataset"] = {k: v for k, v in d["dataset"].items() if k != "build_checkpoint_every"}
         # how a refused rollout worker waits for its next grant (in the learner, or polling)
-        d["runtime"] = {k: v for k, v in d["runtime"].items() if k != "grant_wait_s"}
+        # (and the tests' slow-learner delay)
+        d["runtime"] = {k: v for k, v in d["runtime"].items() if k not in ("grant_wait_s", "test_learner_delay_s")}
         if not d["run"]["seeds"]:  # single-seed configs hash as they did before run.seeds existed
             del d["run"]["seeds"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -103,11 +103,16 @@ def configure_compile_cache(setting: str) -> Path | None:
 
 
 def prepare_run_dir(cfg: RunConfig, command: str, extra: dict[str, Any] | None = None) -> Path:
-    """Create the run dir; write the resolved config and run.json (command, config hash, ...)."""
+    """Create the run dir; write the resolved config and run.json (command, config hash, ...).
+    No run.run_dir: <run.storage>/<name> (storage.py; a URI storage: a local staging dir, uploaded
+    at checkpoints and the end). The run dir is printed, absolute, at start."""
     if cfg.run.run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        cfg.run.run_dir = f"runs/{cfg.task.name}-{cfg.finetune.method}-s{cfg.run.seed}-{stamp}"
-    run_dir = Path(cfg.run.run_dir)
+        cfg.run.run_dir = default_run_dir(cfg, f"{cfg.task.name}-{cfg.finetune.method}-s{cfg.run.seed}-{stamp}")
+    run_dir = Path(cfg.run.run_dir).expanduser().absolute()
+    cfg.run.run_dir = str(run_dir)
+    print(f"run dir: {run_dir}" + (f" (uploaded to {upload_uri(cfg)})" if upload_uri(cfg) else ""),
+          flush=True)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     cfg.dump(run_dir / "config.yaml")
     info = {
@@ -122,6 +127,32 @@ def prepare_run_dir(cfg: RunConfig, command: str, extra: dict[str, Any] | None =
         info = {**old, "resumed": [*old.get("resumed", []), info["started"]]}
     run_json.write_text(json.dumps(info, indent=2))
     return run_dir
+
+
+def default_run_dir(cfg: RunConfig, name: str) -> str:
+    """<run.storage>/<name> on this machine (storage.py)."""
+    from wsrl_dist import storage
+
+    return str(storage.local_dir(storage.root(cfg.run.storage), name))
+
+
+def upload_uri(cfg: RunConfig) -> str | None:
+    """Where a URI run.storage wants this run dir copied (None for a local storage)."""
+    from wsrl_dist import storage
+
+    root = storage.root(cfg.run.storage)
+    if not storage.is_uri(root) or cfg.run.run_dir is None:
+        return None
+    return f"{root}/{Path(cfg.run.run_dir).name}"
+
+
+def sync_run_dir(cfg: RunConfig) -> None:
+    """Copy the run dir to a URI run.storage (a no-op for a local one)."""
+    from wsrl_dist import storage
+
+    uri = upload_uri(cfg)
+    if uri is not None:
+        storage.upload(Path(cfg.run.run_dir), uri)
 
 
 def update_run_json(run_dir: Path, **fields: Any) -> None:

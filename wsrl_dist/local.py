@@ -242,4 +242,5 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
                         critic_updates=c.updates, wall_time_s=time.time() - t0)
     log.close()
     write_report(run_dir)
+    job.sync_run_dir(cfg)
     return run_dir

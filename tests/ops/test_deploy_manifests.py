@@ -30,17 +30,22 @@ def _load(rel: str) -> dict:
 
 
 def _launch_args(cmd: str) -> tuple[list[str], list[str]]:
-    """'wsrl-dist launch a.yaml b.yaml --set k=v ...' -> (yaml paths, overrides)."""
+    """'wsrl-dist launch a.yaml k=v ...' -> (yaml paths, overrides), parsed by the real CLI's
+    argument parser (an option it does not know, e.g. `--set`, fails here as it would there)."""
+    from wsrl_dist import cli
+
     toks = shlex.split(cmd)
-    i = toks.index("launch")
-    paths, sets, rest = [], [], toks[i + 1:]
-    while rest:
-        t = rest.pop(0)
-        if t == "--set":
-            sets.append(rest.pop(0))
-        elif t.endswith((".yaml", ".yml")):
-            paths.append(t)
-    return paths, sets
+    argv = toks[toks.index("launch"):]
+    seen = []
+    real = cli._dispatch
+    cli._dispatch = lambda args: seen.append(args) or 0  # parse only, never launch
+    try:
+        assert cli.main(argv) == 0
+    except SystemExit as e:  # argparse: unrecognized arguments
+        raise AssertionError(f"wsrl-dist rejects {argv}: exit {e.code}") from None
+    finally:
+        cli._dispatch = real
+    return cli._split(seen[0].items)
 
 
 def _check_launch(cmd: str) -> None:
@@ -86,10 +91,12 @@ def test_job_submit_script_is_valid_bash_and_its_overrides_are_real_config_keys(
     assert os.access(DEPLOY / "ray" / "job_submit.sh", os.X_OK)
     assert "ray job submit" in script and "--working-dir ." in script
     code = "\n".join(ln for ln in script.splitlines() if not ln.lstrip().startswith("#"))
-    sets = re.findall(r"--set (\S+)", code)
-    assert len(sets) >= 3, sets
-    cmd = "wsrl-dist launch configs/wsrl.yaml " + " ".join(f"--set {s}" for s in sets)
-    _check_launch(cmd)
+    launch = re.search(r"-- (wsrl-dist launch [^\n]*)", code).group(1)
+    # the script's own arguments and its default config, as the CLI receives them
+    fixed = launch.replace('"${args[@]}"', "").strip()
+    _check_launch(fixed + " configs/runtime/cluster.yaml")
+    _check_launch(fixed + " configs/runtime/smoke.yaml task.name=pendulum-v1")
+    assert "--set" not in code  # `wsrl-dist launch` takes k=v overrides, no --set option
 
 
 # --- KubeRay ------------------------------------------------------------------------------------
@@ -134,7 +141,7 @@ def test_kuberay_head_has_a_gpu_and_workers_are_cpu_pods():
 
 def test_rayjob_entrypoint_launches_with_valid_overrides_and_a_parseable_runtime_env():
     spec = _load("deploy/kuberay/rayjob.yaml")["spec"]
-    assert spec["entrypoint"].startswith("wsrl-dist launch configs/wsrl.yaml --set ")
+    assert spec["entrypoint"].startswith("wsrl-dist launch configs/wsrl.yaml task.name=")
     _check_launch(spec["entrypoint"])
     env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert isinstance(env, dict) and set(env) <= {"working_dir", "excludes", "env_vars", "pip", "py_modules"}

@@ -207,3 +207,32 @@ def test_write_report_names_the_missing_file(tmp_path: Path):
     (tmp_path / "metrics.jsonl").write_text("")
     with pytest.raises(FileNotFoundError, match="run.json"):
         write_report(tmp_path)
+
+
+def test_throughput_plot_is_on_wall_time_so_a_learner_drain_is_visible_not_a_vertical_line():
+    """Issue 16 item 8: rollouts done at 1,500 env steps at 54 s, the learner updating until 90 s.
+    On an env-step axis that drain collapsed into a vertical line; on wall time it spans 54-90 s,
+    and the env steps (twin axis) stay flat there."""
+    import matplotlib.pyplot as plt
+
+    from wsrl_dist.ops.report import throughput_figure
+
+    tps = []
+    for i in range(1, 31):  # one record every 3 s: env steps stop growing after 54 s
+        t = 3.0 * i
+        steps = min(1500, int(1500 * t / 54))
+        tps.append({"kind": "throughput", "phase": "warmup" if steps <= 500 else "online",
+                    "wall_time": t, "env_steps": steps, "env_steps_per_second": 0.0 if t > 54 else 28.0,
+                    "critic_updates_per_second": 60.0, "utd_actual": None if t > 54 else 2.1,
+                    "utd_cumulative": 2.0})
+    fig = throughput_figure(tps, {"task": "t", "utd_target": 4}, tps)
+    try:
+        ax1, ax2, twin = fig.axes
+        assert ax2.get_xlabel() == "wall time (s)" and twin.get_ylabel() == "env steps"
+        xs = ax1.lines[0].get_xdata()
+        assert list(xs) == [t["wall_time"] for t in tps]  # 12 records after the rollouts stopped
+        env = twin.lines[0].get_ydata()
+        late = [e for x, e in zip(xs, env) if x > 54]
+        assert len(late) == 12 and set(late) == {1500}
+    finally:
+        plt.close(fig)

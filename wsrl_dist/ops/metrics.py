@@ -27,6 +27,8 @@ SNAPSHOT schema (every key optional; a missing key is simply not exported):
     weights_version           int  latest published weights version
     worker_restarts_total     int  rollout worker restarts since the job started
     workers_alive             int  rollout workers currently alive
+    workers_pending           int  rollout workers Ray has not placed yet (no resources free;
+                              runtime/placement.py)
     episode_return            float  mean undiscounted return of recently finished episodes
     normalized_score          float  the same, normalized per task (D4RL convention, 0-100)
     learner_step_seconds      histogram dict, wall time of one learner update step
@@ -204,6 +206,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("wsrl_weights_version", "gauge", "Latest published weights version.", "weights_version"),
     MetricSpec("wsrl_worker_restarts_total", "counter", "Rollout worker restarts.", "worker_restarts_total"),
     MetricSpec("wsrl_workers_alive", "gauge", "Rollout workers currently alive.", "workers_alive"),
+    MetricSpec("wsrl_workers_pending", "gauge",
+               "Rollout workers waiting for Ray to place them (resources asked not free).",
+               "workers_pending"),
     MetricSpec("wsrl_episode_return", "gauge", "Mean undiscounted return of recently finished episodes.",
                "episode_return"),
     MetricSpec("wsrl_normalized_score", "gauge", "Recent episode return, normalized per task (0-100).",

@@ -167,33 +167,64 @@ def _plot_learning_curve(path: Path, evals: list[dict[str, Any]], run: dict[str,
     plt.close(fig)
 
 
-def _plot_throughput(path: Path, tps: list[dict[str, Any]], run: dict[str, Any],
-                     records: list[dict[str, Any]]) -> None:
+def _wall_spans(tps: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """(first, last) wall time of each phase's throughput records: warmup, online (and done)."""
+    spans: dict[str, tuple[float, float]] = {}
+    for t in tps:
+        ph = "online" if t.get("phase") in ONLINE_PHASES or t.get("phase") == "done" else t.get("phase")
+        lo, hi = spans.get(ph, (t["wall_time"], t["wall_time"]))
+        spans[ph] = (min(lo, t["wall_time"]), max(hi, t["wall_time"]))
+    return spans
+
+
+def throughput_figure(tps: list[dict[str, Any]], run: dict[str, Any], records: list[dict[str, Any]]):
+    """The throughput figure, on a WALL-TIME axis when the records carry wall_time (every runtime
+    writes it), with cumulative env steps on a twin axis: on an env-step axis, learner work after
+    the rollouts stopped (a drain) collapses into a vertical line at the last env step. Records
+    without wall_time (older runs) fall back to the env-step axis. Returns the matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(7.5, 5.5), dpi=120)
+    timed = bool(tps) and all(t.get("wall_time") is not None for t in tps)
+    if timed:
+        tps = sorted(tps, key=lambda t: t["wall_time"])
     if tps:
-        x = np.array([t["env_steps"] for t in tps], dtype=np.float64)
+        x = np.array([t["wall_time" if timed else "env_steps"] for t in tps], dtype=np.float64)
 
         def col(k: str) -> np.ndarray:
             return np.array([np.nan if t.get(k) is None else t[k] for t in tps], dtype=np.float64)
 
         for ax in (ax1, ax2):
-            _shade(ax, records, run.get("warmup_steps"), labels=False)
+            if timed:
+                spans = _wall_spans(tps)
+                if "warmup" in spans:
+                    ax.axvspan(*spans["warmup"], color="tab:orange", alpha=0.07)
+                if "online" in spans:
+                    ax.axvspan(*spans["online"], color="tab:green", alpha=0.08)
+            else:
+                _shade(ax, records, run.get("warmup_steps"), labels=False)
             ax.grid(alpha=0.3)
             ax.set_xlim(left=0)
-        # Each record summarizes the window that ends at its env step: draw it as a step back to
-        # the previous record, not as a line interpolating between windows.
+        # Each record summarizes the window that ends at its x: draw it as a step back to the
+        # previous record, not as a line interpolating between windows.
         ax1.plot(x, col("env_steps_per_second"), drawstyle="steps-pre", label="env steps / s")
         ax1.plot(x, col("critic_updates_per_second"), drawstyle="steps-pre", linestyle="--",
                  label="critic updates / s")
         ax1.set_ylabel("per second")
         ax1.set_ylim(bottom=0)
-        ax1.legend(loc="best", fontsize=8)
+        ax1.legend(loc="upper left", fontsize=8)
+        if timed:
+            twin = ax1.twinx()
+            twin.plot(x, col("env_steps"), color="tab:gray", linewidth=1, label="env steps (total)")
+            twin.set_ylabel("env steps")
+            twin.set_ylim(bottom=0)
+            twin.legend(loc="upper right", fontsize=8)
         ax2.plot(x, col("utd_actual"), drawstyle="steps-pre", color="tab:purple", label="UTD actual")
+        if any(t.get("utd_cumulative") is not None for t in tps):
+            ax2.plot(x, col("utd_cumulative"), color="tab:brown", linewidth=1, label="UTD cumulative")
         if run.get("utd_target") is not None:
             ax2.axhline(run["utd_target"], color="k", linestyle=":", label="UTD target")
         ax2.set_ylabel("critic updates / env step")
@@ -201,9 +232,17 @@ def _plot_throughput(path: Path, tps: list[dict[str, Any]], run: dict[str, Any],
         ax2.legend(loc="best", fontsize=8)
     else:
         ax1.text(0.5, 0.5, "no throughput records", ha="center", va="center", transform=ax1.transAxes)
-    ax2.set_xlabel("env steps")
+    ax2.set_xlabel("wall time (s)" if timed else "env steps")
     ax1.set_title(f"throughput: {run.get('task', '?')} (orange: warmup, green: online phase)")
     fig.tight_layout()
+    return fig
+
+
+def _plot_throughput(path: Path, tps: list[dict[str, Any]], run: dict[str, Any],
+                     records: list[dict[str, Any]]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = throughput_figure(tps, run, records)
     fig.savefig(path)
     plt.close(fig)
 

@@ -8,6 +8,7 @@ every tick. `scale(address, n)` and `status(address)` connect to the cluster and
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,8 +35,15 @@ class JobController:
             raise ValueError(f"scale: need at least one rollout worker, got {n}")
         self._requests.append(n)
         self.scale_history.append((time.time(), n))
-        return {"requested": n, "workers_alive": self._status.get("workers_alive"),
-                "phase": self._status.get("phase")}
+        st = self._status
+        out = {"requested": n, "workers_alive": st.get("workers_alive"),
+               "workers_pending": st.get("workers_pending", 0), "phase": st.get("phase")}
+        cpus = (st.get("worker_resources") or {}).get("CPU")
+        if cpus is not None:  # will the new workers fit in what the cluster has free now?
+            from wsrl_dist.runtime.placement import scale_note
+
+            out["placement"] = scale_note(n, st.get("workers_alive") or 0, out["workers_pending"], cpus)
+        return out
 
     def take_requests(self) -> list[int]:
         out, self._requests = self._requests, []
@@ -65,7 +73,26 @@ def controller_name(run_dir: str) -> str:
     return PREFIX + str(run_dir).rstrip("/").rsplit("/", 1)[-1]
 
 
+def use_token_auth_if_present() -> None:
+    """Ray >= 2.52 clusters use token auth by default (`ray start --head` writes ~/.ray/auth_token),
+    but a process joining one at an explicit address with RAY_AUTH_MODE unset sends no token
+    ('Authentication token is missing or incorrect'; Ray auto-enables it only for address=auto). With the mode unset and a token at hand, use it, as `ray job submit`
+    needs too (deploy/ray/job_submit.sh); an explicit RAY_AUTH_MODE is left alone."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or (path.is_file() and path.stat().st_size > 0):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray caches its config at import: refresh it, as Ray's own _enable_token_auth does
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except (ImportError, AttributeError):  # another Ray: the env var alone, read at connect
+            pass
+
+
 def _connect(address: str | None) -> None:
+    use_token_auth_if_present()
     if not ray.is_initialized():
         ray.init(address=address or "auto", namespace=NAMESPACE, logging_level="WARNING",
                  log_to_driver=False)

@@ -10,6 +10,7 @@ Two or more run.seeds: launch() hands the job to multiseed.MultiSeedJob (a Job p
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -28,12 +29,14 @@ from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.ops.metrics import MetricsServer
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.runtime import checkpoint as ckpt
+from wsrl_dist.runtime import stop
 from wsrl_dist.runtime.control import NAMESPACE, controller_name, make_controller, scale, status
 from wsrl_dist.runtime.grants import learner_actor_class
 from wsrl_dist.runtime.learner import Learner, first_update_step
 from wsrl_dist.runtime.monitor import Monitor
 from wsrl_dist.runtime.progress import StageLines, StageProgress, announce
 from wsrl_dist.runtime.replay import ReplayShard
+from wsrl_dist.runtime.stop import JobStopped
 from wsrl_dist.runtime.supervisor import Supervisor
 from wsrl_dist.runtime.weights import WeightStore
 
@@ -157,7 +160,7 @@ class Job:
         self.monitor.update(phase=phase, learner=lrn, shards=shards, workers=self.sup.last_stats(),
                             alive=self.sup.states(), store_version=version,
                             restarts=self.sup.restarts, dropped=self.c["dropped"],
-                            workers_target=self.c["workers_target"])
+                            workers_target=self.c["workers_target"], placement=self.sup.placement())
         self._stage_progress(phase)
         self.snapshot = self.monitor.snapshot()
         self._push_status()
@@ -257,7 +260,9 @@ class Job:
                     "critic_updates": lim["updates"], "version": learner_state["version"],
                     "bundles": learner_state["bundles"], "restarts": self.sup.restarts,
                     "wall_time": self._wall(), "config_hash": self.cfg.hash(), "stage": "online"}
-        return ckpt.save(self.run_dir, learner_state, shard_states, counters, self.rt.keep_checkpoints)
+        path = ckpt.save(self.run_dir, learner_state, shard_states, counters, self.rt.keep_checkpoints)
+        job.sync_run_dir(self.cfg)  # a URI run.storage gets each checkpoint (storage.py)
+        return path
 
     def _restore(self) -> dict[str, Any]:
         learner_state, shard_states, counters = ckpt.load(self.resume_from)
@@ -377,6 +382,27 @@ class Job:
             weight_put_seconds=lrn["publish_hist"]["sum"], learner_process=lrn["process"],
             dropped_env_steps=self.c["dropped"], wall_time_s=self._wall())
 
+    def _stopped(self, exc: KeyboardInterrupt) -> JobStopped:
+        """Interrupted: checkpoint what this stage can resume from; the JobStopped to raise. Online,
+        a checkpoint now (the workers' chunks in flight are lost; resume hands those steps out
+        again); in pre-training its partial checkpoint (every pretrain.checkpoint_every steps);
+        in warmup, resume warms up again from checkpoints/pretrained.pt."""
+        stage = getattr(self, "stage", "pretrain")
+        with stop.shielded():
+            try:
+                if stage == "online":
+                    path = self._checkpoint()
+                    step = json.loads((path / "meta.json").read_text())["counters"]["env_steps"]
+                elif stage == "warmup":
+                    step = self._env_steps()
+                else:
+                    step = stop.pretrain_step(self.run_dir)
+            except (RayError, OSError) as e:  # actors already gone: the newest checkpoint stands
+                log.error("no checkpoint written at the stop: %s", e)
+                latest = ckpt.latest(self.run_dir)
+                step = json.loads((latest / "meta.json").read_text())["counters"]["env_steps"] if latest else 0
+        return stop.JobStopped(stage, step, self.run_dir, stop.signum_of(exc))
+
     def run(self) -> Path:
         self.log = MetricsLog(self.run_dir)
         server = None
@@ -387,20 +413,27 @@ class Job:
                                 controller=controller_name(str(self.run_dir)), ray_address=_ray_address())
             announce(self.run_dir, f"http://{server.host}:{server.port}/metrics", note=_port_note(server, self.rt))
             if self.resume_from is not None:
+                self.stage = "online"
                 self._restore()
                 self.sup.scale(self.c["workers_target"])
             else:
+                self.stage = "pretrain"
                 self._prepare()
                 self.sup.scale(self.rt.num_workers)
+                self.stage = "warmup"
                 self._warmup()
+            self.stage = "online"
             self._online()
             self._finish_records()
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through stop.signals_raise (launch)
+            raise self._stopped(e) from None
         finally:
             if server is not None:
                 server.stop()
             self._teardown()
             self.log.close()
         write_report(self.run_dir)
+        job.sync_run_dir(self.cfg)
         return self.run_dir
 
 
@@ -443,6 +476,10 @@ def _connect(rt, groups: int = 1) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {}
+    if rt.address is not None or os.environ.get("RAY_ADDRESS"):
+        from wsrl_dist.runtime.control import use_token_auth_if_present
+
+        use_token_auth_if_present()  # joining a cluster: send the token Ray 2.60 expects
     if rt.address is None and not os.environ.get("RAY_ADDRESS"):
         need = 1 + groups * (rt.num_workers * rt.worker_cpus + rt.num_shards * rt.shard_cpus)
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
@@ -459,7 +496,8 @@ def launch(cfg: RunConfig, command: str = "") -> Path:
             from wsrl_dist.runtime.multiseed import MultiSeedJob
 
             return MultiSeedJob(cfg, command).run()
-        return Job(cfg, command).run()
+        with stop.signals_raise():  # SIGTERM (`ray job stop`, kill) stops like Ctrl-C
+            return Job(cfg, command).run()
     finally:
         if started:
             ray.shutdown()
@@ -468,7 +506,9 @@ def launch(cfg: RunConfig, command: str = "") -> Path:
 def resume(run_dir: str | Path, command: str = "") -> Path:
     """Continue the job in `run_dir` from its newest checkpoint with the same counters (a fresh
     launch of its config when it has none)."""
-    run_dir = Path(run_dir)
+    from wsrl_dist.storage import check_resume_dir
+
+    run_dir = check_resume_dir(run_dir)  # one-line ResumeError for anything but a run dir
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     cfg.run.run_dir = str(run_dir)
     started = _connect(cfg.runtime, max(1, len(cfg.run.seeds)))
@@ -477,7 +517,8 @@ def resume(run_dir: str | Path, command: str = "") -> Path:
             from wsrl_dist.runtime.multiseed import MultiSeedJob
 
             return MultiSeedJob(cfg, command or f"resume {run_dir}", resume=True).run()
-        return Job(cfg, command or f"resume {run_dir}", ckpt.latest(run_dir), resuming=True).run()
+        with stop.signals_raise():
+            return Job(cfg, command or f"resume {run_dir}", ckpt.latest(run_dir), resuming=True).run()
     finally:
         if started:
             ray.shutdown()

@@ -33,13 +33,24 @@ def learner_actor_class(cls: type, num_workers: int, groups: int = 1) -> Any:
 
 
 def rollout_slack(cfg) -> int | None:
-    """The limiter's rollout side: runtime.rollout_slack, or None (workers unpaced) when the Cal-QL
+    """The limiter's rollout side: runtime.rollout_slack capped at one chunk per rollout worker
+    (runtime.num_workers x chunk_size env steps), or None (workers unpaced) when the Cal-QL
     loss is kept online. Deviation, for that case only: its workers hold each episode's rows until
     the episode ends (its MC returns need all of them), and with paced workers the rows they hold
     could exceed the slack while the learner waits for exactly those rows (a stall). Unpaced, the
     learner side still caps updates at one per env step in the shards; it may fall behind the
     rollout (utd_actual < 1 for a while) and makes up the owed updates before the run ends."""
-    return None if job.online_loss(cfg) == "calql" else cfg.runtime.rollout_slack
+    if job.online_loss(cfg) == "calql":
+        return None
+    rt = cfg.runtime
+    if rt.rollout_slack is None:
+        return None
+    # At most one grant request (a chunk) per worker ahead of the learner's updates: a fixed 512
+    # let the 2-worker smoke job take its whole 1,000-step online phase at once (UTD ~0 while the
+    # rollouts ran, then the learner alone for 35 s: issue 16). Throughput is not lost: the slack
+    # binds only while the learner is the slower side, and then the learner sets the pace anyway.
+    pool = max(rt.num_workers, 1) * max(rt.chunk_size, rt.envs_per_worker)
+    return max(rt.envs_per_worker, min(rt.rollout_slack, pool))
 
 
 class GrantDesk:

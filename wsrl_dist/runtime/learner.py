@@ -369,6 +369,8 @@ class Learner:
             split["update_launch"] += t3 - t2
             split["publish"] += t_wait - t3
             self.step_hist.observe(t_wait - t0)
+            if self.cfg.runtime.test_learner_delay_s:  # tests only: a deliberately slow learner
+                time.sleep(self.cfg.runtime.test_learner_delay_s)
         self.feed.close()
         with self._agent_lock:
             self.drain_publishing()

@@ -36,8 +36,11 @@ class Monitor:
 
     def update(self, *, phase: str, learner: dict[str, Any], shards: list[dict[str, Any]],
                workers: dict[int, dict[str, Any]], alive: dict[int, str], store_version: int,
-               restarts: int, dropped: int, workers_target: int, now: float | None = None) -> None:
-        """One tick. `workers` holds the latest stats per worker id, `alive` its supervision state."""
+               restarts: int, dropped: int, workers_target: int, now: float | None = None,
+               placement: dict[str, Any] | None = None) -> None:
+        """One tick. `workers` holds the latest stats per worker id, `alive` its supervision state;
+        `placement`: Supervisor.placement() (workers Ray has not placed, and why)."""
+        placement = placement or {}
         now = time.time() if now is None else now
         env_steps = sum(s["env_steps"] for s in shards)
         updates = int(learner.get("critic_updates", 0))
@@ -75,6 +78,9 @@ class Monitor:
             "worker_restarts_total": restarts, "dropped_env_steps": dropped,
             "workers_alive": sum(1 for s in alive.values() if s in ALIVE_STATES),
             "workers_target": workers_target,
+            "workers_pending": placement.get("workers_pending", 0),
+            "pending_reason": placement.get("pending_reason"),
+            "worker_resources": placement.get("worker_resources"),
             "workers": [{"id": wid, "state": alive.get(wid), "pid": w.get("pid"),
                          "node_id": w.get("node_id"), "env_steps": w.get("env_steps"),
                          "version": w.get("version")} for wid, w in sorted(workers.items())],
@@ -105,6 +111,7 @@ class Monitor:
             "rejected_chunks": v["rejected_chunks"], "policy_lag": v["policy_lag_hist"],
             "weights_version": v["weights_version"], "worker_restarts_total": v["worker_restarts_total"],
             "workers_alive": v["workers_alive"], "episode_return": v["episode_return"],
+            "workers_pending": v.get("workers_pending", 0),
             "weight_publish_seconds": v["weight_publish_seconds"],
             "learner_step_seconds": v["learner_step_seconds"], "gpu_memory_bytes": v["gpu_memory_bytes"],
             "learner_device_busy": v.get("learner_device_busy"),
@@ -133,7 +140,7 @@ class Monitor:
         keep = ("phase", "env_steps", "critic_updates", "env_steps_per_second",
                 "critic_updates_per_second", "utd_actual", "utd_cumulative", "utd_target",
                 "policy_lag", "weights_version", "workers_alive", "workers_target",
-                "worker_restarts_total", "dropped_env_steps", "workers", "learner_env_steps",
+                "workers_pending", "pending_reason", "worker_resources", "worker_restarts_total", "dropped_env_steps", "workers", "learner_env_steps",
                 "env_steps_by_worker", "learner_device", "learner_gpu_ids",
                 "limiter_blocked_seconds", "episode_return", "updated_at")
         out = {k: v.get(k) for k in keep + STAGE_KEYS}
@@ -146,7 +153,7 @@ class Monitor:
         keep = ("phase", "env_steps", "critic_updates", "env_steps_per_second",
                 "critic_updates_per_second", "utd_actual", "utd_cumulative", "utd_target",
                 "learner_env_steps", "policy_lag", "weights_version", "workers_alive",
-                "worker_restarts_total", "dropped_env_steps", "episode_return")
+                "workers_pending", "worker_restarts_total", "dropped_env_steps", "episode_return")
         # the stage's count, rate and ETA: pre-training steps while env steps are still 0
         out = {k: v.get(k) for k in keep + STAGE_KEYS if k != "pretrain_losses"}
         out["replay_size"] = sum(r["size"] for r in v["replay"].values())

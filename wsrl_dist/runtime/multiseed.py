@@ -87,7 +87,7 @@ class MultiSeedJob:
         if cfg.run.run_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             seeds = "-".join(map(str, self.seeds))
-            cfg.run.run_dir = f"runs/{cfg.task.name}-{cfg.finetune.method}-seeds{seeds}-{stamp}"
+            cfg.run.run_dir = job.default_run_dir(cfg, f"{cfg.task.name}-{cfg.finetune.method}-seeds{seeds}-{stamp}")
         self.run_dir = job.prepare_run_dir(cfg, command, extra={
             "runtime": "ray", "utd_target": cfg.sac.utd, "seeds": self.seeds,
             "seed_dirs": [seed_dir_name(s) for s in self.seeds]})
@@ -283,6 +283,7 @@ class MultiSeedJob:
                 g.log.close()
         for g in self.groups:
             write_report(g.run_dir)
+        job.sync_run_dir(self.cfg)
         return self.run_dir
 
 

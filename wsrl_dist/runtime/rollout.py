@@ -44,8 +44,14 @@ class RolloutWorker:
     (the rollout side of limiter.UtdLimiter); `collect` ignores it (warmup has no learner to pace).
     """
 
-    def __init__(self, cfg: dict, worker_id: int, shard: Any, store: Any, learner: Any,
-                 weights_timeout: float = 120.0):
+    def __init__(self, cfg: dict, worker_id: int, shard: Any = None, store: Any = None,
+                 learner: Any = None, weights_timeout: float = 120.0, peers: str | None = None):
+        """`peers`: the name of a peers.PeerDirectory to fetch (shard, store, learner) from instead
+        of taking them as arguments (the Supervisor's restartable workers: see peers.py)."""
+        if peers is not None:
+            from wsrl_dist.runtime.peers import lookup
+
+            shard, store, learner = lookup(peers, worker_id)
         torch.set_num_threads(1)  # many workers share a node's cores
         pin_blas_threads(1)  # and numpy's OpenBLAS (the Policy's matmuls) would spread over them all
         self.cfg = from_dict(cfg)

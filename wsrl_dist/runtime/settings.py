@@ -21,7 +21,8 @@ class RuntimeConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0 picks a free port
     # Rollout side of the UTD limiter: env steps the workers may run ahead of updates / utd (None:
-    # unpaced, only the learner side is limited). Must be >= envs_per_worker.
+    # unpaced, only the learner side is limited), at most num_workers x chunk_size (one chunk per
+    # worker: grants.rollout_slack). Must be >= envs_per_worker.
     rollout_slack: int | None = 512
     # the smallest rollout grant while the pool is short (limiter.grant): with the learner behind,
     # 14 workers asking for one step at a time made ~3,000 grant calls/s into the learner process
@@ -46,6 +47,9 @@ class RuntimeConfig:
     restart_timeout: float = 120.0  # seconds a restarting worker may take before it is replaced
     keep_checkpoints: int = 2  # newest checkpoints kept under <run_dir>/checkpoints
     shard_cpus: float = 0.0  # CPUs reserved per replay shard actor
+    # TEST ONLY: the learner sleeps this long after every update bundle, a deliberately slow learner
+    # (tests/runtime/test_utd_band.py holds the UTD band with it); 0 in every real run
+    test_learner_delay_s: float = 0.0
 
     def validate(self) -> None:
         for name in ("num_workers", "envs_per_worker", "num_shards", "chunk_size", "publish_every",

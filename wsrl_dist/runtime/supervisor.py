@@ -19,6 +19,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from wsrl_dist.config import from_dict
 from wsrl_dist.runtime.monitor import ALIVE_STATES
+from wsrl_dist.runtime.peers import make_directory
 from wsrl_dist.runtime.rollout import RolloutWorker
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Supervisor:
         self.next_wid = 0
         self.restarts = 0
         self.online = False
+        # small constructor arguments only: a restarted worker asks this named actor for its peers
+        self.directory, self.directory_name = make_directory(shards, store, learner)
 
     # ------------------------------------------------------------------ actors
     def _actor(self, wid: int) -> Any:
@@ -51,8 +54,7 @@ class Supervisor:
         return ray.remote(RolloutWorker).options(
             num_cpus=rt.worker_cpus, max_restarts=rt.max_restarts, max_task_retries=0,
             max_concurrency=2,  # run() in one thread, stop()/stats() in the other
-        ).remote(self.cfg, wid, self.shards[wid % len(self.shards)], self.store, self.learner,
-                 rt.restart_timeout)
+        ).remote(self.cfg, wid, weights_timeout=rt.restart_timeout, peers=self.directory_name)
 
     def _await_start(self, slot: Slot, state: str) -> None:
         slot.state, slot.ping, slot.since, slot.ref = state, slot.handle.ping.remote(), time.time(), None
@@ -80,6 +82,7 @@ class Supervisor:
     def kill_all(self) -> None:
         for slot in self.slots.values():
             ray.kill(slot.handle, no_restart=True)
+        ray.kill(self.directory, no_restart=True)
 
     # ------------------------------------------------------------------ calls
     def scale(self, n: int) -> None:
@@ -180,6 +183,19 @@ class Supervisor:
 
     def last_stats(self) -> dict[int, dict[str, Any]]:
         return {wid: s.stats for wid, s in self.slots.items() if s.stats and s.state != "retired"}
+
+    def placement(self) -> dict[str, Any]:
+        """Workers Ray has not placed (no resources free) and why; warns once per job when it starts."""
+        from wsrl_dist.runtime import placement
+
+        waiting = [s for s in self.slots.values() if s.state in ("starting", "restarting")]
+        n = placement.pending_count([s.handle for s in waiting], self.rt.worker_cpus)
+        why = placement.reason(self.rt.worker_cpus, n)
+        if why and not getattr(self, "_warned_pending", False):
+            log.warning("%s", why)
+            self._warned_pending = True
+        return {"workers_pending": n, "pending_reason": why,
+                "worker_resources": placement.asks(self.rt.worker_cpus)}
 
     def states(self) -> dict[int, str]:
         return {wid: s.state for wid, s in self.slots.items()}

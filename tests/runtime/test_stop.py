@@ -1,0 +1,92 @@
+"""Ctrl-C and SIGTERM on a running `wsrl-dist launch` (issue 16 item 5): the job checkpoints, prints
+one `stopped at <stage> step N; resume with: ...` line (no KeyboardInterrupt traceback), exits 130 /
+143 like the shell, and the printed command continues it to the same totals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.runtime.conftest import TINY, read_records, run_json
+
+REPO = Path(__file__).resolve().parents[2]
+K, TOTAL = 100, 2500
+ARGS = [*TINY, f"finetune.warmup_steps={K}", f"finetune.online_steps={TOTAL}", "finetune.eval_every=100000",
+        "run.checkpoint_every=100000", "runtime.num_workers=2", "runtime.num_shards=1"]
+
+
+def _launch(*args: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    # its own session, as a terminal's foreground job: Ctrl-C reaches the whole process group
+    return subprocess.Popen([sys.executable, "-m", "wsrl_dist.cli", "launch", *args], cwd=REPO, env=env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _online_steps(run_dir: Path) -> int:
+    try:
+        recs = read_records(run_dir, "throughput")
+    except (OSError, json.JSONDecodeError):
+        return 0
+    return max([r["env_steps"] for r in recs if r["phase"] == "online"], default=0)
+
+
+def _interrupt_online(proc: subprocess.Popen, run_dir: Path, log: Path, sig: int, group: bool,
+                      past: int) -> int:
+    """Send `sig` once the online stage is past `past` env steps; returns the exit status."""
+    t0 = time.time()
+    while _online_steps(run_dir) <= past:
+        assert proc.poll() is None and time.time() - t0 < 300, log.read_text()[-3000:]
+        time.sleep(0.3)
+    (os.killpg if group else os.kill)(proc.pid, sig)
+    return proc.wait(timeout=180)
+
+
+def _stop_line(log: Path, run_dir: Path) -> int:
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    lines = [ln for ln in text.splitlines() if "stopped at" in ln]
+    assert len(lines) == 1, text[-3000:]
+    m = re.fullmatch(rf"wsrl-dist: stopped at online step (\d+); resume with: "
+                     rf"wsrl-dist launch --resume {re.escape(str(run_dir))}", lines[0])
+    assert m, lines[0]
+    return int(m.group(1))
+
+
+def test_ctrl_c_and_sigterm_on_launch_checkpoint_say_how_to_resume_and_resume_finishes(tmp_path):
+    from wsrl_dist.runtime import checkpoint
+
+    run_dir = tmp_path / "job"
+    log1 = tmp_path / "first.log"
+    first = _launch(*ARGS, f"run.run_dir={run_dir}", log=log1)
+    try:  # Ctrl-C in a terminal: SIGINT to the foreground process group
+        assert _interrupt_online(first, run_dir, log1, signal.SIGINT, group=True, past=K + 200) == 130
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    step = _stop_line(log1, run_dir)
+    saved = json.loads((checkpoint.latest(run_dir) / "meta.json").read_text())["counters"]
+    assert saved["env_steps"] == step and K + 200 < step < TOTAL
+
+    # `ray job stop` / kill: SIGTERM to the driver alone, on the resumed run
+    log2 = tmp_path / "second.log"
+    second = _launch("--resume", str(run_dir), log=log2)
+    try:
+        assert _interrupt_online(second, run_dir, log2, signal.SIGTERM, group=False, past=step + 200) == 143
+    finally:
+        if second.poll() is None:
+            os.killpg(second.pid, signal.SIGKILL)
+    step2 = _stop_line(log2, run_dir)
+    assert step + 200 < step2 < TOTAL
+
+    log3 = tmp_path / "third.log"
+    third = _launch("--resume", str(run_dir), log=log3)  # the command the line printed
+    assert third.wait(timeout=400) == 0, log3.read_text()[-3000:]
+    info = run_json(run_dir)
+    assert info["env_steps"] == TOTAL and info["resumed_from"]["saved"]["env_steps"] == step2

@@ -1,0 +1,67 @@
+"""run.storage: run dirs default to an absolute storage root (never Ray's temporary working dir),
+explicit run.run_dir wins, a URI storage is mirrored through fsspec (issue 16 item 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wsrl_dist import job, storage
+from wsrl_dist.config import load
+
+
+def test_default_run_dir_is_under_the_storage_root_absolute_and_printed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # as under `ray job submit`: cwd is a throwaway copy
+    monkeypatch.setenv(storage.ENV, str(tmp_path / "store"))
+    cfg = load(overrides=["task.name=inverted-pendulum-v5"])
+    run_dir = job.prepare_run_dir(cfg, "pytest")
+    assert run_dir.is_absolute() and run_dir.parent == tmp_path / "store"
+    assert run_dir.name.startswith("inverted-pendulum-v5-wsrl-s0-")
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir()
+    assert f"run dir: {run_dir}" in capsys.readouterr().out
+    # the resolved config records where it went, so `--resume` on another head finds the same dir
+    assert Path(load([str(run_dir / "config.yaml")]).run.run_dir) == run_dir
+
+
+def test_storage_default_without_env_is_home_and_explicit_settings_win(tmp_path, monkeypatch):
+    monkeypatch.delenv(storage.ENV, raising=False)
+    assert storage.root("auto") == str(Path("~/wsrl_dist/runs").expanduser())
+    monkeypatch.chdir(tmp_path)
+    assert storage.root("rel/store") == str(tmp_path / "rel/store")  # made absolute at start
+    cfg = load(overrides=[f"run.storage={tmp_path / 'a'}", f"run.run_dir={tmp_path / 'mine'}"])
+    assert job.prepare_run_dir(cfg, "pytest") == tmp_path / "mine"
+    cfg = load(overrides=["run.run_dir=relative/run"])
+    assert job.prepare_run_dir(cfg, "pytest") == tmp_path / "relative/run"
+
+
+def test_uri_storage_stages_locally_and_uploads_through_fsspec(tmp_path, monkeypatch):
+    pytest.importorskip("fsspec")
+    monkeypatch.setattr(storage, "STAGING", str(tmp_path / "staging"))
+    uri = f"file://{tmp_path}/bucket/runs"
+    cfg = load(overrides=[f"run.storage={uri}", "run.progress=false"])
+    run_dir = job.prepare_run_dir(cfg, "pytest")
+    assert run_dir.parent == tmp_path / "staging"
+    (run_dir / "checkpoints" / "x.pt").write_bytes(b"123")
+    job.sync_run_dir(cfg)
+    remote = tmp_path / "bucket/runs" / run_dir.name
+    assert (remote / "checkpoints" / "x.pt").read_bytes() == b"123"
+    assert json.loads((remote / "run.json").read_text())["command"] == "pytest"
+    # --resume <uri>/<name> on a machine without the staging copy fetches it first
+    import shutil
+
+    shutil.rmtree(run_dir)
+    assert storage.check_resume_dir(f"{uri}/{run_dir.name}") == run_dir
+    assert (run_dir / "checkpoints" / "x.pt").read_bytes() == b"123"
+
+
+def test_uri_storage_without_its_protocol_package_names_what_is_missing():
+    import importlib.util
+
+    if importlib.util.find_spec("s3fs") is not None:
+        pytest.skip("s3fs is installed here")
+    with pytest.raises(RuntimeError, match="s3fs"):
+        storage.upload(Path("."), "s3://bucket/x")
+    with pytest.raises(RuntimeError, match="fsspec cannot open this protocol"):
+        storage.upload(Path("."), "nosuchproto://bucket/x")

@@ -1,0 +1,87 @@
+"""Ctrl-C / SIGTERM on a running `launch` (or `ray job stop`): stop cleanly, checkpoint, and say how
+to resume in one line, instead of a KeyboardInterrupt traceback out of `ray.wait`.
+
+`signals_raise()` turns SIGTERM into the same KeyboardInterrupt that SIGINT raises (tagged with its
+signal number); Job.run catches either, checkpoints what the stage it was in can resume from, and
+raises JobStopped, which the CLI prints as `stopped at <stage> step N; resume with: ...` and turns
+into the shell's exit status for that signal (130 for SIGINT, 143 for SIGTERM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM raised as a KeyboardInterrupt (SIGINT raises a plain KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class JobStopped(Exception):
+    """The job was stopped by a signal after checkpointing; `line` is what to tell the user."""
+
+    def __init__(self, stage: str, step: int, run_dir: Path, signum: int):
+        self.stage, self.step, self.run_dir, self.signum = stage, int(step), Path(run_dir), int(signum)
+        self.exit_code = 128 + self.signum
+        super().__init__(self.line)
+
+    @property
+    def line(self) -> str:
+        return (f"stopped at {self.stage} step {self.step}; "
+                f"resume with: wsrl-dist launch --resume {self.run_dir}")
+
+
+def signum_of(exc: KeyboardInterrupt) -> int:
+    return getattr(exc, "signum", int(signal.SIGINT))
+
+
+def _raise(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """SIGTERM raises Interrupted in the main thread while inside (a no-op off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """A second Ctrl-C / SIGTERM while the stop checkpoint is written is ignored (main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def pretrain_step(run_dir: Path) -> int:
+    """The pre-training step a resume continues from (its partial checkpoint's), 0 without one."""
+    import torch
+
+    from wsrl_dist.pretrain import PARTIAL
+
+    path = Path(run_dir) / "checkpoints" / PARTIAL
+    if not path.is_file():
+        return 0
+    with contextlib.suppress(Exception):  # being rewritten right now: say 0, resume still finds it
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    return 0

@@ -1,0 +1,110 @@
+"""Where run directories live (run.storage), and checks of a `--resume` target.
+
+`run.storage` = auto: $WSRL_DIST_STORAGE when set, else ~/wsrl_dist/runs, always made absolute.
+A run dir named by nothing else is <storage>/<task>-<method>-s<seed>-<timestamp>: absolute, so a job
+under `ray job submit` (whose working directory is Ray's temporary copy of the checkout) writes
+where the user finds it, and a job resumed on another head finds its checkpoints there when the
+storage is shared. An explicit run.run_dir wins; a relative one is taken from the working directory.
+
+A URI storage (`s3://bucket/runs`, `gs://...`, any fsspec protocol) works as Ray Train's
+`storage_path` does: the run writes into a local staging dir (~/.cache/wsrl_dist/staging/<name>)
+that is copied to <storage>/<name> at every checkpoint and at the end (fsspec, or pyarrow.fs when
+fsspec is missing), and `--resume <uri>/<name>` copies it back first. Only where those packages
+(and the protocol's own, e.g. s3fs, gcsfs) are installed: otherwise a clear error names them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV = "WSRL_DIST_STORAGE"
+DEFAULT = "~/wsrl_dist/runs"
+STAGING = "~/.cache/wsrl_dist/staging"
+
+
+class ResumeError(ValueError):
+    """A `--resume` target that is not a run directory (the CLI prints it as one line)."""
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
+
+
+def root(setting: str = "auto") -> str:
+    """run.storage resolved: a URI as given, a local path absolute with ~ expanded."""
+    value = (os.environ.get(ENV) or DEFAULT) if setting == "auto" else setting
+    return value.rstrip("/") if is_uri(value) else str(Path(value).expanduser().resolve())
+
+
+def local_dir(storage_root: str, name: str) -> Path:
+    """Where the run with this name writes on this machine (the staging dir for a URI storage)."""
+    if is_uri(storage_root):
+        return Path(STAGING).expanduser() / name
+    return Path(storage_root) / name
+
+
+def _filesystem(uri: str):
+    """(fsspec filesystem, path) for a URI; a clear error naming what to install when it cannot."""
+    try:
+        import fsspec
+    except ImportError:
+        fsspec = None
+    if fsspec is not None:
+        try:
+            fs, path = fsspec.core.url_to_fs(uri)
+        except (ImportError, ValueError) as e:  # s3fs / gcsfs missing for the protocol, or unknown
+            raise RuntimeError(f"run.storage={uri}: fsspec cannot open this protocol ({e})") from e
+        return fs, path
+    try:
+        from pyarrow import fs as pafs
+    except ImportError:
+        raise RuntimeError(f"run.storage={uri}: a URI storage needs fsspec (pip install fsspec, plus "
+                           "s3fs / gcsfs for s3:// / gs://) or pyarrow; neither is installed") from None
+    return pafs.FileSystem.from_uri(uri)  # (pyarrow filesystem, path)
+
+
+def upload(run_dir: Path, uri: str) -> None:
+    """Copy the local run dir to `uri` (files only, overwriting: checkpoints are pruned locally)."""
+    fs, dest = _filesystem(uri)
+    if hasattr(fs, "put"):
+        fs.makedirs(dest, exist_ok=True)
+        fs.put(str(run_dir).rstrip("/") + "/", dest, recursive=True)
+    else:
+        from pyarrow import fs as pafs
+
+        pafs.copy_files(str(run_dir), dest, destination_filesystem=fs)
+
+
+def download(uri: str) -> Path:
+    """Copy a run dir at `uri` into the local staging dir; returns the local copy."""
+    fs, src = _filesystem(uri)
+    local = Path(STAGING).expanduser() / src.rstrip("/").rsplit("/", 1)[-1]
+    local.mkdir(parents=True, exist_ok=True)
+    if hasattr(fs, "get"):
+        if not fs.isdir(src):
+            raise ResumeError(f"cannot resume {uri}: not a directory")
+        fs.get(src.rstrip("/") + "/", str(local) + "/", recursive=True)
+    else:
+        from pyarrow import fs as pafs
+
+        pafs.copy_files(src, str(local), source_filesystem=fs)
+    return local
+
+
+def check_resume_dir(run_dir: str | os.PathLike) -> Path:
+    """The run dir `--resume` may continue, or ResumeError saying in one line why it cannot: not a
+    directory, no config.yaml, no checkpoints/ (a directory that never was a run's). A run dir whose
+    checkpoints/ is still empty (stopped before its first checkpoint) is valid: it starts over."""
+    if is_uri(run_dir):
+        run_dir = download(str(run_dir))
+    path = Path(run_dir).expanduser()
+    if not path.exists():
+        raise ResumeError(f"cannot resume {run_dir}: no such directory")
+    if not path.is_dir():
+        raise ResumeError(f"cannot resume {run_dir}: not a directory")
+    if not (path / "config.yaml").is_file():
+        raise ResumeError(f"cannot resume {run_dir}: no config.yaml in it, not a run directory")
+    if not (path / "checkpoints").is_dir():
+        raise ResumeError(f"cannot resume {run_dir}: no checkpoints/ in it, not a run directory")
+    return path
