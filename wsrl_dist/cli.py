@@ -10,6 +10,9 @@
   wsrl-dist report RUN_DIR                    learning curve, throughput plot, results table
                                               (a multi-seed run dir: one per seed-<s>/)
   wsrl-dist bench learner|rollout|replay|publish|job  benchmarks (tables with ratios vs in-run baselines)
+
+Bad input (a corrupt dataset or checkpoint) ends with one line naming the file and the problem;
+add --debug anywhere for the full traceback.
 """
 
 from __future__ import annotations
@@ -85,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench")
     p.add_argument("what", choices=["learner", "rollout", "replay", "publish", "job"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line: the full traceback of a project error
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     from wsrl_dist.config import ConfigError
 
     try:
@@ -93,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"wsrl-dist: config error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # bad input (a corrupt HDF5, checkpoint, frame): one line, not Ray's frames
+        from wsrl_dist.errors import one_line
+
+        line = None if debug else one_line(e)
+        if line is None:
+            raise
+        print(f"wsrl-dist: error: {line} (--debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:

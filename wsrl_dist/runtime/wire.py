@@ -42,8 +42,11 @@ class WireError(ValueError):
     def __init__(self, reason: str, message: str):
         if reason not in REASONS:
             raise ValueError(f"unknown WireError reason {reason!r}")
-        self.reason = reason
+        self.reason, self.message = reason, message
         super().__init__(f"{reason}: {message}")
+
+    def __reduce__(self):  # picklable (Ray sends it back from a shard): cls(reason, message)
+        return WireError, (self.reason, self.message)
 
 
 @dataclass
