@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("items", nargs="*", help="config YAMLs and key.sub=value overrides")
         p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoints")
+        p.add_argument("--force-config", action="store_true",
+                       help="with --resume: use a checkpoint written by a config that hashes differently")
     p = sub.add_parser("finetune")
     p.add_argument("checkpoint")
     p.add_argument("items", nargs="*")
@@ -113,7 +115,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.resume and args.cmd == "launch":
             from wsrl_dist.runtime import driver
 
-            print(f"run dir: {driver.resume(args.resume, _command())}")
+            print(f"run dir: {driver.resume(args.resume, _command(), force_config=args.force_config)}")
             return 0
         extra = ["finetune.online_steps=0"] if args.cmd == "pretrain" else []
         cfg = _load_run(args.resume, args.items, extra) if args.resume else _load(args.items, extra)

@@ -231,7 +231,8 @@ class Job:
         return ckpt.save(self.run_dir, learner_state, shard_states, counters, self.rt.keep_checkpoints)
 
     def _restore(self) -> dict[str, Any]:
-        learner_state, shard_states, counters = ckpt.load(self.resume_from)
+        loaded = getattr(self, "loaded", None)  # resume(): already read and checked
+        learner_state, shard_states, counters = loaded.states if loaded else ckpt.load(self.resume_from)
         if job.offline_ratio(self.cfg) > 0:  # retention baselines: the offline sampler again
             self._call(self.learner.prepare.remote(pretrain=False), "online")
         if len(shard_states) != len(self.shards):
@@ -421,9 +422,10 @@ def launch(cfg: RunConfig, command: str = "") -> Path:
             ray.shutdown()
 
 
-def resume(run_dir: str | Path, command: str = "") -> Path:
-    """Continue the job in `run_dir` from its newest checkpoint with the same counters (a fresh
-    launch of its config when it has none)."""
+def resume(run_dir: str | Path, command: str = "", force_config: bool = False) -> Path:
+    """Continue the job in `run_dir` from its newest checkpoint that loads, with the same counters
+    (a fresh launch of its config when it has none; checkpoint.load_newest). `force_config`: resume
+    even if the checkpoint was written by a config that hashes differently."""
     run_dir = Path(run_dir)
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     cfg.run.run_dir = str(run_dir)
@@ -433,7 +435,10 @@ def resume(run_dir: str | Path, command: str = "") -> Path:
             from wsrl_dist.runtime.multiseed import MultiSeedJob
 
             return MultiSeedJob(cfg, command or f"resume {run_dir}", resume=True).run()
-        return Job(cfg, command or f"resume {run_dir}", ckpt.latest(run_dir), resuming=True).run()
+        loaded = ckpt.load_newest(run_dir, cfg.hash(), force_config)
+        resumed = Job(cfg, command or f"resume {run_dir}", loaded.path if loaded else None, resuming=True)
+        resumed.loaded = loaded
+        return resumed.run()
     finally:
         if started:
             ray.shutdown()

@@ -26,6 +26,7 @@ import ray
 from wsrl_dist import job
 from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.ops.report import MetricsLog, write_report
+from wsrl_dist.runtime import checkpoint as ckpt
 from wsrl_dist.runtime.control import controller_name, make_controller
 from wsrl_dist.runtime.driver import (
     Job,
@@ -288,7 +289,7 @@ def common_checkpoints(run_dirs: list[Path]) -> list[Path | None]:
     for d in run_dirs:
         points = {}
         for path in sorted((Path(d) / "checkpoints").glob("step_*")):
-            if (path / "meta.json").is_file():
+            if ckpt.problem(path) is None:  # complete: DONE marker and file sizes
                 points[json.loads((path / "meta.json").read_text())["counters"]["bundles"]] = path
         found.append(points)
     if not any(found):
