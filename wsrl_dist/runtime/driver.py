@@ -28,12 +28,14 @@ from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.ops.metrics import MetricsServer
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.runtime import checkpoint as ckpt
+from wsrl_dist.runtime import exposure
 from wsrl_dist.runtime.control import NAMESPACE, controller_name, make_controller, scale, status
 from wsrl_dist.runtime.grants import learner_actor_class
 from wsrl_dist.runtime.learner import Learner, first_update_step
 from wsrl_dist.runtime.monitor import Monitor
 from wsrl_dist.runtime.replay import ReplayShard
 from wsrl_dist.runtime.supervisor import Supervisor
+from wsrl_dist.runtime.watchdog import Watchdog
 from wsrl_dist.runtime.weights import WeightStore
 
 __all__ = ["launch", "resume", "scale", "status"]
@@ -278,7 +280,9 @@ class Job:
             self.sup.supervise()
             self._tick("warmup", every=self.rt.monitor_interval)
         self.stages["workers_start_s"], t0 = time.time() - t0, time.time()
+        watchdog = Watchdog(self.rt.stall_timeout_s)
         while (left := K - self._env_steps()) > 0:
+            watchdog.check(self, "warmup")
             refs = self.sup.collect(left)
             if not refs:  # every worker is still (re)starting
                 time.sleep(self.rt.monitor_interval)
@@ -288,6 +292,7 @@ class Job:
                 _, refs = ray.wait(refs, num_returns=len(refs), timeout=self.rt.monitor_interval)
                 self.sup.supervise()
                 self._tick("warmup")
+                watchdog.check(self, "warmup")
             self.sup.supervise()
         lrn = ray.get(self.learner.stats.remote())
         self.stages["warmup"] = {"env_steps": self._env_steps(), "critic_updates": lrn["critic_updates"],
@@ -301,8 +306,10 @@ class Job:
         ray.get(self.learner.begin_online.remote(self._env_steps()))  # before any grant
         train_ref = self.learner.train.remote()
         self.sup.start_runs()
+        watchdog = Watchdog(self.rt.stall_timeout_s)
         while True:
             check_learner_running(train_ref)
+            watchdog.check(self, "online")  # lost grants back to the pool; no silent hang
             for n in scale_requests(self.controller):
                 self.c["workers_target"] = n
                 self.sup.scale(n)
@@ -400,10 +407,15 @@ def _connect(rt, groups: int = 1) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {}
-    if rt.address is None and not os.environ.get("RAY_ADDRESS"):
+    local = rt.address is None and not os.environ.get("RAY_ADDRESS")
+    if local:
         need = 1 + groups * (rt.num_workers * rt.worker_cpus + rt.num_shards * rt.shard_cpus)
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
+        kwargs["dashboard_host"] = exposure.LOCAL_DASHBOARD_HOST  # runtime/exposure.py says why
+        exposure.warn_if_auth_disabled()
     ray.init(address=rt.address, namespace=NAMESPACE, logging_level="WARNING", **kwargs)
+    if local:
+        exposure.tighten_token_file()  # the token Ray 2.60 just wrote, owner-only
     return True
 
 

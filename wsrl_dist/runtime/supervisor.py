@@ -43,6 +43,7 @@ class Supervisor:
         self.slots: dict[int, Slot] = {}
         self.next_wid = 0
         self.restarts = 0
+        self.deaths = 0  # workers lost mid-call (watchdog.Watchdog re-syncs their grants)
         self.online = False
 
     # ------------------------------------------------------------------ actors
@@ -73,6 +74,7 @@ class Supervisor:
 
     def _died(self, slot: Slot) -> None:
         log.warning("rollout worker %d died; waiting for its restart", slot.wid)
+        self.deaths += 1
         self.monitor.retire(slot.stats)
         slot.stats = {}
         self._await_start(slot, "restarting")
