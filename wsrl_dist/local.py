@@ -26,7 +26,7 @@ from wsrl_dist.algo.update import offline_step
 from wsrl_dist.config import ConfigError, RunConfig
 from wsrl_dist.data.returns import mc_returns_to_go
 from wsrl_dist.data.ring import RingBuffer
-from wsrl_dist.durable import write_durably
+from wsrl_dist.durable import replace_durably
 from wsrl_dist.envs.make import make_env, obs_act_dims
 from wsrl_dist.errors import CheckpointError
 from wsrl_dist.evaluation import evaluate
@@ -67,7 +67,9 @@ def _save(run_dir: Path, agent: Agent, buffer: RingBuffer, c: Counters, rng: np.
     state = buffer.state_dict()
     arrays = state.pop("arrays")
     replay_name = f"replay-{c.env_steps:010d}.npz"
-    write_durably(ckpt / replay_name, lambda f: np.savez(f, **arrays))
+    # temp + rename: the same env-step count saved twice (last periodic and final) never truncates
+    # the file the current latest.pt names
+    replace_durably(ckpt / replay_name, lambda f: np.savez(f, **arrays))
     counters = {**c.__dict__, "replay": json.dumps(state), "rng": json.dumps(rng.bit_generator.state),
                 "torch_rng": torch.get_rng_state(), "replay_file": replay_name}
     job.save_agent(ckpt / "latest.pt", agent, counters)  # the commit point
