@@ -96,8 +96,8 @@ def problem(path: Path) -> str | None:
         return "meta.json is missing"
     except (OSError, ValueError) as e:
         return f"meta.json is unreadable ({e})"
-    if not isinstance(meta, dict) or "counters" not in meta or "shards" not in meta:
-        return "meta.json lacks counters or shards"
+    if not isinstance(meta, dict) or not isinstance(meta.get("counters"), dict):
+        return "meta.json has no counters"
     done = path / DONE
     if meta.get("format", 1) < FORMAT and not done.exists():
         return None  # written before the DONE marker existed: its files are checked when loaded
@@ -133,6 +133,8 @@ def load(path: str | Path, map_location: str = "cpu") -> tuple[dict, list[dict],
     if why is not None:
         raise CheckpointError(f"{path}: {why}")
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    if not isinstance(meta.get("shards"), list):
+        raise CheckpointError(f"{path / 'meta.json'}: has no shard list")
     try:
         learner_state = torch.load(path / "learner.pt", map_location=map_location, weights_only=True)
     except Exception as e:  # PytorchStreamReader, EOFError, pickle errors: one line naming the file
