@@ -296,3 +296,47 @@ def test_wsrl_dist_run_refuses_several_seeds(tmp_path):
                           f"run.run_dir={tmp_path / 'r'}"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2 and "run.seeds=[0, 1]" in out.stderr and "launch" in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- intervals and sizes (issue 17)
+
+
+@pytest.mark.parametrize("override, message", [
+    # each of these spun a loop forever, divided by zero, or crashed naming no key
+    ("run.checkpoint_every=0", r"run\.checkpoint_every must be >= 1, got 0"),
+    ("run.log_every=0", r"run\.log_every must be >= 1, got 0"),
+    ("finetune.eval_every=0", r"finetune\.eval_every must be >= 1, got 0"),
+    ("finetune.replay_capacity=0", r"finetune\.replay_capacity must be >= 1, got 0"),
+    ("finetune.replay_capacity=-3", r"finetune\.replay_capacity must be >= 1, got -3"),
+    ("pretrain.batch_size=0", r"pretrain\.batch_size must be >= 1, got 0"),
+    ("pretrain.steps=-1", r"pretrain\.steps must be >= 0, got -1"),
+    ("finetune.eval_episodes=-2", r"finetune\.eval_episodes must be >= 0, got -2"),
+    ("dataset.build_transitions=0", r"dataset\.build_transitions must be >= 1, got 0"),
+    ("task.max_episode_steps=0", r"task\.max_episode_steps must be >= 1, got 0"),
+    ("runtime.max_frame_bytes=0", r"runtime\.max_frame_bytes must be >= 1048576"),
+    ("runtime.max_restarts=-5", r"runtime\.max_restarts must be >= 0, got -5"),
+    ("runtime.restart_timeout=0", r"runtime\.restart_timeout must be > 0 seconds, got 0"),
+    ("runtime.stall_timeout_s=-1", r"runtime\.stall_timeout_s must be > 0 seconds, got -1"),
+    ("runtime.worker_cpus=-1", r"runtime\.worker_cpus must be >= 0, got -1"),
+    ("runtime.metrics_port=70000", r"runtime\.metrics_port must be in \[0, 65535\]"),
+])
+def test_zero_or_negative_intervals_and_sizes_are_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(overrides=[override])
+
+
+def test_zero_where_it_means_off_is_accepted():
+    cfg = config.load(overrides=["finetune.eval_episodes=0", "pretrain.steps=0", "runtime.max_restarts=0",
+                                 "pretrain.checkpoint_every=0", "runtime.metrics_port=0"])
+    assert (cfg.finetune.eval_episodes, cfg.pretrain.steps, cfg.runtime.max_restarts) == (0, 0, 0)
+    # the watchdog's timeout changes no number a run produces: resuming with another one is allowed
+    assert config.load(overrides=["runtime.stall_timeout_s=30"]).hash() == config.load().hash()
+
+
+def test_cli_prints_one_line_for_a_zero_checkpoint_interval(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "wsrl_dist.cli", "launch", "configs/runtime/smoke.yaml",
+                          "run.checkpoint_every=0", f"run.run_dir={tmp_path / 'r'}"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "wsrl-dist: config error: run.checkpoint_every must be >= 1, got 0"
+    assert not (tmp_path / "r").exists()

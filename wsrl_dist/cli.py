@@ -10,6 +10,9 @@
   wsrl-dist report RUN_DIR                    learning curve, throughput plot, results table
                                               (a multi-seed run dir: one per seed-<s>/)
   wsrl-dist bench learner|rollout|replay|publish|job|builder  benchmarks (tables with ratios vs in-run baselines)
+
+Bad input (a corrupt dataset or checkpoint) ends with one line naming the file and the problem;
+add --debug anywhere for the full traceback.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("items", nargs="*", help="config YAMLs and key.sub=value overrides")
         p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoints")
+        p.add_argument("--force-config", action="store_true",
+                       help="with --resume: use a checkpoint written by a config that hashes differently")
     p = sub.add_parser("finetune")
     p.add_argument("checkpoint")
     p.add_argument("items", nargs="*")
@@ -89,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench")
     p.add_argument("what", choices=["learner", "rollout", "replay", "publish", "job", "builder"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line: the full traceback of a project error
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     from wsrl_dist.config import ConfigError
     from wsrl_dist.runtime.stop import JobStopped
     from wsrl_dist.storage import ResumeError
@@ -105,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     except JobStopped as e:  # Ctrl-C / SIGTERM on launch: checkpointed; 130 / 143 like the shell
         print(f"wsrl-dist: {e.line}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:  # bad input (a corrupt HDF5, checkpoint, frame): one line, not Ray's frames
+        from wsrl_dist.errors import one_line
+
+        line = None if debug else one_line(e)
+        if line is None:
+            raise
+        print(f"wsrl-dist: error: {line} (--debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -116,7 +131,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.resume and args.cmd == "launch":
             from wsrl_dist.runtime import driver
 
-            print(f"run dir: {driver.resume(args.resume, _command())}")
+            print(f"run dir: {driver.resume(args.resume, _command(), force_config=args.force_config)}")
             return 0
         extra = ["finetune.online_steps=0"] if args.cmd == "pretrain" else []
         cfg = _load_run(args.resume, args.items, extra) if args.resume else _load(args.items, extra)

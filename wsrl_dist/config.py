@@ -161,6 +161,7 @@ class RunConfig:
             raise ConfigError(f"finetune.offline_ratio must be in [0, 1), got {self.finetune.offline_ratio}")
         if self.finetune.warmup_steps < 0 or self.finetune.online_steps < 0:
             raise ConfigError("finetune.warmup_steps and finetune.online_steps must be >= 0")
+        _check_sizes(self)
         _check_seeds(self.run.seeds)
         if self.runtime.replay_groups:
             _check_replay_groups(self)
@@ -179,9 +180,10 @@ class RunConfig:
         d["run"] = {k: v for k, v in d["run"].items() if k not in ("run_dir", "storage", "progress", "compile_cache")}
         d["pretrain"] = {k: v for k, v in d["pretrain"].items() if k != "checkpoint_every"}
         d["dataset"] = {k: v for k, v in d["dataset"].items() if k != "build_checkpoint_every"}
-        # how a refused rollout worker waits for its next grant (in the learner, or polling)
-        # (and the tests' slow-learner delay)
-        d["runtime"] = {k: v for k, v in d["runtime"].items() if k not in ("grant_wait_s", "test_learner_delay_s")}
+        # how a refused rollout worker waits for its next grant (in the learner, or polling); how long
+        # the driver's watchdog waits before it calls the job stuck; the tests' slow-learner delay
+        d["runtime"] = {k: v for k, v in d["runtime"].items()
+                        if k not in ("grant_wait_s", "stall_timeout_s", "test_learner_delay_s")}
         if not d["run"]["seeds"]:  # single-seed configs hash as they did before run.seeds existed
             del d["run"]["seeds"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -201,6 +203,36 @@ def _check_replay_groups(cfg: RunConfig) -> None:
         why = "run.seeds (several seeds already step in one call)"
     if why:
         raise ConfigError(f"runtime.replay_groups=true does not work with {why}; set it false")
+
+
+# Intervals and sizes that drive loops (`next += every`, `step % every`) or allocations: 0 or a
+# negative value spun the driver forever (run.checkpoint_every=0), divided by zero in pre-training
+# (run.log_every=0) or crashed deep inside a buffer with a traceback naming no key (issue 17).
+_POSITIVE = (
+    ("run.log_every", 1), ("run.checkpoint_every", 1), ("finetune.eval_every", 1),
+    ("finetune.replay_capacity", 1), ("pretrain.batch_size", 1), ("dataset.build_transitions", 1),
+    ("dataset.build_eval_every", 1), ("task.max_episode_steps", 1),
+)
+# 0 is meaningful here: no steps / no evaluation episodes (the eval is skipped) / no random steps
+_NON_NEGATIVE = ("pretrain.steps", "finetune.eval_episodes", "dataset.build_random_steps")
+
+
+def _get(cfg: RunConfig, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_sizes(cfg: RunConfig) -> None:
+    for key, low in _POSITIVE:
+        value = _get(cfg, key)
+        if value is not None and value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    for key in _NON_NEGATIVE:
+        value = _get(cfg, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
 
 
 def _check_seeds(seeds: list[int]) -> None:

@@ -251,13 +251,22 @@ def build_agent(cfg: RunConfig, obs_dim: int, act_dim: int, device: torch.device
 
 def save_agent(path: Path, agent: Agent, counters: dict[str, Any]) -> None:
     """torch.save of the agent state + counters, atomically (loadable with weights_only=True)."""
-    tmp = Path(str(path) + ".tmp")
-    torch.save({"agent": agent.state_dict(), "counters": counters}, tmp)
-    os.replace(tmp, path)
+    from wsrl_dist.durable import replace_durably
+
+    state = {"agent": agent.state_dict(), "counters": counters}
+    replace_durably(Path(path), lambda f: torch.save(state, f))  # fsynced before the rename
 
 
 def load_agent(path: str | Path, agent: Agent) -> dict[str, Any]:
     """Restore an agent saved by save_agent; SAC may load a CQL/IQL checkpoint (extras skipped)."""
-    state = torch.load(path, map_location=agent.device, weights_only=True)
+    from wsrl_dist.errors import CheckpointError
+
+    try:
+        state = torch.load(path, map_location=agent.device, weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: no such checkpoint file") from e
+    except Exception as e:  # a truncated file: PytorchStreamReader's traceback named no path
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{path}: does not load ({type(e).__name__}: {first})") from e
     agent.load_state_dict(state["agent"], skip_missing=True)
     return state["counters"]

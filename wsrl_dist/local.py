@@ -26,7 +26,9 @@ from wsrl_dist.algo.update import offline_step
 from wsrl_dist.config import ConfigError, RunConfig
 from wsrl_dist.data.returns import mc_returns_to_go
 from wsrl_dist.data.ring import RingBuffer
+from wsrl_dist.durable import replace_durably
 from wsrl_dist.envs.make import make_env, obs_act_dims
+from wsrl_dist.errors import CheckpointError
 from wsrl_dist.evaluation import evaluate
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
@@ -57,24 +59,43 @@ def _evaluate(agent: Agent, cfg: RunConfig, task, log: MetricsLog, c: Counters, 
 
 
 def _save(run_dir: Path, agent: Agent, buffer: RingBuffer, c: Counters, rng: np.random.Generator) -> None:
-    """Checkpoint: agent (+ Adam states) and counters via torch.save, replay rows via np.savez."""
+    """Checkpoint, one atomic step: the replay rows go to a new replay-<env_steps>.npz (fsynced),
+    then latest.pt (agent + Adam states + counters, naming that file) replaces the old one
+    atomically; only then are older replay files removed. A kill at any moment leaves a latest.pt
+    whose replay file matches it (before: replay.npz and latest.pt were replaced one after the
+    other, and a kill between them paired new rows with old counters)."""
     ckpt = run_dir / "checkpoints"
     state = buffer.state_dict()
     arrays = state.pop("arrays")
-    tmp = ckpt / "replay.npz.tmp.npz"
-    np.savez(tmp, **arrays)
-    tmp.replace(ckpt / "replay.npz")
+    replay_name = f"replay-{c.env_steps:010d}.npz"
+    # temp + rename: the same env-step count saved twice (last periodic and final) never truncates
+    # the file the current latest.pt names
+    replace_durably(ckpt / replay_name, lambda f: np.savez(f, **arrays))
     counters = {**c.__dict__, "replay": json.dumps(state), "rng": json.dumps(rng.bit_generator.state),
-                "torch_rng": torch.get_rng_state()}
-    job.save_agent(ckpt / "latest.pt", agent, counters)
+                "torch_rng": torch.get_rng_state(), "replay_file": replay_name}
+    job.save_agent(ckpt / "latest.pt", agent, counters)  # the commit point
+    for old in [*ckpt.glob("replay-*.npz"), ckpt / "replay.npz"]:
+        if old.name != replay_name:
+            old.unlink(missing_ok=True)
+
+
+def replay_path(run_dir: Path) -> Path:
+    """The replay file the run dir's latest.pt was saved with (replay.npz: older runs)."""
+    ckpt = Path(run_dir) / "checkpoints"
+    counters = torch.load(ckpt / "latest.pt", map_location="cpu", weights_only=True)["counters"]
+    return ckpt / counters.get("replay_file", "replay.npz")
 
 
 def _restore(run_dir: Path, agent: Agent, buffer: RingBuffer, rng: np.random.Generator) -> Counters:
     ckpt = run_dir / "checkpoints"
     saved = job.load_agent(ckpt / "latest.pt", agent)
     state = json.loads(saved.pop("replay"))
-    with np.load(ckpt / "replay.npz", allow_pickle=False) as z:
-        state["arrays"] = {k: z[k] for k in z.files}
+    replay = ckpt / saved.pop("replay_file", "replay.npz")
+    try:
+        with np.load(replay, allow_pickle=False) as z:
+            state["arrays"] = {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError: name the file
+        raise CheckpointError(f"{replay}: does not load ({type(e).__name__}: {e})") from e
     buffer.load_state_dict(state)
     rng.bit_generator.state = json.loads(saved.pop("rng"))
     torch.set_rng_state(saved.pop("torch_rng"))
@@ -96,8 +117,7 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     if len(cfg.run.seeds) > 1:
         raise ConfigError(f"run.seeds={cfg.run.seeds}: several seeds in one job need the Ray learner "
                           "(`wsrl-dist launch`); `wsrl-dist run` trains run.seed only")
-    run_dir = job.prepare_run_dir(cfg, command)
-    print(f"run dir: {run_dir}", flush=True)  # first: where to look while it runs
+    run_dir = job.prepare_run_dir(cfg, command)  # prints the run dir first: where to look meanwhile
     log = MetricsLog(run_dir)
     task = cfg.task.spec()
     seed = cfg.run.seed

@@ -5,7 +5,6 @@ Shared by the single-process pipeline (local.py) and the Ray learner (runtime/le
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from wsrl_dist.algo.types import Batch
 from wsrl_dist.config import RunConfig
 from wsrl_dist.data.returns import mc_returns_to_go
 from wsrl_dist.data.schema import OfflineDataset
+from wsrl_dist.durable import replace_durably
 
 ACTION_CLIP = 0.99999  # dataset actions kept off +-1 so log pi stays finite (reference gotcha 8)
 PARTIAL = "pretrain-partial.pt"  # in <run_dir>/checkpoints/: pre-training in progress (pretrain_agent)
@@ -110,10 +110,9 @@ def _rng_states(agent: Agent, sampler: DeviceSampler) -> dict[str, torch.Tensor]
 def _save_partial(path: Path, agent: Agent, sampler: DeviceSampler, step: int, algo: str) -> None:
     """Atomically (temp file + rename): a kill while writing leaves the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"agent": agent.state_dict(), "step": step, "algo": algo, "n": sampler.n,
-                "rng": _rng_states(agent, sampler)}, tmp)
-    os.replace(tmp, path)
+    state = {"agent": agent.state_dict(), "step": step, "algo": algo, "n": sampler.n,
+             "rng": _rng_states(agent, sampler)}
+    replace_durably(path, lambda f: torch.save(state, f))  # fsynced before the rename
 
 
 def _load_partial(path: Path, agent: Agent, sampler: DeviceSampler, steps: int, algo: str) -> int:

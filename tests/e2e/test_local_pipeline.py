@@ -105,7 +105,7 @@ def test_resume_continues_counters_optimizer_and_replay_exactly(tmp_path):
     common = ("finetune.warmup_steps=100", "run.checkpoint_every=200")
     local.run(_cfg(run_dir, *common, "finetune.online_steps=300"))
     first = _checkpoint(run_dir / "checkpoints" / "latest.pt")
-    with np.load(run_dir / "checkpoints" / "replay.npz") as z:
+    with np.load(local.replay_path(run_dir)) as z:
         replay_first = {k: z[k] for k in z.files}
     c1 = first["counters"]
     assert c1["env_steps"] == 300 and c1["updates"] == 2 * (300 - 101)  # first bundle at t = 101
@@ -122,7 +122,7 @@ def test_resume_continues_counters_optimizer_and_replay_exactly(tmp_path):
     assert c2["episodes"] == len(episodes) >= c1["episodes"] > 0
     assert sum(e["env_steps"] <= 300 for e in episodes) == c1["episodes"]
     assert json.loads(c2["replay"])["total_inserted"] == 420
-    with np.load(run_dir / "checkpoints" / "replay.npz") as z:
+    with np.load(local.replay_path(run_dir)) as z:
         replay_second = {k: z[k] for k in z.files}
     assert set(replay_second) == set(replay_first)
     for k, v in replay_first.items():  # the restored rows, then the new ones
@@ -259,3 +259,26 @@ def test_wsrl_pipeline_pretrains_on_a_built_dataset_then_warms_up_and_fine_tunes
     assert _critic_adam_steps(latest["agent"]) == {200 + 3 * bundles}  # pre-training Adam states carried on
     run = json.loads((run_dir / "run.json").read_text())
     assert run["pretrain_algo"] == "cql" and "builder" in run["dataset_note"]
+
+
+def test_resume_from_a_truncated_local_checkpoint_names_the_file_in_one_line(tmp_path, capsys):
+    """latest.pt and its replay file are one checkpoint (latest.pt names the replay file it was saved
+    with); a truncated one ends `wsrl-dist run --resume` with one line naming it, not a torch or
+    zipfile traceback."""
+    from wsrl_dist import cli
+
+    run_dir = tmp_path / "run"
+    local.run(_cfg(run_dir, "finetune.warmup_steps=50", "finetune.online_steps=120"))
+    replay = local.replay_path(run_dir)
+    assert replay.name == "replay-0000000120.npz" and sorted(
+        p.name for p in (run_dir / "checkpoints").glob("replay*")) == [replay.name]
+    capsys.readouterr()
+    replay.write_bytes(replay.read_bytes()[:100])
+    assert cli.main(["run", "--resume", str(run_dir)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("wsrl-dist: error: CheckpointError: ") and str(replay) in err and "\n" not in err
+    latest = run_dir / "checkpoints" / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    assert cli.main(["run", "--resume", str(run_dir)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"{latest}: does not load" in err and "\n" not in err

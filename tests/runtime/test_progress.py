@@ -146,7 +146,7 @@ def test_status_lists_several_running_jobs_instead_of_picking_one(launched, ray_
 def test_a_taken_metrics_port_says_which_url_serves_instead(caplog):
     from wsrl_dist.config import RuntimeConfig
     from wsrl_dist.runtime.driver import _port_note, _start_metrics
-    from wsrl_dist.runtime.progress import announce
+    from wsrl_dist.runtime.progress import announce_metrics
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -159,8 +159,8 @@ def test_a_taken_metrics_port_says_which_url_serves_instead(caplog):
             assert server.port != rt.metrics_port
             assert f"metrics port {rt.metrics_port} unavailable" in caplog.text and url in caplog.text
             out = io.StringIO()
-            announce("runs/x", url, out, note=_port_note(server, rt))
-            assert out.getvalue().splitlines()[1] == f"metrics: {url}  (port {rt.metrics_port} was taken)"
+            announce_metrics(url, out, note=_port_note(server, rt))
+            assert out.getvalue().splitlines()[0] == f"metrics: {url}  (port {rt.metrics_port} was taken)"
         finally:
             server.stop()
 

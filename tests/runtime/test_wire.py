@@ -119,3 +119,69 @@ def test_mc_returns_travel_as_an_optional_column_checked_like_the_others():
     obj = msgpack.unpackb(frame(), raw=False)
     obj["cols"]["advantages"] = obj["cols"]["rewards"]  # a column nobody declared
     assert reason(msgpack.packb(obj, use_bin_type=True)) == "schema"
+
+
+# ---------------------------------------------------------------- impossible values (issue 17)
+
+
+def _raw(**changes) -> bytes:
+    obj = msgpack.unpackb(frame(), raw=False)
+    for key, value in changes.items():
+        obj[key] = value
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _message(data: bytes) -> str:
+    with pytest.raises(WireError) as err:
+        decode_chunk(data, obs_dim=O, act_dim=A, max_bytes=1 << 20)
+    assert err.value.reason == "schema"
+    return str(err.value)
+
+
+def test_a_shape_that_overflows_int64_is_refused_as_a_wire_error():
+    """[2**62, 4] with empty data: np.prod wrapped to 0 == len(b"") and the shard raised a bare
+    ValueError out of insert."""
+    obj = msgpack.unpackb(frame(), raw=False)
+    obj["cols"]["observations"] = {"dtype": "<f4", "shape": [2 ** 62, 4], "data": b""}
+    data = msgpack.packb(obj, use_bin_type=True)
+    assert "column 'observations' has an invalid shape" in _message(data)
+    shard = ReplayShard(100, O, A, seed=0)
+    assert shard.insert(data) == 0 and shard.stats()["rejected"]["schema"] == 1
+
+
+@pytest.mark.parametrize("column, value, row, want", [
+    ("actions", 1e30, 2, "column 'actions' must be in the agent's action space [-1, 1]"),
+    ("actions", -1.5, 0, "column 'actions' must be in the agent's action space"),
+    ("observations", 3e38, 5, "column 'observations' must be within +-1e+06"),
+    ("next_observations", -2e7, 1, "column 'next_observations' must be within"),
+    ("rewards", 1e9, 4, "column 'rewards' must be within"),
+])
+def test_finite_but_impossible_values_are_refused_naming_the_column_and_row(column, value, row, want):
+    cols = columns()
+    cols[column][row] = value
+    msg = _message(frame(**{column: cols[column]}))
+    assert want in msg and f"first bad row {row}" in msg
+
+
+def test_actions_at_the_bounds_are_accepted():
+    acts = np.array([[-1.0], [1.0]] * 4, np.float32)
+    assert len(decode_chunk(frame(actions=acts), obs_dim=O, act_dim=A, max_bytes=1 << 20)) == 8
+
+
+def test_negative_policy_versions_and_out_of_range_ids_are_refused():
+    data = encode_chunk(columns(), worker_id=0, seq=0, policy_versions=np.array([0, 1, 2, -4, 0, 0, 0, 0]))
+    assert "column 'policy_versions' must be >= 0, got -4 (first bad row 3)" in _message(data)
+    assert "'worker_id' must be an integer in [0, 2147483648), got 18446744073709551615" in _message(
+        _raw(worker_id=2 ** 64 - 1))
+    assert "'worker_id'" in _message(_raw(worker_id=-1))
+    assert "'seq'" in _message(_raw(seq=-3))
+
+
+def test_a_frame_larger_than_the_shard_is_refused_and_counters_count_stored_rows():
+    """A 1.87M-row frame into a 1,000-row shard counted 1.87M env steps while storing 1,000."""
+    shard = ReplayShard(10, O, A, seed=0)
+    assert shard.insert(frame(11)) == 0
+    st = shard.stats()
+    assert st["rejected"]["oversized"] == 1 and st["env_steps"] == 0 and st["size"] == 0
+    assert st["env_steps_by_worker"] == {}
+    assert shard.insert(frame(10)) == 10 and shard.stats()["env_steps"] == 10

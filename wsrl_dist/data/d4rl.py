@@ -227,6 +227,9 @@ def load_d4rl_hdf5(
     if "next_observations" not in cols:
         cols, keep = derive_next_observations(cols)
         infos = {k: v[keep] for k, v in infos.items()}
+    if len(cols["observations"]) == 0:  # pre-training would die in torch.randint naming nothing
+        raise DatasetError(src, None, f"no transitions ({n} rows in the file): an empty dataset cannot "
+                                      "be trained on")
     return OfflineDataset.from_columns(cols, metadata=metadata, source=src, infos=infos)
 
 

@@ -66,6 +66,20 @@ class SchemaError(ValueError):
             msg += f" (first bad row {row})"
         super().__init__(msg)
 
+    def __reduce__(self):
+        # Raised inside a Ray actor, the error is pickled back to the driver: the default reduce
+        # calls cls(message), which our 4-argument __init__ refuses, and Ray then reports an
+        # UnserializableException instead of the DatasetError (issue 17)
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild_error(cls: type, args: tuple, state: dict[str, Any]) -> BaseException:
+    # DatasetNotFoundError is also an OSError, whose __new__ must make it (OSError's layout)
+    err = (OSError if issubclass(cls, OSError) else Exception).__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
 
 class DatasetError(SchemaError):
     """Offline dataset (HDF5 file, Minari dataset) is missing, unreadable or malformed."""

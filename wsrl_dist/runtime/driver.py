@@ -29,15 +29,16 @@ from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.ops.metrics import MetricsServer
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.runtime import checkpoint as ckpt
-from wsrl_dist.runtime import stop
+from wsrl_dist.runtime import exposure, stop
 from wsrl_dist.runtime.control import NAMESPACE, controller_name, make_controller, scale, status
 from wsrl_dist.runtime.grants import learner_actor_class
 from wsrl_dist.runtime.learner import Learner, first_update_step
 from wsrl_dist.runtime.monitor import Monitor
-from wsrl_dist.runtime.progress import StageLines, StageProgress, announce
+from wsrl_dist.runtime.progress import StageLines, StageProgress, announce_metrics
 from wsrl_dist.runtime.replay import ReplayShard
 from wsrl_dist.runtime.stop import JobStopped
 from wsrl_dist.runtime.supervisor import Supervisor
+from wsrl_dist.runtime.watchdog import Watchdog
 from wsrl_dist.runtime.weights import WeightStore
 
 __all__ = ["launch", "resume", "scale", "status"]
@@ -265,7 +266,8 @@ class Job:
         return path
 
     def _restore(self) -> dict[str, Any]:
-        learner_state, shard_states, counters = ckpt.load(self.resume_from)
+        loaded = getattr(self, "loaded", None)  # resume(): already read and checked
+        learner_state, shard_states, counters = loaded.states if loaded else ckpt.load(self.resume_from)
         if job.offline_ratio(self.cfg) > 0:  # retention baselines: the offline sampler again
             self._call(self.learner.prepare.remote(pretrain=False), "online")
         if len(shard_states) != len(self.shards):
@@ -311,7 +313,9 @@ class Job:
             self.sup.supervise()
             self._tick("warmup", every=self.rt.monitor_interval)
         self.stages["workers_start_s"], t0 = time.time() - t0, time.time()
+        watchdog = Watchdog(self.rt.stall_timeout_s)
         while (left := K - self._env_steps()) > 0:
+            watchdog.check(self, "warmup")
             refs = self.sup.collect(left)
             if not refs:  # every worker is still (re)starting
                 time.sleep(self.rt.monitor_interval)
@@ -321,6 +325,7 @@ class Job:
                 _, refs = ray.wait(refs, num_returns=len(refs), timeout=self.rt.monitor_interval)
                 self.sup.supervise()
                 self._tick("warmup")
+                watchdog.check(self, "warmup")
             self.sup.supervise()
         lrn = ray.get(self.learner.stats.remote())
         self.stages["warmup"] = {"env_steps": self._env_steps(), "critic_updates": lrn["critic_updates"],
@@ -334,8 +339,10 @@ class Job:
         ray.get(self.learner.begin_online.remote(self._env_steps()))  # before any grant
         train_ref = self.learner.train.remote()
         self.sup.start_runs()
+        watchdog = Watchdog(self.rt.stall_timeout_s)
         while True:
             check_learner_running(train_ref)
+            watchdog.check(self, "online")  # lost grants back to the pool; no silent hang
             for n in scale_requests(self.controller):
                 self.c["workers_target"] = n
                 self.sup.scale(n)
@@ -411,7 +418,7 @@ class Job:
             server = _start_metrics(lambda: self.snapshot, self.rt)
             job.update_run_json(self.run_dir, metrics_url=f"http://{server.host}:{server.port}/metrics",
                                 controller=controller_name(str(self.run_dir)), ray_address=_ray_address())
-            announce(self.run_dir, f"http://{server.host}:{server.port}/metrics", note=_port_note(server, self.rt))
+            announce_metrics(f"http://{server.host}:{server.port}/metrics", note=_port_note(server, self.rt))
             if self.resume_from is not None:
                 self.stage = "online"
                 self._restore()
@@ -476,14 +483,19 @@ def _connect(rt, groups: int = 1) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {}
-    if rt.address is not None or os.environ.get("RAY_ADDRESS"):
+    local = rt.address is None and not os.environ.get("RAY_ADDRESS")
+    if not local:
         from wsrl_dist.runtime.control import use_token_auth_if_present
 
         use_token_auth_if_present()  # joining a cluster: send the token Ray 2.60 expects
-    if rt.address is None and not os.environ.get("RAY_ADDRESS"):
+    if local:
         need = 1 + groups * (rt.num_workers * rt.worker_cpus + rt.num_shards * rt.shard_cpus)
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
+        kwargs["dashboard_host"] = exposure.LOCAL_DASHBOARD_HOST  # runtime/exposure.py says why
+        exposure.warn_if_auth_disabled()
     ray.init(address=rt.address, namespace=NAMESPACE, logging_level="WARNING", **kwargs)
+    if local:
+        exposure.tighten_token_file()  # the token Ray 2.60 just wrote, owner-only
     return True
 
 
@@ -503,9 +515,10 @@ def launch(cfg: RunConfig, command: str = "") -> Path:
             ray.shutdown()
 
 
-def resume(run_dir: str | Path, command: str = "") -> Path:
-    """Continue the job in `run_dir` from its newest checkpoint with the same counters (a fresh
-    launch of its config when it has none)."""
+def resume(run_dir: str | Path, command: str = "", force_config: bool = False) -> Path:
+    """Continue the job in `run_dir` from its newest checkpoint that loads, with the same counters
+    (a fresh launch of its config when it has none; checkpoint.load_newest). `force_config`: resume
+    even if the checkpoint was written by a config that hashes differently."""
     from wsrl_dist.storage import check_resume_dir
 
     run_dir = check_resume_dir(run_dir)  # one-line ResumeError for anything but a run dir
@@ -517,8 +530,11 @@ def resume(run_dir: str | Path, command: str = "") -> Path:
             from wsrl_dist.runtime.multiseed import MultiSeedJob
 
             return MultiSeedJob(cfg, command or f"resume {run_dir}", resume=True).run()
+        loaded = ckpt.load_newest(run_dir, cfg.hash(), force_config)
+        resumed = Job(cfg, command or f"resume {run_dir}", loaded.path if loaded else None, resuming=True)
+        resumed.loaded = loaded
         with stop.signals_raise():
-            return Job(cfg, command or f"resume {run_dir}", ckpt.latest(run_dir), resuming=True).run()
+            return resumed.run()
     finally:
         if started:
             ray.shutdown()

@@ -26,6 +26,7 @@ import ray
 from wsrl_dist import job
 from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.ops.report import MetricsLog, write_report
+from wsrl_dist.runtime import checkpoint as ckpt
 from wsrl_dist.runtime.control import controller_name, make_controller
 from wsrl_dist.runtime.driver import (
     Job,
@@ -38,7 +39,7 @@ from wsrl_dist.runtime.driver import (
 )
 from wsrl_dist.runtime.grants import learner_actor_class
 from wsrl_dist.runtime.multilearner import LearnerView, MultiSeedLearner
-from wsrl_dist.runtime.progress import announce
+from wsrl_dist.runtime.progress import announce_metrics
 from wsrl_dist.runtime.supervisor import Supervisor
 from wsrl_dist.runtime.weights import WeightStore
 
@@ -256,7 +257,7 @@ class MultiSeedJob:
             for path in [self.run_dir, *(g.run_dir for g in self.groups)]:
                 job.update_run_json(path, metrics_url=url, controller=controller_name(str(self.run_dir)),
                                     ray_address=_ray_address())
-            announce(self.run_dir, url, note=_port_note(server, self.rt))
+            announce_metrics(url, note=_port_note(server, self.rt))
             if self.groups[0].resume_from is not None:
                 for g in self.groups:
                     g._restore()
@@ -294,7 +295,7 @@ def common_checkpoints(run_dirs: list[Path]) -> list[Path | None]:
     for d in run_dirs:
         points = {}
         for path in sorted((Path(d) / "checkpoints").glob("step_*")):
-            if (path / "meta.json").is_file():
+            if ckpt.problem(path) is None:  # complete: DONE marker and file sizes
                 points[json.loads((path / "meta.json").read_text())["counters"]["bundles"]] = path
         found.append(points)
     if not any(found):

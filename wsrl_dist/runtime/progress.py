@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from wsrl_dist.ops.metrics import STAGES
 
-__all__ = ["PROGRESS", "STAGES", "StageLines", "StageProgress", "StageRecord", "announce", "format_status"]
+__all__ = ["PROGRESS", "STAGES", "StageLines", "StageProgress", "StageRecord", "announce_metrics", "format_status"]
 PROGRESS = "progress"  # Ray concurrency group of the learner's progress() (answers while prepare runs)
 PLAIN_EVERY = 15.0  # seconds between plain (non-terminal) progress lines of one stage
 RATE_WINDOW = 10.0  # seconds of recent counts the steps/s (and so the ETA) is measured over
@@ -303,10 +303,10 @@ def bar_options(file: IO[str] | None = None) -> dict[str, Any]:
     return {"file": out, "mininterval": 0.1, "ncols": size.columns, "nrows": size.lines}
 
 
-def announce(run_dir: Any, metrics_url: str, file: IO[str] | None = None, note: str = "") -> None:
-    """The lines a launch prints first: where the run's files go and where its metrics are."""
+def announce_metrics(metrics_url: str, file: IO[str] | None = None, note: str = "") -> None:
+    """The line a launch prints second, right after job.prepare_run_dir's `run dir: ...`: where its
+    metrics are served."""
     out = file if file is not None else sys.stdout
-    print(f"run dir: {run_dir}", file=out, flush=True)
     print(f"metrics: {metrics_url}{note}", file=out, flush=True)
 
 

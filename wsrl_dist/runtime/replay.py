@@ -64,6 +64,9 @@ class ReplayShard:
         try:
             chunk = decode_chunk(frame, obs_dim=self.obs_dim, act_dim=self.act_dim,
                                  max_bytes=self.max_frame_bytes)
+            if len(chunk) > self.ring.capacity:  # it would overwrite itself, yet count every row
+                raise WireError("oversized", f"{len(chunk)} rows exceed this shard's capacity of "
+                                             f"{self.ring.capacity}")
             cols = dict(chunk.columns)
             if ("mc_returns" in cols) != self.mc_returns:
                 raise WireError("schema", f"this shard {'needs' if self.mc_returns else 'takes no'} an "

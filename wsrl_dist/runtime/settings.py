@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MIN_FRAME_BYTES = 1 << 20
+
 
 @dataclass
 class RuntimeConfig:
@@ -50,6 +52,9 @@ class RuntimeConfig:
     # TEST ONLY: the learner sleeps this long after every update bundle, a deliberately slow learner
     # (tests/runtime/test_utd_band.py holds the UTD band with it); 0 in every real run
     test_learner_delay_s: float = 0.0
+    # driver watchdog (runtime/watchdog.py): no env step stored and no critic update for this many
+    # seconds in the warmup or online stage ends the job with an error naming the stuck actors
+    stall_timeout_s: float = 300.0
 
     def validate(self) -> None:
         for name in ("num_workers", "envs_per_worker", "num_shards", "chunk_size", "publish_every",
@@ -66,3 +71,23 @@ class RuntimeConfig:
             raise ValueError(f"runtime.grant_wait_s must be in [0, 10] seconds, got {self.grant_wait_s}")
         if self.utd_slack < 0:
             raise ValueError(f"runtime.utd_slack must be >= 0, got {self.utd_slack}")
+        self._validate_limits()
+
+    def _validate_limits(self) -> None:
+        """Limits that looped or crashed with no key named (issue 17): max_frame_bytes=0 refused
+        every chunk, so the warmup waited forever; max_restarts=-5 failed inside Ray."""
+        if self.max_restarts < 0:  # Ray reads -1 as "restart forever": a crash-looping worker never gives up
+            raise ValueError(f"runtime.max_restarts must be >= 0, got {self.max_restarts}")
+        if self.max_frame_bytes < MIN_FRAME_BYTES:
+            raise ValueError(f"runtime.max_frame_bytes must be >= {MIN_FRAME_BYTES} (1 MiB: a "
+                             f"{self.chunk_size}-row chunk must fit), got {self.max_frame_bytes}")
+        for name in ("restart_timeout", "stall_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"runtime.{name} must be > 0 seconds, got {getattr(self, name)}")
+        for name in ("worker_cpus", "shard_cpus"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"runtime.{name} must be >= 0, got {getattr(self, name)}")
+        if self.learner_gpus is not None and self.learner_gpus < 0:
+            raise ValueError(f"runtime.learner_gpus must be >= 0 or null, got {self.learner_gpus}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"runtime.metrics_port must be in [0, 65535] (0 = a free port), got {self.metrics_port}")

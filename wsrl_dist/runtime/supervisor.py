@@ -44,6 +44,7 @@ class Supervisor:
         self.slots: dict[int, Slot] = {}
         self.next_wid = 0
         self.restarts = 0
+        self.deaths = 0  # workers lost mid-call (watchdog.Watchdog re-syncs their grants)
         self.online = False
         # small constructor arguments only: a restarted worker asks this named actor for its peers
         self.directory, self.directory_name = make_directory(shards, store, learner)
@@ -75,6 +76,7 @@ class Supervisor:
 
     def _died(self, slot: Slot) -> None:
         log.warning("rollout worker %d died; waiting for its restart", slot.wid)
+        self.deaths += 1
         self.monitor.retire(slot.stats)
         slot.stats = {}
         self._await_start(slot, "restarting")

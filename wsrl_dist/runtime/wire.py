@@ -8,6 +8,7 @@ size cap (checked before and by msgpack itself), dtype whitelist, shapes against
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +33,16 @@ COLUMNS: dict[str, tuple[np.dtype, str]] = {
 OPTIONAL_COLUMNS: dict[str, tuple[np.dtype, str]] = {"mc_returns": (_F32, "scalar")}
 _ALL_COLUMNS = {**COLUMNS, **OPTIONAL_COLUMNS}
 _TOP_KEYS = {"v", "worker_id", "seq", "cols", "returns"}
+# Value ranges a real rollout stays in (issue 17: 1e30 actions, 3e38 observations, negative policy
+# versions and worker_id 2**64-1 were all stored). Actions are in the agent's space, Box(-1, 1) for
+# every task (envs/wrappers.AgentActions maps them to the env's bounds), written by a tanh policy or
+# uniform sampling; the tolerance covers float32 rounding only.
+ACTION_BOUND = 1.0 + 1e-6
+# |observation|, |reward|, |MC return| cap: far above any MuJoCo / robotics task (antmaze x, y < 50;
+# velocities < 1e3), far below where float32 squares overflow in LayerNorm (~1.8e19)
+VALUE_LIMIT = 1e6
+_MAX_DIM = 1 << 31  # any dimension of a column (rows included); beyond it np.prod overflows int64
+_MAX_WORKER_ID = 1 << 31
 _COL_KEYS = {"dtype", "shape", "data"}
 _MAX_CONTAINER = 1 << 16  # longest msgpack array/map a valid frame holds (episode returns, shapes)
 
@@ -42,8 +53,11 @@ class WireError(ValueError):
     def __init__(self, reason: str, message: str):
         if reason not in REASONS:
             raise ValueError(f"unknown WireError reason {reason!r}")
-        self.reason = reason
+        self.reason, self.message = reason, message
         super().__init__(f"{reason}: {message}")
+
+    def __reduce__(self):  # picklable (Ray sends it back from a shard): cls(reason, message)
+        return WireError, (self.reason, self.message)
 
 
 @dataclass
@@ -125,21 +139,38 @@ def _column(name: str, spec: object, n_rows: int | None, obs_dim: int, act_dim: 
     if spec["dtype"] != dtype.str:
         raise WireError("schema", f"column '{name}' has dtype {spec['dtype']!r}, expected {dtype.str!r}")
     shape = spec["shape"]
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < _MAX_DIM for d in shape):
         raise WireError("schema", f"column '{name}' has an invalid shape {shape!r}")
     row = {"obs": [obs_dim], "act": [act_dim]}.get(kind, [])
     if len(shape) != 1 + len(row) or shape[1:] != row or (n_rows is not None and shape[0] != n_rows):
         want = [n_rows if n_rows is not None else "N", *row]
         raise WireError("schema", f"column '{name}' has shape {shape}, expected {want}")
     data = spec["data"]
-    if not isinstance(data, bytes) or len(data) != int(np.prod(shape)) * dtype.itemsize:
+    # math.prod on Python ints: np.prod([2**62, 4]) wraps int64 and got past this check (issue 17)
+    if not isinstance(data, bytes) or len(data) != math.prod(shape) * dtype.itemsize:
         raise WireError("schema", f"column '{name}': payload size does not match shape {shape}")
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     if dtype.kind == "f" and not np.isfinite(arr).all():
         raise WireError("nonfinite", f"column '{name}' contains NaN or inf")
+    _check_range(name, kind, arr)
     if kind == "flag" and not np.isin(arr, (0.0, 1.0)).all():
         raise WireError("schema", f"column '{name}' must hold only 0.0 / 1.0")
     return arr
+
+
+def _check_range(name: str, kind: str, arr: np.ndarray) -> None:
+    """Finite but impossible values: refused naming the column and the first bad row."""
+    if kind == "flag":
+        return
+    if name == "policy_versions":
+        bad, want = arr < 0, ">= 0"
+    elif kind == "act":
+        bad, want = np.abs(arr) > ACTION_BOUND, "in the agent's action space [-1, 1]"
+    else:
+        bad, want = np.abs(arr) > VALUE_LIMIT, f"within +-{VALUE_LIMIT:g}"
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise WireError("schema", f"column '{name}' must be {want}, got {arr[row].tolist()} (first bad row {row})")
 
 
 def decode_chunk(frame: bytes, *, obs_dim: int, act_dim: int, max_bytes: int) -> TransitionChunk:
@@ -150,9 +181,9 @@ def decode_chunk(frame: bytes, *, obs_dim: int, act_dim: int, max_bytes: int) ->
         raise WireError("schema", f"frame must be a map with keys {sorted(_TOP_KEYS)}, got {keys}")
     if obj["v"] != WIRE_VERSION:
         raise WireError("schema", f"wire version {obj['v']!r}, this reader speaks {WIRE_VERSION}")
-    for key in ("worker_id", "seq"):
-        if type(obj[key]) is not int:
-            raise WireError("schema", f"'{key}' must be an integer")
+    for key, top in (("worker_id", _MAX_WORKER_ID), ("seq", 1 << 63)):
+        if type(obj[key]) is not int or not 0 <= obj[key] < top:
+            raise WireError("schema", f"'{key}' must be an integer in [0, {top}), got {obj[key]!r}")
     cols = obj["cols"]
     if not isinstance(cols, dict) or not set(COLUMNS) <= set(cols) <= set(_ALL_COLUMNS):
         raise WireError("schema", f"'cols' must hold exactly {sorted(COLUMNS)} (and optionally "

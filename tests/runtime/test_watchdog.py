@@ -1,0 +1,79 @@
+"""No silent hangs (issue 17), in real small Ray jobs: env steps granted to a SIGKILLed rollout worker
+go back to the pool while the others still run (a tight limiter used to stall for good after 2-3
+kills), and a job that stops making progress ends with a StallError naming the stuck actor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.runtime.conftest import BackgroundJob, run_json, tiny_config
+from wsrl_dist.runtime.watchdog import StallError, Watchdog
+
+
+def test_progress_clock_restarts_on_any_new_env_step_or_update():
+    dog = Watchdog(stall_timeout_s=60)
+    assert dog.progressed(10, 0, now=100.0) == 0.0
+    assert dog.progressed(10, 0, now=130.0) == 30.0  # nothing moved
+    assert dog.progressed(10, 4, now=131.0) == 0.0  # an update counts as progress
+    assert dog.progressed(11, 4, now=140.0) == 0.0 and dog.progressed(11, 4, now=141.5) == 1.5
+
+
+def test_tight_limiter_survives_repeated_worker_kills(ray_local, tmp_path):
+    """rollout_slack=2, utd_slack=0: every kill strands the victim's granted steps. Before, the
+    job stalled for good after 2-3 kills (steps went back only once every worker had finished)."""
+    K, TOTAL = 100, 1500
+    cfg = tiny_config(tmp_path / "tight", f"finetune.warmup_steps={K}", f"finetune.online_steps={TOTAL}",
+                      "finetune.eval_every=100000", "run.checkpoint_every=100000", "runtime.num_workers=2",
+                      "runtime.rollout_slack=2", "runtime.utd_slack=0", "runtime.grant_quantum=1",
+                      "runtime.chunk_size=2", "runtime.stall_timeout_s=120")
+    bg = BackgroundJob(cfg)
+    bg.wait_for(lambda s: s["phase"] == "online" and s["env_steps"] > K + 20, timeout=180)
+    killed: set[int] = set()
+    while len(killed) < 3 and bg.thread.is_alive():
+        st = bg.status()
+        if st["env_steps"] >= TOTAL - 100:
+            break
+        pids = sorted(w["pid"] for w in st["workers"]
+                      if w.get("pid") and w["state"] == "running" and w["pid"] not in killed)
+        if not pids:  # restarting (the status may still show a dead worker's pid for a moment)
+            time.sleep(0.5)
+            continue
+        victim = pids[len(killed) % len(pids)]
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        killed.add(victim)
+        time.sleep(3)
+    kills = len(killed)
+    run_dir = bg.join(timeout=300)
+    assert kills >= 3
+    info = run_json(run_dir)
+    assert info["env_steps"] == TOTAL and info["worker_restarts"] >= 2
+    assert info["dropped_env_steps"] >= 0
+
+
+def test_a_stopped_worker_in_the_warmup_ends_the_job_naming_it(ray_local, tmp_path):
+    """SIGSTOP: the worker's process lives but never answers; the warmup would wait forever."""
+    cfg = tiny_config(tmp_path / "stuck", "finetune.warmup_steps=20000", "finetune.online_steps=20100",
+                      "runtime.num_workers=1", "runtime.stall_timeout_s=6", "runtime.restart_timeout=600")
+    bg = BackgroundJob(cfg)
+    st = bg.wait_for(lambda s: s["phase"] == "warmup" and s["env_steps"] > 0 and any(
+        w.get("pid") for w in s["workers"]), timeout=180)
+    pid = next(w["pid"] for w in st["workers"] if w.get("pid"))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StallError) as err:
+            bg.join(timeout=120)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    msg = str(err.value)
+    assert "no progress for" in msg and "warmup stage" in msg and "runtime.stall_timeout_s" in msg
+    assert "rollout worker 0" in msg and "(no answer)" in msg and "\n" not in msg
