@@ -56,12 +56,17 @@ def _assert_same_agent(a, b) -> None:
             assert all(torch.equal(t, sb[part]["state"][i][k]) for k, t in st.items()), (part, i)
 
 
-def test_learner_killed_mid_pretraining_resumes_to_the_same_agent(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fast_path", ["auto", "fused"])
+def test_learner_killed_mid_pretraining_resumes_to_the_same_agent(tmp_path, monkeypatch, fast_path):
+    """auto (CPU: the eager step) and fused (algo/fused_offline.py, whose flat buffers the agent's
+    state_dict must see for the partial checkpoints)."""
     from wsrl_dist.runtime.learner import Learner
 
-    pre = _pre(tmp_path)
+    pre = [*_pre(tmp_path), f"run.fast_path={fast_path}"]
     ref = Learner(tiny_config(tmp_path / "ref", *pre).to_dict(), None)
-    assert ref.prepare()["pretrain_steps"] == STEPS
+    out = ref.prepare()
+    assert out["pretrain_steps"] == STEPS and out["pretrain_steps_per_s"] > 0
+    assert out["pretrain_step"] == ("fused (algo/fused_offline.py)" if fast_path == "fused" else "eager step")
     assert not (tmp_path / "ref" / "checkpoints" / PARTIAL).exists()  # removed once done
 
     cfg = tiny_config(tmp_path / "run", *pre).to_dict()

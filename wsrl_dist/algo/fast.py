@@ -125,6 +125,13 @@ def make_offline_step_fn(agent: Agent, algo: str, sac: SACConfig, cql: CQLConfig
     return GraphedBundle(agent, step, example)
 
 
+def offline_step_kind(algo: str, mode: str) -> str:
+    """What make_offline_step_fn runs for `algo` in the resolved `mode` (run.json's pretrain_step)."""
+    if mode.startswith("fused") and algo in fused_offline.FUSED_OFFLINE_ALGOS:
+        return f"{mode} (algo/fused_offline.py)"
+    return "eager step in one CUDA graph" if mode.endswith("graph") else "eager step"
+
+
 def make_offline_multiseed_fn(agents: list[Agent], algo: str, sac: SACConfig, cql: CQLConfig, iql: IQLConfig,
                               mode: str, examples: list[Batch] | None = None,
                               inductor: dict | None = None) -> MultiBundleFn:
