@@ -66,8 +66,9 @@ def pretrain_agent(
     resume: bool = False,
 ) -> int:
     """Run cfg.pretrain.steps offline updates (UTD 1, batch pretrain.batch_size) in place. `mode`:
-    the resolved run.fast_path; a graph mode (the GPU default) replays each step as one CUDA graph
-    (algo.fast.make_offline_step_fn; the agent must have capturable optimizers).
+    the resolved run.fast_path (algo.fast.make_offline_step_fn): the fused modes (GPU default:
+    fused_compile_graph) run CQL / Cal-QL as algo/fused_offline.py's step; a graph mode needs an
+    agent with capturable optimizers.
 
     `partial`: a file written every pretrain.checkpoint_every steps (agent with its optimizers, the
     step, and the torch and sampler RNG states) and removed once pre-training is done; with `resume`
