@@ -24,6 +24,9 @@ def test_defaults_come_from_wsrl_yaml_reference_values():
     assert (cfg.sac.actor_lr, cfg.sac.critic_lr, cfg.sac.temperature_lr) == (1e-4, 3e-4, 1e-4)
     assert cfg.sac.backup_entropy is False and cfg.finetune.warmup_steps == 5000
     assert cfg.net.layer_norm is True
+    # official nets: one Q head shared by the ensemble, last hidden layers of both nets at gain 1e-2
+    assert cfg.net.shared_q_head is True
+    assert cfg.net.kernel_scale_final == 0.01 and cfg.net.critic_kernel_scale_final == 0.01
 
 
 def test_antmaze_task_layers_the_antmaze_family_yaml():
@@ -46,6 +49,7 @@ def test_locomotion_task_layers_the_locomotion_family_yaml():
 def test_kitchen_and_adroit_family_values():
     kitchen = config.load(overrides=["task.name=kitchen-partial-v0"])
     assert kitchen.net.critic_hidden == [512] * 3 and kitchen.net.kernel_scale_final is None
+    assert kitchen.net.critic_kernel_scale_final is None  # official kitchen: no kernel_scale_final at all
     assert kitchen.pretrain.cql.cql_importance_sample is False and kitchen.pretrain.cql.cql_alpha == 5.0
     adroit = config.load(overrides=["task.name=pen-binary-v0"])
     assert adroit.net.actor_hidden == [512, 512] and adroit.pretrain.steps == 20_000

@@ -151,13 +151,24 @@ def test_actor_loss_uses_the_min_over_all_members():
     q_all = torch.stack([agent.critic.member(e, batch.observations, a) for e in range(E)])
     torch.testing.assert_close(loss, (0.3 * ref_logp - q_all.min(0).values).mean(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logp, ref_logp)
-    # the last member alone lowered by 100: the loss rises by exactly 100 (it is the min for every row),
-    # which a subset or a mean over members would not do
+    # the last member alone made a constant 100 below the shared head's bias (its last hidden layer
+    # outputs a fixed vector v on the head's negative weights): the loss then uses that constant for
+    # every row, which a subset or a mean over members would not do
+    c = agent.critic
     with torch.no_grad():
-        agent.critic.biases[-1][E - 1] -= 100.0
+        neg = (c.head_weight[:, 0] < 0).float()
+        v = neg * 100.0 / (-c.head_weight[:, 0] * neg).sum()  # head_weight . v = -100
+        c.weights[-1][E - 1].zero_()
+        if c.layer_norm:  # LayerNorm of the constant row 0 is 0: its bias is the output
+            c.biases[-1][E - 1].zero_()
+            c.ln_biases[-1][E - 1, 0] = v
+        else:
+            c.biases[-1][E - 1, 0] = v
+    q_low = c.head_bias - 100.0
+    assert (q_low < q_all[:E - 1].min()).all()
     torch.manual_seed(11)
     shifted, _ = sac_lib.actor_loss(batch, agent.actor, agent.critic, agent.temperature)
-    torch.testing.assert_close(shifted, (0.3 * ref_logp - (q_all[E - 1] - 100.0)).mean(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(shifted, (0.3 * ref_logp - q_low).mean(), rtol=1e-5, atol=1e-4)
 
 
 def test_actor_loss_gives_no_gradient_to_the_temperature():

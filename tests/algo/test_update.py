@@ -353,7 +353,7 @@ def test_value_fit_converges_to_the_numpy_expectile():
     batch = random_batch(256, seed=3)
     batch = batch._replace(observations=torch.zeros_like(batch.observations))  # V(s) is one number
     with torch.no_grad():
-        agent.target_critic.weights[-1].mul_(5.0)  # spread the Q sample so expectiles are far apart
+        agent.target_critic.head_weight.mul_(5.0)  # spread the Q sample so expectiles are far apart
         q = agent.target_critic(batch.observations, batch.actions).min(0).values.numpy()
     want, mean = _np_expectile(q, 0.9), float(q.mean())
     assert want - mean > 0.3

@@ -109,10 +109,12 @@ def make_agent(
     """Fresh networks and optimizers. Gradients are preallocated as zeros so that 'ghost' Adam
     steps (sac.ghost_adam_steps) and CUDA-graph capture see the same tensors every step."""
     actor = TanhGaussianActor(obs_dim, act_dim, net).to(device)
-    critic = EnsembleCritic(obs_dim, act_dim, net.critic_hidden, sac.critic_ensemble_size, net.layer_norm)
-    critic = critic.to(device)
-    target = EnsembleCritic(obs_dim, act_dim, net.critic_hidden, sac.critic_ensemble_size, net.layer_norm)
-    target = target.to(device)
+    def ensemble() -> EnsembleCritic:
+        return EnsembleCritic(obs_dim, act_dim, net.critic_hidden, sac.critic_ensemble_size, net.layer_norm,
+                              shared_head=net.shared_q_head, kernel_scale_final=net.critic_kernel_scale_final)
+
+    critic = ensemble().to(device)
+    target = ensemble().to(device)
     target.load_state_dict(critic.state_dict())
     target.requires_grad_(False)
     temperature = Scalar(sac.temperature_init).to(device)

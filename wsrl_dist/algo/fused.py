@@ -4,8 +4,8 @@ Why a second formulation (STYLE: speed tricks live beside, not inside, the reada
 a bundle is ~4 critic steps of tiny matmuls, so its cost is the number of kernels, not FLOPs.
 This version cuts kernels without changing the math:
 - Each network's parameters, Adam moments and step count live in ONE flat buffer per role
-  (critic [S, E, P], actor [S, P], temperature [S, 1]); the agents' modules and optimizer states
-  are re-pointed as views into them, so checkpoints, weight export and eager code see the same
+  (critic [S, E * P + shared Q head], actor [S, P], temperature [S, 1]); the agents' modules and
+  optimizer states are re-pointed as views into them, so checkpoints, weight export and eager code see the same
   numbers. One Adam or one Polyak update is then a few elementwise ops on one tensor, not a
   multi-tensor loop per parameter.
 - The official code steps the actor's and temperature's Adam with zero gradients during the UTD
@@ -15,7 +15,8 @@ This version cuts kernels without changing the math:
   minibatch would have seen.
 - Seeds are one more leading batch dim of every matmul (the "vmap-style" multi-seed learner): S
   seeds cost about one seed's kernel count.
-- Target members: only the k sampled members of the target critic are gathered and evaluated.
+- Target members: only the k sampled members' trunks of the target critic are gathered and
+  evaluated, with the target's one shared Q head.
 All randomness (policy noise, target-member draws) is drawn in `draw_noise` and passed in, so the
 bundle itself is a pure function of (state, batch, noise): testable against the eager bundle with
 pinned noise, and compilable / capturable whole.
@@ -32,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wsrl_dist.algo.agent import Agent
-from wsrl_dist.algo.nets import LOG_STD_MAX, LOG_STD_MIN, tanh_log_det
+from wsrl_dist.algo.nets import LN_EPS, LOG_STD_MAX, LOG_STD_MIN, tanh_log_det
 from wsrl_dist.algo.sac import SACConfig
 from wsrl_dist.algo.types import Batch
 
@@ -92,6 +93,51 @@ class FlatLayout:
             end = b
         if self.size > end:
             pieces.append(pieces[-1].new_zeros(*pieces[-1].shape[:lead], self.size - end))
+        return torch.cat(pieces, -1)
+
+
+class CriticLayout:
+    """The critic's flat row [..., size]: E per-member trunks (a FlatLayout `trunk` each, packed as
+    [..., E, trunk.size]), then the one Q head all members share (`head`, official layout; empty
+    with per-member heads, net.shared_q_head=false, whose heads are in the trunk). One buffer per
+    role still takes one Adam or Polyak update.
+
+    `views` / `param_views`: trunk tensors [..., E, ...], head tensors [..., ...]; `gather`: views
+    with only the chosen members' trunks [S, k, ...] (the target critic's sampled subset) and the
+    shared head; `flatten`: inverse of `views` for S seeds."""
+
+    def __init__(self, trunk: FlatLayout, head: FlatLayout, ensemble: int):
+        self.trunk, self.head, self.ensemble = trunk, head, ensemble
+        self.trunk_size = ensemble * trunk.size  # a multiple of the alignment, so the head is aligned
+        self.size = self.trunk_size + head.size
+
+    def _split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lead = flat.shape[:-1]
+        return flat[..., :self.trunk_size].view(*lead, self.ensemble, self.trunk.size), flat[..., self.trunk_size:]
+
+    def views(self, flat: torch.Tensor) -> Tensors:
+        trunk, head = self._split(flat)
+        return {**self.trunk.views(trunk), **self.head.views(head)}
+
+    def param_views(self, flat: torch.Tensor) -> Tensors:
+        trunk, head = self._split(flat)
+        return {**self.trunk.param_views(trunk), **self.head.param_views(head)}
+
+    def gather(self, flat: torch.Tensor, members: torch.Tensor) -> Tensors:
+        """flat [S, size], members [S, k] -> views of a copy holding the k members' trunks and the head."""
+        trunk, head = self._split(flat)
+        chosen = torch.gather(trunk, 1, members.unsqueeze(-1).expand(-1, -1, trunk.shape[-1]))
+        return {**self.trunk.views(chosen), **self.head.views(head)}
+
+    def flatten(self, parts: Tensors, lead: int = 1) -> torch.Tensor:
+        """parts with `lead` seed dims ([S, E, ...] trunk, [S, ...] head) -> [S, size]."""
+        if lead != 1:
+            raise ValueError("CriticLayout.flatten: lead counts the seed dims only (one): the critic "
+                             "buffer is [S, size] since the Q head is shared")
+        trunk = self.trunk.flatten({n: parts[n] for n in self.trunk.slices}, 2)
+        pieces = [trunk.reshape(trunk.shape[0], -1)]
+        if self.head.size:
+            pieces.append(self.head.flatten({n: parts[n] for n in self.head.slices}, 1))
         return torch.cat(pieces, -1)
 
 
@@ -184,8 +230,12 @@ def actor_sample(plan: ActorPlan, p: Tensors, obs: torch.Tensor, eps: torch.Tens
 def critic_q(p: Tensors, n_layers: int, layer_norm: bool, obs: torch.Tensor, act: torch.Tensor,
              dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """EnsembleCritic.forward for weights [S, M, ...] (M members) on inputs [S, R, .] -> Q [S, M, R].
-    `dtype`: the matmuls' input dtype (see above)."""
+    `n_layers`: len(EnsembleCritic.weights). With a shared Q head (`head_weight` [S, H, 1] and
+    `head_bias` [S, 1] in p, CriticLayout) all n_layers are hidden; without, the last one is the
+    per-member head. `dtype`: the matmuls' input dtype (see above)."""
     s, m, k_in = p["weights.0"].shape[:3]
+    shared = "head_weight" in p
+    n_hidden = n_layers if shared else n_layers - 1
     in_width = obs.shape[-1] + act.shape[-1]
     # the layout may store the first weight with zero rows below it (make_spec: aligned GEMM rows);
     # matching zero input columns leave Q unchanged and give those rows zero gradients
@@ -193,25 +243,28 @@ def critic_q(p: Tensors, n_layers: int, layer_norm: bool, obs: torch.Tensor, act
     x = torch.cat([obs, act, *pad], -1).to(dtype)  # rounded once, before the copy per member
     rows = x.shape[-2]
     h = x.unsqueeze(1).expand(s, m, rows, x.shape[-1]).reshape(s * m, rows, x.shape[-1])
-    for i in range(n_layers):
+    for i in range(n_hidden):
         w, b = p[f"weights.{i}"], p[f"biases.{i}"]
-        if i == n_layers - 1 and w.shape[-1] == 1:
-            # the 1-wide Q head as a row dot product, not a GEMM with one output column: Inductor
-            # folds it (and its backward, a broadcast multiply and a row sum) into the LayerNorm /
-            # ReLU kernels around it, saving a kernel and a full read of the widest activation
-            # per forward. Same sums: fp32 products of the (bf16-rounded, see _mm) inputs.
-            wv = w.reshape(s * m, 1, w.shape[-2])
-            if dtype != torch.float32:
-                h, wv = h.to(dtype).float(), wv.to(dtype).float()
-            return ((h * wv).sum(-1) + b.reshape(s * m, 1)).view(s, m, rows)
-        h = _mm(b.reshape(s * m, 1, -1), h, w.reshape(s * m, *w.shape[-2:]), dtype, head=i == n_layers - 1)
-        if i < n_layers - 1:
-            if layer_norm:
-                width = h.shape[-1]
-                h = (F.layer_norm(h, (width,)) * p[f"ln_scales.{i}"].reshape(s * m, 1, width)
-                     + p[f"ln_biases.{i}"].reshape(s * m, 1, width))
-            h = F.relu(h)
-    return h.view(s, m, rows)
+        h = _mm(b.reshape(s * m, 1, -1), h, w.reshape(s * m, *w.shape[-2:]), dtype, head=False)
+        if layer_norm:
+            width = h.shape[-1]
+            h = (F.layer_norm(h, (width,), eps=LN_EPS) * p[f"ln_scales.{i}"].reshape(s * m, 1, width)
+                 + p[f"ln_biases.{i}"].reshape(s * m, 1, width))
+        h = F.relu(h)
+    # the 1-wide Q head as a row dot product, not a GEMM with one output column: Inductor folds it
+    # (and its backward, a broadcast multiply and a row sum) into the LayerNorm / ReLU kernels
+    # around it, saving a kernel and a full read of the widest activation per forward. Same sums:
+    # fp32 products of the (bf16-rounded, see _mm) inputs. A shared head broadcasts over members,
+    # so its gradient is the sum over them, as the official head outside the vmap.
+    width = h.shape[-1]
+    h = h.view(s, m, rows, width)
+    if shared:
+        wv, b = p["head_weight"].reshape(s, 1, 1, width), p["head_bias"].reshape(s, 1, 1)
+    else:
+        wv, b = p[f"weights.{n_hidden}"].reshape(s, m, 1, width), p[f"biases.{n_hidden}"].reshape(s, m, 1)
+    if dtype != torch.float32:
+        h, wv = h.to(dtype).float(), wv.to(dtype).float()
+    return (h * wv).sum(-1) + b
 
 
 # ---------------------------------------------------------------------------------------- Adam
@@ -248,7 +301,7 @@ class Spec:
     sac: SACConfig
     actor: ActorPlan
     actor_layout: FlatLayout
-    critic_layout: FlatLayout  # per ensemble member
+    critic_layout: CriticLayout  # per-member trunks + the shared Q head
     critic_layers: int
     layer_norm: bool
     target_entropy: float
@@ -310,16 +363,16 @@ def fused_bundle(spec: Spec, st: Tensors, batch: Batch, noise: Noise) -> tuple[T
     for k in range(u):
         with torch.no_grad():
             members = noise.members[:, k]  # [S, k]
-            chosen = torch.gather(target, 1, members.unsqueeze(-1).expand(-1, -1, target.shape[-1]))
+            chosen = spec.critic_layout.gather(target, members)  # k trunks + the shared target head
             s2, a2, logp2 = obs2[:, k], next_a[:, k], next_logp[:, k]
             if c.max_target_backup:  # max over n sampled next actions of the subset min
                 n = a2.shape[-2]
                 s2 = s2.unsqueeze(2).expand(-1, -1, n, -1).reshape(s_dim, bs * n, -1)
-                tq = qf(spec.critic_layout.views(chosen), s2, a2.reshape(s_dim, bs * n, -1))
+                tq = qf(chosen, s2, a2.reshape(s_dim, bs * n, -1))
                 tmin, best = tq.min(1).values.view(s_dim, bs, n).max(-1)
                 logp2 = logp2.gather(-1, best.unsqueeze(-1)).squeeze(-1)
             else:
-                tq = qf(spec.critic_layout.views(chosen), s2, a2)
+                tq = qf(chosen, s2, a2)
                 tmin = tq.min(1).values
             if c.backup_entropy:
                 tmin = tmin - F.softplus(temp_versions[k]) * logp2
@@ -331,7 +384,7 @@ def fused_bundle(spec: Spec, st: Tensors, batch: Batch, noise: Noise) -> tuple[T
             return per_seed.sum(), (per_seed.detach(), pred.detach().mean((1, 2)))
 
         grads, (loss_k, qmean_k) = torch.func.grad(td_loss, has_aux=True)(spec.critic_layout.views(q))
-        q, qm, qv, qt = adam(q, spec.critic_layout.flatten(grads, 2), qm, qv, qt, c.critic_lr)
+        q, qm, qv, qt = adam(q, spec.critic_layout.flatten(grads), qm, qv, qt, c.critic_lr)
         target = torch.lerp(target, q, c.soft_target_update_rate)
         critic_losses.append(loss_k)
         q_means.append(qmean_k)
@@ -372,13 +425,18 @@ def make_spec(agent: Agent, sac: SACConfig, matmul_dtype: torch.dtype = torch.fl
     if matmul_dtype not in MATMUL_DTYPES:
         raise ValueError(f"fused bundle: matmul dtype {matmul_dtype} is not one of {MATMUL_DTYPES}")
     actor_shapes = {n: tuple(p.shape) for n, p in agent.actor.named_parameters()}
-    critic_shapes = {n: tuple(p.shape[1:]) for n, p in agent.critic.named_parameters()}
+    # per-member parameters carry the ensemble as their leading dim; the shared Q head does not
+    critic_params = dict(agent.critic.named_parameters())
+    head_shapes = {n: tuple(p.shape) for n, p in critic_params.items() if n.startswith("head_")}
+    trunk_shapes = {n: tuple(p.shape[1:]) for n, p in critic_params.items() if not n.startswith("head_")}
     # the critic's first GEMM reads [obs, act] (17 + 6 = 23 wide at locomotion sizes): stored with
     # zero rows up to a multiple of 8, its input rows and weight rows are 16-byte aligned
-    k_in, out = critic_shapes["weights.0"]
+    k_in, out = trunk_shapes["weights.0"]
     stored = {"weights.0": (-(-k_in // _ALIGN) * _ALIGN, out)}
+    critic_layout = CriticLayout(FlatLayout(trunk_shapes, _ALIGN, stored), FlatLayout(head_shapes, _ALIGN),
+                                 agent.critic.ensemble)
     return Spec(sac=sac, actor=ActorPlan.of(agent.actor), actor_layout=FlatLayout(actor_shapes, _ALIGN),
-                critic_layout=FlatLayout(critic_shapes, _ALIGN, stored), critic_layers=len(agent.critic.weights),
+                critic_layout=critic_layout, critic_layers=len(agent.critic.weights),
                 layer_norm=agent.critic.layer_norm, target_entropy=agent.target_entropy,
                 act_dim=agent.act_dim, matmul_dtype=matmul_dtype)
 
@@ -399,13 +457,12 @@ class FusedState:
         self.spec, self.agents = spec, agents
         dev = agents[0].device
         s = len(agents)
-        e = spec.sac.critic_ensemble_size
-        pa, pq = spec.actor_layout.size, spec.critic_layout.size
+        pa, pq = spec.actor_layout.size, spec.critic_layout.size  # pq: all members and the shared head
         z = lambda *shape: torch.zeros(*shape, device=dev)  # noqa: E731
         self.t: Tensors = {
             "actor": z(s, pa), "actor_m": z(s, pa), "actor_v": z(s, pa), "actor_t": z(s),
-            "critic": z(s, e, pq), "critic_m": z(s, e, pq), "critic_v": z(s, e, pq), "critic_t": z(s),
-            "target": z(s, e, pq), "temp": z(s, 1), "temp_m": z(s, 1), "temp_v": z(s, 1), "temp_t": z(s),
+            "critic": z(s, pq), "critic_m": z(s, pq), "critic_v": z(s, pq), "critic_t": z(s),
+            "target": z(s, pq), "temp": z(s, 1), "temp_m": z(s, 1), "temp_v": z(s, 1), "temp_t": z(s),
         }
         for i, ag in enumerate(agents):
             self._bind(i, ag)

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wsrl_dist.algo.nets import LOG_STD_MAX, LOG_STD_MIN, NetConfig, TanhGaussianActor
+from wsrl_dist.algo.nets import LN_EPS, LOG_STD_MAX, LOG_STD_MIN, NetConfig, TanhGaussianActor
 
-_LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which the actor's trunk uses
+_LN_EPS = LN_EPS  # the actor trunk's LayerNorm epsilon (flax's 1e-6, as the official code)
 _TINY_SCALE = 1e-30  # |LayerNorm scale| below this counts as 0 (its column is a constant)
 
 

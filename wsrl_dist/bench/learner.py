@@ -67,9 +67,13 @@ class LoopEnsemble(nn.Module):
         self.members = nn.ModuleList(
             EnsembleCritic(obs_dim, act_dim, hidden, 1, layer_norm) for _ in range(ensemble)
         )
+        for m in self.members[1:]:  # one Q head shared by all members, as the stacked critic's
+            m.head_weight, m.head_bias = self.members[0].head_weight, self.members[0].head_bias
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m(obs, actions) for m in self.members], 0)
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, members: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        q = torch.cat([m(obs, actions) for m in self.members], 0)
+        return q if members is None else q.index_select(0, members)
 
 
 def _agent(size: str, variant: str, device: torch.device, sac: SACConfig):
