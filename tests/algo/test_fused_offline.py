@@ -73,9 +73,9 @@ def pinned(monkeypatch):
     monkeypatch.setattr(fused_offline, "draw_noise", _pinned_noise)
 
 
-def _agent(seed: int, cql: CQLConfig, device: str = "cpu"):
+def _agent(seed: int, cql: CQLConfig, device: str = "cpu", net: NetConfig = NET):
     torch.manual_seed(seed)
-    return make_agent(OBS, ACT, NET, SAC, lagrange_init=1.0 if cql.cql_autotune_alpha else None,
+    return make_agent(OBS, ACT, net, SAC, lagrange_init=1.0 if cql.cql_autotune_alpha else None,
                       lagrange_lr=cql.cql_alpha_lagrange_lr, device=device, capturable=device == "cuda")
 
 
@@ -103,8 +103,8 @@ def _assert_agents_close(a, b, atol=2e-5):
                 torch.testing.assert_close(sb[part][k].cpu(), v.cpu(), rtol=1e-4, atol=atol, msg=f"{part}.{k}")
 
 
-def _eager(seed: int, algo: str, cql: CQLConfig, batches: list[Batch]):
-    agent = _agent(seed, cql)
+def _eager(seed: int, algo: str, cql: CQLConfig, batches: list[Batch], net: NetConfig = NET):
+    agent = _agent(seed, cql, net=net)
     infos = [{k: v.clone() for k, v in offline_step(agent, b, algo, SAC, cql, IQLConfig()).items()}
              for b in batches]
     return agent, infos
@@ -117,12 +117,14 @@ def _assert_infos_close(want: list[dict], got: list[dict]) -> None:
             torch.testing.assert_close(g[k].cpu(), w[k].cpu(), rtol=1e-4, atol=2e-5, msg=k)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", [*VARIANTS, "cql_member_heads"])
 def test_fused_offline_step_matches_eager(pinned, variant):
-    algo, cql = VARIANTS[variant]
+    """Every CQL branch; `cql_member_heads`: per-member Q heads (net.shared_q_head=false)."""
+    algo, cql = VARIANTS["cql" if variant == "cql_member_heads" else variant]
+    net = dataclasses.replace(NET, shared_q_head=variant != "cql_member_heads")
     batches = _batches(STEPS, seed=1)
-    ref, want = _eager(0, algo, cql, batches)
-    agent = _agent(0, cql)
+    ref, want = _eager(0, algo, cql, batches, net)
+    agent = _agent(0, cql, net=net)
     fn = make_offline_step_fn(agent, algo, SAC, cql, IQLConfig(), "fused")
     got = [{k: v.clone() for k, v in fn(b).items()} for b in batches]
     _assert_infos_close(want, got)

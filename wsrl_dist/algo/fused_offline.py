@@ -115,11 +115,6 @@ def _sample_together(spec: Spec, p: Tensors, parts: list[tuple[torch.Tensor, tor
     return out
 
 
-def _members(flat: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """[S, E, P] -> [S, k, P]: the sampled members' rows (repeats allowed; differentiable)."""
-    return torch.gather(flat, 1, members.unsqueeze(-1).expand(-1, -1, flat.shape[-1]))
-
-
 def fused_offline_step(spec: OfflineSpec, st: Tensors, batch: Batch, noise: OfflineNoise
                        ) -> tuple[Tensors, Tensors]:
     """Pure: state [S, ...] + batch [S, B, ...] + noise -> (new state, info [S]). Same math as
@@ -135,7 +130,7 @@ def fused_offline_step(spec: OfflineSpec, st: Tensors, batch: Batch, noise: Offl
         (a2, logp2), (a_cur, lp_cur), (a_nxt, lp_nxt), (_, lp_ent) = _sample_together(net, actor_p, [
             (obs2, noise.next_eps), (obs, noise.cur_eps), (obs2, noise.next_cql_eps), (obs2, noise.entropy_eps)])
         # TD target from the k sampled target members (max over n next actions: cql_max_target_backup)
-        chosen = clay.views(_members(st["target"], noise.target_members))
+        chosen = clay.gather(st["target"], noise.target_members)  # k trunks + the shared head
         if q_cfg.cql_max_target_backup:
             s2 = obs2.unsqueeze(2).expand(-1, -1, n, -1).reshape(s_dim, bsz * n, -1)
             tq = _q(net, chosen, s2, a2.reshape(s_dim, bsz * n, -1))
@@ -152,10 +147,11 @@ def fused_offline_step(spec: OfflineSpec, st: Tensors, batch: Batch, noise: Offl
         lag_alpha = F.softplus(st["lag"]).squeeze(-1) if q_cfg.cql_autotune_alpha else None  # [S]
     k_idx = noise.cql_members  # [S, k]
 
-    def critic_loss(flat: torch.Tensor):
+    def critic_loss(flat: torch.Tensor):  # flat [S, E * P + head]: its gradient is the buffer's
         q_data = _q(net, clay.views(flat), obs, act)  # [S, E, B]
         td = (q_data - y.unsqueeze(1)).pow(2).mean((1, 2))
-        qs = _q(net, clay.views(_members(flat, k_idx)), s_rep, a_all)  # [S, k, B * 3n]
+        # the k penalised members' trunks (repeats allowed, each counted) and the shared Q head
+        qs = _q(net, clay.gather(flat, k_idx), s_rep, a_all)  # [S, k, B * 3n]
         q_rand, q_cur, q_next = qs.view(s_dim, -1, bsz, 3 * n).split(n, -1)  # each [S, k, B, n]
         qd = torch.gather(q_data, 1, k_idx.unsqueeze(-1).expand(-1, -1, bsz))  # [S, k, B]
         if q_cfg.use_calql:
