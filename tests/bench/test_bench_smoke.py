@@ -89,7 +89,7 @@ def test_learner_table_has_bundle_and_pretraining_rows(capsys):
     rows = table_rows(out, r"^tiny\s")
     assert [w[1] for w, _ in rows] == ["pretrain-iql-eager", "pretrain-cql-eager", "pretrain-cql-fused",
                                        "stacked-eager"]
-    assert_finite_positive(rows)
+    assert_finite_positive([(w, nums[:3]) for w, nums in rows])  # rates and ratio (setup may print 0.0 here)
     (_, pre), (_, cql), (_, fused), (_, bundle) = rows
     assert pre[0] == pre[1] and pre[2] == 1.0  # one step is one critic update; x its own eager row
     assert fused[2] == pytest.approx(fused[0] / cql[0], rel=0.05, abs=0.02)  # over CQL's eager row (.1f rates)
