@@ -5,17 +5,18 @@
   wsrl-dist finetune CKPT [CONFIG...]         warmup + online from a pre-trained checkpoint
   wsrl-dist launch [CONFIG...] [k=v...]       the distributed Ray job (runtime/driver.py)
   wsrl-dist scale --workers N [--address A]   resize the rollout pool of a running job
-  wsrl-dist status [--address A]              phase, throughput, UTD, replay, policy lag
+  wsrl-dist status [RUN_DIR|NAME] [--json]    stage, progress + ETA, throughput, UTD, replay, lag
   wsrl-dist build-dataset TASK [k=v...]       D4RL-recipe dataset into the cache
   wsrl-dist report RUN_DIR                    learning curve, throughput plot, results table
                                               (a multi-seed run dir: one per seed-<s>/)
-  wsrl-dist bench learner|rollout|replay|publish|job  benchmarks (tables with ratios vs in-run baselines)
+  wsrl-dist bench learner|rollout|replay|publish|job|builder  benchmarks (tables with ratios vs in-run baselines)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -57,6 +58,16 @@ def _load_run(run_dir: str, items: list[str], extra: list[str]):
     return cfg.validate()
 
 
+def _send_ray_token() -> None:
+    """A local Ray that `launch` started has token authentication on (Ray's default), and a process
+    that only connects to it sends no token unless RAY_AUTH_MODE says so (the launch's own children
+    inherit it): `wsrl-dist status` from another shell was refused. Ray reads the mode when it is
+    imported, so this runs before the first `import ray`."""
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token.is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def _command() -> str:
     return "wsrl-dist " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -74,16 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("items", nargs="*")
     for name in ("scale", "status"):
         p = sub.add_parser(name)
-        p.add_argument("--address", default="auto")
+        # status: default the Ray address recorded in RUN_DIR/run.json, else "auto"
+        p.add_argument("--address", default="auto" if name == "scale" else None)
         if name == "scale":
             p.add_argument("--workers", type=int, required=True)
+        else:
+            p.add_argument("job", nargs="?", help="run dir or its name (needed when several jobs run)")
+            p.add_argument("--json", action="store_true", help="the raw status record")
     p = sub.add_parser("build-dataset")
     p.add_argument("task")
     p.add_argument("items", nargs="*")
     p = sub.add_parser("report")
     p.add_argument("run_dir")
     p = sub.add_parser("bench")
-    p.add_argument("what", choices=["learner", "rollout", "replay", "publish", "job"])
+    p.add_argument("what", choices=["learner", "rollout", "replay", "publish", "job", "builder"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     from wsrl_dist.config import ConfigError
@@ -120,11 +135,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _load(args.items, [f"pretrain.checkpoint={args.checkpoint}"])
         print(f"run dir: {local.run(cfg, _command())}")
         return 0
-    if args.cmd in ("scale", "status"):
+    if args.cmd in ("status", "scale"):
+        _send_ray_token()
+    if args.cmd == "status":
+        from wsrl_dist.runtime.control import status_command
+
+        return status_command(args.address, args.job, args.json)
+    if args.cmd == "scale":
         from wsrl_dist.runtime import driver
 
-        out = driver.scale(args.address, args.workers) if args.cmd == "scale" else driver.status(args.address)
-        print(json.dumps(out, indent=2, default=str))
+        print(json.dumps(driver.scale(args.address, args.workers), indent=2, default=str))
         return 0
     if args.cmd == "build-dataset":
         from wsrl_dist import job

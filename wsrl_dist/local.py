@@ -30,6 +30,7 @@ from wsrl_dist.envs.make import make_env, obs_act_dims
 from wsrl_dist.evaluation import evaluate
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
+from wsrl_dist.runtime.progress import bar_options
 
 
 @dataclass
@@ -96,6 +97,7 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
         raise ConfigError(f"run.seeds={cfg.run.seeds}: several seeds in one job need the Ray learner "
                           "(`wsrl-dist launch`); `wsrl-dist run` trains run.seed only")
     run_dir = job.prepare_run_dir(cfg, command)
+    print(f"run dir: {run_dir}", flush=True)  # first: where to look while it runs
     log = MetricsLog(run_dir)
     task = cfg.task.spec()
     seed = cfg.run.seed
@@ -138,7 +140,7 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
                 job.load_agent(pretrained, agent)
             else:  # a resumed run continues from checkpoints/pretrain-partial.pt when there is one
                 bar = tqdm(total=cfg.pretrain.steps, desc=f"pretrain {cfg.pretrain.algo}",
-                           disable=not cfg.run.progress)
+                           disable=not cfg.run.progress, **bar_options())
                 first = pretrain_agent(agent, offline, cfg, progress=bar.update, on_log=lambda s, info: log.write(
                     "pretrain", step=s, wall_time=time.time() - t0, **info), mode=mode,
                     partial=run_dir / "checkpoints" / PARTIAL, resume=resume)
@@ -160,7 +162,11 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     obs, _ = env.reset()
     episode: list[dict[str, np.ndarray]] = []
     ep_return, info = 0.0, {}
-    bar = tqdm(total=ft.online_steps, initial=c.env_steps, desc="online", disable=not cfg.run.progress)
+    def stage_bar(warmup: bool) -> tqdm:  # one line per stage: warmup (K env steps), then online
+        return tqdm(total=K if warmup else ft.online_steps, initial=c.env_steps, desc="warmup" if warmup
+                    else "online", disable=not cfg.run.progress, **bar_options())
+
+    bar = stage_bar(c.env_steps < K)
     last_log = (time.time(), c.env_steps, c.updates)
     while c.env_steps < ft.online_steps:
         with torch.no_grad():
@@ -218,6 +224,9 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
                 bar.set_postfix(critic=f"{vals.get('critic_loss', 0):.3g}", q=f"{vals.get('q_mean', 0):.3g}")
             last_log = (now, c.env_steps, c.updates)
         warmup_done = K > 0 and c.env_steps == K
+        if warmup_done and c.env_steps < ft.online_steps:
+            bar.close()
+            bar = stage_bar(False)
         last = c.env_steps == ft.online_steps  # the reference also evaluates at the end
         if warmup_done or last or c.env_steps >= c.next_eval:  # one eval per step
             _evaluate(agent, cfg, task, log, c, "after_warmup" if warmup_done else "online", t0)

@@ -109,6 +109,7 @@ def pretrain_agents(
     partials: list[Path] | None = None,
     resume: bool = False,
     progress: Callable[[int], None] | None = None,
+    on_log: Callable[[int, list[dict[str, float]]], None] | None = None,
 ) -> int:
     """S seeds' pre-training stepped together: each step samples one batch per seed from that seed's
     own sampler and runs ONE call of algo.fast.make_offline_multiseed_fn (in the fused modes one
@@ -116,7 +117,7 @@ def pretrain_agents(
     comes from the one process-wide torch stream, so a seed's result differs from a single-seed
     run of that seed (which draws its own). `partials[i]`: seed i's partial checkpoint, all written
     at the same step (pretrain_agent's format); with `resume` they are continued from when every
-    seed has one. `progress(n)`: n more steps done (as pretrain_agent). Returns the first step this call ran (1 unless resumed)."""
+    seed has one. `progress(n)`: n more steps done; `on_log(step, [losses per seed])` (as pretrain_agent's). Returns the first step this call ran (1 unless resumed)."""
     pcfg = cfg.pretrain
     if pcfg.algo == "none" or pcfg.steps <= 0:
         return 1
@@ -134,7 +135,9 @@ def pretrain_agents(
         batches = [s.sample(pcfg.batch_size) for s in samplers]
         if step_fn is None:  # built on the first batches: a CUDA graph captures with real ones
             step_fn = make_offline_multiseed_fn(agents, pcfg.algo, cfg.sac, pcfg.cql, pcfg.iql, mode, batches)
-        step_fn(batches)
+        infos = step_fn(batches)
+        if on_log is not None and (step % cfg.run.log_every == 0 or step == pcfg.steps):
+            on_log(step, [{k: float(v) for k, v in info.items()} for info in infos])  # one sync per interval
         if progress is not None:
             progress(1)
         if partials is not None and pcfg.checkpoint_every and step % pcfg.checkpoint_every == 0 \

@@ -239,3 +239,18 @@ def test_learner_group_rows_time_several_bundles_per_call(capsys):
     # a group row for the fused variant only (the others have no groups)
     assert [w[1] for w, _ in rows] == ["fused-eager", "fused-eager-x2", "stacked-eager"]
     assert_finite_positive(rows)
+
+
+def test_builder_table_times_behaviour_paths_and_rollouts_against_their_baselines(capsys):
+    from wsrl_dist.bench import builder
+
+    assert builder.main(["--task", TASK, "--hidden", "16,16", "--steps", "30", "--random", "300", "--warmup", "5",
+                         "--rows", "600", "--serial-rows", "300", "--envs", "2", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# command: wsrl-dist bench builder --task inverted-pendulum-v5")
+    behaviour = {w[1]: nums for w, nums in table_rows(out, r"^behaviour\s")}
+    rollout = {w[1]: nums for w, nums in table_rows(out, r"^rollout\s")}
+    assert list(behaviour) == ["env", "eager", "fast"] and list(rollout) == ["serial", "2envs/1w"]
+    assert_finite_positive(table_rows(out, r"^(behaviour|rollout)\s"))
+    assert behaviour["eager"][2] == 1.0 and rollout["serial"][2] == 1.0  # the baselines against themselves
+    assert rollout["2envs/1w"][0] == 600  # rows, rows/s, x serial, s per 1M

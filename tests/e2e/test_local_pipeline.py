@@ -227,14 +227,22 @@ def test_metrics_records_share_one_clock(tmp_path):
 @pytest.mark.skipif(not (Path(local.__file__).parent / "data" / "builder.py").exists(),
                     reason="needs the dataset builder (wsrl_dist/data/builder.py)")
 @pytest.mark.filterwarnings("ignore:.*never reached target_return")  # a tiny behaviour run, by design
-def test_wsrl_pipeline_pretrains_on_a_built_dataset_then_warms_up_and_fine_tunes(tmp_path, monkeypatch):
+def test_wsrl_pipeline_pretrains_on_a_built_dataset_then_warms_up_and_fine_tunes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WSRL_DIST_CACHE", str(tmp_path / "cache"))  # the builder's cache, kept per test
     run_dir = tmp_path / "run"
     cfg = _cfg(run_dir, "dataset.source=built", "dataset.build_transitions=2000",
                "dataset.build_train_steps=600", "dataset.build_random_steps=300", "dataset.build_eval_every=300",
                "dataset.build_hidden=[32, 32]", "pretrain.algo=cql", "pretrain.steps=200", "pretrain.batch_size=64", "finetune.warmup_steps=100",
-               "finetune.online_steps=120", "run.log_every=50", method="wsrl")
+               "finetune.online_steps=120", "run.log_every=50", "run.progress=true", method="wsrl")
     local.run(cfg, command="pytest e2e wsrl")
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == f"run dir: {run_dir}"  # printed first
+    # one bar per stage (not a terminal: drawn at its start and end), each ending at its total
+    bars = [seg.strip() for seg in err.replace("\n", "\r").split("\r") if seg.strip()]
+    for desc, total in (("SAC inverted-pendulum-v5", 600), ("pretrain cql", 200), ("warmup", 100),
+                        ("online", 120)):
+        last = [b for b in bars if b.startswith(desc)][-1]
+        assert f"{total}/{total}" in last, (desc, bars)
     assert list((tmp_path / "cache").glob("*.hdf5"))  # the dataset was built into the cache
     pretrained = _checkpoint(run_dir / "checkpoints" / "pretrained.pt")
     assert pretrained["counters"]["pretrain_steps"] == 200

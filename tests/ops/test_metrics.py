@@ -16,6 +16,7 @@ from wsrl_dist.ops.metrics import (
     METRICS,
     POLICY_LAG_BUCKETS,
     SECONDS_BUCKETS,
+    STAGES,
     Histogram,
     MetricsServer,
     metric_families,
@@ -91,7 +92,8 @@ def test_metric_names_follow_prometheus_conventions_and_cover_every_snapshot_key
                   "weight_publish_seconds", "weights_version", "worker_restarts_total", "workers_alive",
                   "episode_return", "normalized_score", "learner_step_seconds", "gpu_memory_bytes",
                   "learner_device_busy", "learner_cpu_seconds", "learner_gc_seconds", "learner_grant_calls",
-                  "learner_loop_seconds"]
+                  "learner_loop_seconds", "stage", "stage_progress", "stage_steps_per_second",
+                  "stage_eta_seconds"]
     assert set(documented) == {s.key for s in METRICS}
 
 
@@ -114,6 +116,7 @@ def full_snapshot() -> dict:
         "learner_grant_calls": {"granted": 300, "refused": 1200},
         "learner_loop_seconds": {"limiter_wait": 1.5, "sample_wait": 0.5, "assemble_to_device": 2.0,
                                  "update_launch": 3.0, "publish": 0.25},
+        "stage": "online", "stage_progress": 0.25, "stage_steps_per_second": 250.5, "stage_eta_seconds": 12.0,
     }
 
 
@@ -134,6 +137,9 @@ def test_exporter_serves_every_metric_with_types_labels_and_cumulative_buckets()
     assert _samples(exposed["wsrl_phase"]) == {
         (("phase", "pretrain"),): 0.0, (("phase", "warmup"),): 0.0,
         (("phase", "online"),): 1.0, (("phase", "done"),): 0.0}
+    assert _samples(exposed["wsrl_stage"]) == {(("stage", s),): float(s == "online") for s in STAGES}
+    assert _samples(exposed["wsrl_stage_progress"]) == {(): 0.25}
+    assert _samples(exposed["wsrl_stage_eta_seconds"]) == {(): 12.0}
     assert _samples(exposed["wsrl_limiter_blocked_seconds_total"])[(("side", "learner"),)] == 1.25
     assert _samples(exposed["wsrl_replay_size"]) == {(("shard", "0"),): 500.0, (("shard", "1"),): 480.0}
     assert _samples(exposed["wsrl_replay_rejected_total"]) == {

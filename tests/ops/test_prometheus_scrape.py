@@ -69,6 +69,10 @@ class PendulumLoop:
                         "utd_actual": updates / steps,
                         "utd_target": 0.5,
                         "learner_step_seconds": step_hist.to_dict(),
+                        # the stage line's fields (runtime/progress.py): the online stage's share, rate, ETA
+                        "stage": "online" if steps < N_STEPS else "done",
+                        "stage_progress": steps / N_STEPS, "stage_steps_per_second": steps / dt,
+                        "stage_eta_seconds": (N_STEPS - steps) / (steps / dt),
                     }
             env.close()
         except BaseException as e:  # surfaced by the test
@@ -98,6 +102,12 @@ def test_real_prometheus_reads_back_env_rate_and_utd_from_a_running_loop():
         assert prom.query_value("wsrl_utd_actual / wsrl_utd_target") == pytest.approx(1.0)
         assert prom.query_value('wsrl_phase{phase="done"}') == 1.0
         assert prom.query_value('wsrl_phase{phase="online"}') == 0.0
+        assert prom.query_value('wsrl_stage{stage="done"}') == 1.0
+        assert prom.query_value('wsrl_stage{stage="online"}') == 0.0
+        assert prom.query_value("wsrl_stage_progress") == 1.0 and prom.query_value("wsrl_stage_eta_seconds") == 0.0
+        assert prom.query_value("wsrl_stage_steps_per_second") == pytest.approx(eps, rel=1e-12)
+        # the progress went up between scrapes
+        assert prom.query_value("min_over_time(wsrl_stage_progress[5m])") < 1.0
         # The counter moved between scrapes: Prometheus stored more than the start and end values.
         assert prom.query_value("changes(wsrl_env_steps_total[5m])") >= 1
         assert prom.query_value("min_over_time(wsrl_env_steps_total[5m])") == 0.0

@@ -4,6 +4,8 @@ seeds end with different actors, scaling applies per group. (Resume: tests/runti
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import urllib.request
 from pathlib import Path
@@ -26,8 +28,18 @@ def multi(ray_local, tmp_path_factory):
         tmp_path_factory.mktemp("multi") / "two-seeds", f"run.seeds={list(SEEDS)}",
         f"finetune.warmup_steps={K}", f"finetune.online_steps={TOTAL}", "finetune.eval_every=100000",
         "runtime.num_workers=1", f"runtime.utd_slack={UTD_SLACK}", f"runtime.rollout_slack={ROLLOUT_SLACK}",
-        "run.checkpoint_every=100000",
+        "run.checkpoint_every=100000", "run.progress=true",
     )
+    out = io.StringIO()  # the driver's stdout: the progress lines (runtime/progress.py), not a terminal
+    stdout = contextlib.redirect_stdout(out)
+    stdout.__enter__()
+    try:
+        return _run_multi(cfg, out)
+    finally:
+        stdout.__exit__(None, None, None)
+
+
+def _run_multi(cfg, out):
     bg = BackgroundJob(cfg)
     events: dict = {}
     bg.wait_for(lambda s: s["phase"] == "online" and all(
@@ -39,7 +51,23 @@ def multi(ray_local, tmp_path_factory):
     events["ack"] = driver.scale(None, 2, job=cfg.run.run_dir.rsplit("/", 1)[-1])
     events["scaled"] = bg.wait_for(lambda s: all(st["workers_alive"] == 2 for st in s["seeds"].values()))
     run_dir = bg.join()
+    events["stdout"] = out.getvalue().splitlines()
     return cfg, run_dir, bg, events
+
+
+def test_the_driver_prints_the_run_dir_once_and_each_seeds_stage_lines(multi):
+    _, run_dir, _, events = multi
+    lines = events["stdout"]
+    assert lines[:2] == [f"run dir: {run_dir}", f"metrics: {run_json(run_dir)['metrics_url']}"]
+    for seed in SEEDS:  # pretrain.algo=none: no build or pretrain line
+        for stage, total in (("warmup", K), ("online", TOTAL)):
+            assert f"seed {seed} {stage}: {total}/{total} (100%)" in [x.split("  ")[0] for x in lines], lines
+    assert not any(" build" in x or " pretrain" in x for x in lines), lines
+    per = events["scaled"]["seeds"]  # a status while online: each seed's own stage and progress
+    assert all(st["stage"] == "online" and st["stage_total"] == TOTAL and 0 < st["stage_progress"] <= 1
+               for st in per.values()), per
+    for seed in SEEDS:
+        assert f'wsrl_stage{{seed="{seed}",stage="online"}} 1.0' in events["metrics"]
 
 
 def _seed_dir(run_dir, seed):

@@ -3,6 +3,8 @@
 Source of offline files where D4RL/Minari data cannot be downloaded: `build_dataset` -> `write_d4rl_hdf5`
 -> `load_d4rl_hdf5` -> pre-training. Rewards are stored raw (docs/CONVENTIONS.md). The behaviour run
 (the long part) checkpoints as it goes and a killed build resumes it (`train_behaviour_policy`).
+Its per-step learners (host-replay reference, CUDA-graph fast path) are in data/behaviour.py; the
+rollouts as parallel env streams in data/parallel_rollout.py.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from wsrl_dist.algo.agent import Agent, make_agent
 from wsrl_dist.algo.nets import NetConfig
 from wsrl_dist.algo.policy import Policy
 from wsrl_dist.algo.sac import SACConfig
-from wsrl_dist.algo.types import Batch, batch_from_numpy
+from wsrl_dist.algo.types import Batch
 from wsrl_dist.algo.update import polyak, sac_actor_temperature_step
+from wsrl_dist.data.behaviour import make_learner
 from wsrl_dist.data.d4rl import load_d4rl_hdf5, write_d4rl_hdf5
+from wsrl_dist.data.parallel_rollout import env_stream, init_actor_weights, rollout_parallel
 from wsrl_dist.data.ring import RingBuffer
 from wsrl_dist.data.schema import COLUMN_NAMES, OfflineDataset, episode_bounds
 from wsrl_dist.envs.make import make_env, obs_act_dims
@@ -38,7 +42,8 @@ from wsrl_dist.envs.tasks import TaskSpec, get_task
 from wsrl_dist.evaluation import evaluate
 
 RECIPES = ("random", "medium", "medium-replay", "expert", "medium-expert")
-BUILDER_VERSION = 1
+# 2: dataset rollouts from `rollout_envs` env streams (BuildSpec.rollout_envs)
+BUILDER_VERSION = 2
 DATASET_NOTE = "built by wsrl_dist's D4RL-recipe builder, not the original D4RL data"
 # Families where "SAC to a return target" makes sense: dense rewards. AntMaze/Kitchen/Adroit data came
 # from planners, demos and BC rollouts, which SAC from scratch on a sparse reward cannot stand in for.
@@ -90,6 +95,10 @@ class BuildSpec:
     random_steps: int = 5_000  # uniform random actions, no updates, before SAC starts (as CleanRL's SAC)
     eval_every: int = 10_000
     eval_episodes: int = 10
+    # Deviation: D4RL rolled its policy out in one env; here `rollout_envs` seeded envs each write a
+    # contiguous stream (data/parallel_rollout.py), so the rows end in that many partial episodes
+    # (timeouts) instead of one. The data depends on this number, not on the processes running it.
+    rollout_envs: int = 16
     device: str = "cpu"
 
     def resolved(self) -> BuildSpec:
@@ -101,7 +110,7 @@ class BuildSpec:
         recipe = self.recipe or recipe_from_task(self.task)
         if recipe not in RECIPES:
             raise ValueError(f"recipe {recipe!r} not in {RECIPES}")
-        for name in ("transitions", "eval_every", "eval_episodes"):
+        for name in ("transitions", "eval_every", "eval_episodes", "rollout_envs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if recipe != "random" and self.train_steps <= self.random_steps:
@@ -114,8 +123,11 @@ class BuildSpec:
                                    sac=dataclasses.replace(self.sac))
 
     def net_config(self) -> NetConfig:
-        # No LayerNorm: plain SAC nets (the fine-tuning nets use it, wsrl-reference "Networks").
-        return NetConfig(actor_hidden=list(self.hidden), critic_hidden=list(self.hidden), layer_norm=False)
+        # Plain rlkit-style SAC nets, not WSRL's: no LayerNorm (the fine-tuning nets use it,
+        # wsrl-reference "Networks"), two separate critics each with its own head, and the default
+        # init on the critic's last hidden layer. Same initial weights as before the shared head.
+        return NetConfig(actor_hidden=list(self.hidden), critic_hidden=list(self.hidden), layer_norm=False,
+                         shared_q_head=False, critic_kernel_scale_final=None)
 
     def key(self) -> dict[str, Any]:
         """The fields that decide the file's content (device excluded; no training fields for random)."""
@@ -195,18 +207,24 @@ def policy_from_weights(task: TaskSpec, net: NetConfig, weights: dict[str, np.nd
 
 
 def _eval_return(policy: Policy, task: TaskSpec, episodes: int, seed: int) -> float:
-    """Mean raw return of the deterministic policy (evaluation.evaluate: eval env, seeded episodes)."""
+    """Mean raw return of the deterministic policy (evaluation.evaluate: eval env, seeded episodes).
+    Serial: stepping the episodes together in a SyncVectorEnv measured slower on CPU (hopper, 10
+    random-init episodes: 0.70-0.80 s vs 0.45-0.62 s; lock-step waits for the longest episode). At
+    most 10k env steps per eval, every eval_every (10k) behaviour steps."""
     return float(evaluate(policy, task, episodes, seed)["return_mean"])
 
 
 def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: Path | None = None,
-                           checkpoint_every: int = 50_000, report: BuildReport | None = None
-                           ) -> tuple[Agent, dict[str, np.ndarray], TrainHistory]:
+                           checkpoint_every: int = 50_000, report: BuildReport | None = None,
+                           fast: bool | None = None) -> tuple[Agent, dict[str, np.ndarray], TrainHistory]:
     """SAC from scratch on make_env(task): `random_steps` uniform actions first, then one update per env
     step; deterministic eval every `eval_every` steps. medium / medium-replay stop at the first eval
     >= target_return; other recipes train the whole budget (medium-expert keeps the actor at that
     point). Returns (agent, replay columns [N rows, raw rewards, oldest first], history).
 
+    `fast` (None: on a CUDA device): data/behaviour.py's FastLearner (replay on the device, a step as
+    two CUDA graphs, the next action from the actor before the step's update: its Deviation note);
+    else its EagerLearner (host replay, numpy-drawn batches, acting after the update), the CPU path.
     `partial`: a checkpoint file written every `checkpoint_every` env steps (agent, optimizers, replay,
     history, RNG states) and resumed from when present, so a killed build loses at most that many
     steps. A resumed run is not bitwise the uninterrupted one: the environment's episode in progress
@@ -221,9 +239,13 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: P
     env = make_env(task, seed=spec.seed)
     rng = np.random.default_rng(spec.seed)
     buf = RingBuffer(spec.train_steps, obs_dim, act_dim)
+    device = torch.device(spec.device)
+    fast = device.type == "cuda" if fast is None else fast
     with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's torch RNG
         torch.manual_seed(spec.seed)
-        agent = make_agent(obs_dim, act_dim, net, cfg, device=spec.device)
+        agent = make_agent(obs_dim, act_dim, net, cfg, device=device, capturable=fast and device.type == "cuda")
+        # looked up here, not imported into behaviour.py: tests wrap this module's sac_update
+        learner = make_learner(agent, cfg, buf, rng, sac_update, fast)
         step = 0
         if partial is not None and partial.is_file():
             step, wall_before = _load_build_partial(partial, spec, agent, buf, hist, rng)
@@ -235,20 +257,23 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: P
                    disable=not progress, mininterval=1.0)
         if step:
             bar.set_postfix(resumed_at=step)
+        action = None  # the policy's action for `obs`, computed by the previous learner step
         try:
             while step < spec.train_steps:
                 step += 1
-                if step <= spec.random_steps:
+                learning = step > spec.random_steps
+                if not learning:
                     action = rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
-                else:
-                    with torch.no_grad():
-                        o = torch.as_tensor(obs, dtype=torch.float32, device=agent.device)[None]
-                        action = agent.actor(o)[0][0].cpu().numpy()
+                elif action is None:
+                    action = learner.act(obs)
                 next_obs, reward, terminated, truncated, _ = env.step(action)
-                buf.insert(_row(obs, action, reward, next_obs, terminated, truncated), source="sac run")
+                t = (obs, action, reward, next_obs, terminated, truncated)
                 obs = env.reset()[0] if (terminated or truncated) else next_obs
-                if step > spec.random_steps:
-                    sac_update(agent, batch_from_numpy(buf.sample(cfg.batch_size, rng), agent.device), cfg)
+                if learning:  # insert, one update, and the action for the next step
+                    action = learner.step(t, obs)
+                else:
+                    learner.insert(t)
+                    action = None
                 bar.update(1)
                 evaluated = step % spec.eval_every == 0 or step == spec.train_steps
                 if evaluated:
@@ -267,14 +292,15 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: P
                     _report(report, "behaviour", step, spec.train_steps, hist)
                 if partial is not None and checkpoint_every > 0 and step % checkpoint_every == 0 \
                         and step < spec.train_steps:
-                    _save_build_partial(partial, spec, agent, buf, hist, rng, step, time.perf_counter() - t0)
+                    _save_build_partial(partial, spec, agent, learner.replay(), hist, rng, step,
+                                        time.perf_counter() - t0)
         finally:
             bar.close()
             env.close()
     hist.train_steps_used = step
     hist.final_weights = agent.export_policy()
     hist.wall_s = time.perf_counter() - t0
-    replay = buf.export()
+    replay = learner.replay().export()
     _end_last_episode(replay)
     return agent, replay, hist
 
@@ -350,14 +376,6 @@ def _load_build_partial(path: Path, spec: BuildSpec, agent: Agent, buf: RingBuff
     return step, float(state["wall_s"])
 
 
-def _row(obs, action, reward, next_obs, terminated, truncated) -> dict[str, np.ndarray]:
-    """One transition as a 1-row chunk. Terminated wins over a same-step truncation (no bootstrap)."""
-    f32 = np.float32
-    return {"observations": np.asarray(obs, f32)[None], "actions": np.asarray(action, f32)[None],
-            "rewards": np.array([reward], f32), "next_observations": np.asarray(next_obs, f32)[None],
-            "terminals": np.array([terminated], f32), "timeouts": np.array([truncated and not terminated], f32)}
-
-
 def _end_last_episode(cols: dict[str, np.ndarray]) -> None:
     """Mark the final row a timeout unless it terminated: the data stops mid-episode there (D4RL)."""
     if len(cols["terminals"]) and not cols["terminals"][-1]:
@@ -368,26 +386,25 @@ def rollout_dataset(policy: Policy, task: str | TaskSpec, n_transitions: int, se
                     deterministic: bool = False, *, progress: bool = False,
                     report: BuildReport | None = None) -> OfflineDataset:
     """`n_transitions` rows of `policy` acting in make_env(task, seed): D4RL columns, raw rewards,
-    timeouts at TimeLimit truncation and on the last row (a partial episode) unless it terminated."""
+    timeouts at TimeLimit truncation and on the last row (a partial episode) unless it terminated.
+    One env stream in this process: D4RL's way and the benchmark's baseline; build_dataset runs
+    `rollout_parallel` (data/parallel_rollout.py: many such streams over worker processes)."""
     task = task if isinstance(task, TaskSpec) else get_task(task)
-    obs_dim, act_dim = obs_act_dims(task)
     n = int(n_transitions)
-    cols = {k: np.zeros((n, obs_dim) if k in ("observations", "next_observations")
-                        else (n, act_dim) if k == "actions" else (n,), np.float32) for k in COLUMN_NAMES}
-    env = make_env(task, seed=seed)
+    bar = tqdm(total=n, desc=f"rollout {task.name}", disable=not progress, mininterval=1.0)
+
+    class Progress:
+        done = 0
+
+        def put(self, rows: int) -> None:
+            bar.update(rows)
+            self.done += rows
+            _report(report, "rollout", self.done, n)
+
     try:
-        obs, _ = env.reset()
-        for i in tqdm(range(n), desc=f"rollout {task.name}", disable=not progress, mininterval=1.0):
-            action = policy.act(obs[None], deterministic=deterministic)[0]
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            for k, v in _row(obs, action, reward, next_obs, terminated, truncated).items():
-                cols[k][i] = v[0]
-            obs = env.reset()[0] if (terminated or truncated) else next_obs
-            if report is not None and ((i + 1) % (10 * REPORT_EVERY) == 0 or i + 1 == n):
-                _report(report, "rollout", i + 1, n)
+        cols = env_stream(policy, task, n, seed, deterministic, Progress())
     finally:
-        env.close()
-    _end_last_episode(cols)
+        bar.close()
     return OfflineDataset.from_columns(cols, metadata={"task_name": task.name, "env_id": task.env_id},
                                        source=f"rollout:{task.name}")
 
@@ -496,14 +513,16 @@ def build_dataset(spec: BuildSpec, cache_dir: str | os.PathLike | None = None,
     weights, replay, hist = _behaviour(spec, path.parent, progress, checkpoint_every, report)
     parts, evals = [], []
     for i, (name, w) in enumerate(weights.items()):
+        w = init_actor_weights(task, net, spec.seed + 1 + i) if w is None else w  # "random": seeded init
         policy = policy_from_weights(task, net, w, spec.seed + 1 + i)
         evals.append(_eval_return(policy, task, spec.eval_episodes, spec.seed + 100))
         if name == "medium-replay":  # the buffer itself, its last `transitions` rows at most
             parts.append({k: v[-spec.transitions:] for k, v in replay.items()})
         else:
             n = spec.transitions // len(weights) + (i < spec.transitions % len(weights))
-            parts.append(rollout_dataset(policy, task, n, spec.seed + 1 + i, progress=progress,
-                                         report=report).columns())
+            parts.append(rollout_parallel(w, net, task, n, spec.seed + 1 + i, spec.rollout_envs, progress=progress,
+                                        report=lambda done, total: _report(report, "rollout", done, total),
+                                        report_every=10 * REPORT_EVERY))
     ds = OfflineDataset.from_columns({k: np.concatenate([p[k] for p in parts]) for k in COLUMN_NAMES})
     rets = episode_returns(ds)
     one = len(evals) == 1

@@ -41,6 +41,11 @@ SNAPSHOT schema (every key optional; a missing key is simply not exported):
     learner_loop_seconds      {part: s}  cumulative wall seconds of the learner's training loop by
                               part: limiter_wait, sample_wait, assemble_to_device, update_launch,
                               publish (runtime/learner.py time split)
+    stage                     str  one of STAGES: "prepare" (the learner's prepare before any build or
+                              pre-training step), "build", "pretrain", "warmup", "online", "done"
+    stage_progress            float  the stage's share done, 0..1
+    stage_steps_per_second    float  the stage's recent rate (behaviour / pre-training / env steps per s)
+    stage_eta_seconds         float  seconds left in the stage at that rate
 A multi-seed job serves one snapshot per seed, each series with a leading `seed` label
 (`labelled_metric_families`); a single-seed job's series carry no seed label.
 A histogram dict is {"buckets": [upper bounds, +Inf excluded], "counts": [non-cumulative count per
@@ -68,6 +73,8 @@ from prometheus_client.registry import Collector
 log = logging.getLogger(__name__)
 
 PHASES: tuple[str, ...] = ("pretrain", "warmup", "online", "done")
+# finer than PHASES: the "pretrain" phase is the learner's prepare, which builds a dataset and pre-trains
+STAGES: tuple[str, ...] = ("prepare", "build", "pretrain", "warmup", "online", "done")
 # Policy lag is a small integer (weight versions); 0 means on-policy for the current version.
 POLICY_LAG_BUCKETS: tuple[float, ...] = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 # 1 ms .. 60 s: covers a learner step on GPU (ms) up to a slow weight broadcast (s).
@@ -137,7 +144,8 @@ class MetricSpec:
 
     `source` says how to read it from the snapshot: "scalar" (snapshot[key]), "map" (snapshot[key] is
     {label_value: number}, one label), "replay" (per-shard field `field` of snapshot["replay"]),
-    "replay_rejected" (per shard and reason), "phase" (one-hot over PHASES), "histogram".
+    "replay_rejected" (per shard and reason), "phase" (one-hot over PHASES), "stage" (one-hot over
+    STAGES), "histogram".
     """
 
     name: str
@@ -153,6 +161,15 @@ class MetricSpec:
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("wsrl_phase", "gauge", "1 for the job's current stage (pretrain, warmup, online, done), 0 for the others.",
                "phase", "phase", ("phase",)),
+    MetricSpec("wsrl_stage", "gauge",
+               "1 for the job's current stage (prepare, build, pretrain, warmup, online, done), 0 for the others.",
+               "stage", "stage", ("stage",)),
+    MetricSpec("wsrl_stage_progress", "gauge", "Share of the current stage done (0..1).", "stage_progress"),
+    MetricSpec("wsrl_stage_steps_per_second", "gauge",
+               "Recent steps per second of the current stage (behaviour, pre-training or env steps).",
+               "stage_steps_per_second"),
+    MetricSpec("wsrl_stage_eta_seconds", "gauge", "Seconds left in the current stage at its recent rate.",
+               "stage_eta_seconds"),
     MetricSpec("wsrl_env_steps_total", "counter", "Environment steps taken by all rollout workers.",
                "env_steps_total"),
     MetricSpec("wsrl_worker_env_steps_total", "counter", "Environment steps taken, per rollout worker.",
@@ -249,10 +266,11 @@ def _fill(fam: Metric, spec: MetricSpec, val: Any, pre: list[str]) -> None:
     elif spec.source == "map":
         for k, v in sorted(val.items(), key=lambda kv: str(kv[0])):
             fam.add_metric([*pre, str(k)], float(v))
-    elif spec.source == "phase":
-        if val not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {val!r}")
-        for p in PHASES:
+    elif spec.source in ("phase", "stage"):
+        values = PHASES if spec.source == "phase" else STAGES
+        if val not in values:
+            raise ValueError(f"{spec.source} must be one of {values}, got {val!r}")
+        for p in values:
             fam.add_metric([*pre, p], 1.0 if p == val else 0.0)
     elif spec.source == "replay":
         for shard, st in sorted(val.items(), key=lambda kv: str(kv[0])):

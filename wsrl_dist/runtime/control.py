@@ -7,6 +7,8 @@ every tick. `scale(address, n)` and `status(address)` connect to the cluster and
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -69,18 +71,44 @@ def _connect(address: str | None) -> None:
                  log_to_driver=False)
 
 
+class SeveralJobs(RuntimeError):
+    """Several wsrl_dist jobs run on the cluster and none was named: `names` are their run-dir names."""
+
+    def __init__(self, names: list[str]):
+        self.names = sorted(names)
+        super().__init__(f"several wsrl_dist jobs are running, name one: {', '.join(self.names)}")
+
+
+def running_jobs(address: str | None) -> list[str]:
+    """Run-dir names of the wsrl_dist jobs whose controller is alive on the cluster."""
+    _connect(address)
+    return sorted(a["name"][len(PREFIX):] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == NAMESPACE and a["name"].startswith(PREFIX))
+
+
 def find_controller(address: str | None, job: str | None = None) -> Any:
-    """Handle of the job's controller; `job` (run-dir name) is needed only when several jobs run."""
+    """Handle of the job's controller; `job` (run-dir name or path) is needed only when several jobs run."""
     _connect(address)
     if job is not None:
-        return ray.get_actor(controller_name(job), namespace=NAMESPACE)
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["namespace"] == NAMESPACE and a["name"].startswith(PREFIX)]
+        try:
+            return ray.get_actor(controller_name(job), namespace=NAMESPACE)
+        except ValueError:
+            raise ValueError(f"no running wsrl_dist job {controller_name(job)[len(PREFIX):]!r} on the "
+                             f"cluster at {address or 'auto'}; running: {running_jobs(address) or 'none'}") from None
+    names = running_jobs(address)
     if not names:
         raise RuntimeError(f"no running wsrl_dist job found on the cluster at {address or 'auto'}")
     if len(names) > 1:
-        raise RuntimeError(f"several jobs are running, name one with job=: {sorted(names)}")
-    return ray.get_actor(names[0], namespace=NAMESPACE)
+        raise SeveralJobs(names)
+    return ray.get_actor(PREFIX + names[0], namespace=NAMESPACE)
+
+
+def job_address(job: str | None) -> str | None:
+    """The Ray address recorded in run.json of the run dir `job` (driver.launch writes it), so that
+    `wsrl-dist status RUN_DIR` reaches that job's cluster and not the newest one on this host."""
+    if job is None or not (Path(job) / "run.json").is_file():
+        return None
+    return json.loads((Path(job) / "run.json").read_text()).get("ray_address")
 
 
 def scale(address: str | None, n: int, job: str | None = None) -> dict[str, Any]:
@@ -89,6 +117,35 @@ def scale(address: str | None, n: int, job: str | None = None) -> dict[str, Any]
 
 
 def status(address: str | None, job: str | None = None) -> dict[str, Any]:
-    """The job's latest status: phase, env steps/s, updates/s, UTD actual/target, replay sizes,
-    policy lag, workers alive (see monitor.Monitor.status)."""
+    """The job's latest status: stage with progress and ETA, phase, env steps/s, updates/s, UTD
+    actual/target, replay sizes, policy lag, workers alive (see monitor.Monitor.status)."""
     return ray.get(find_controller(address, job).status.remote())
+
+
+def status_command(address: str | None, job: str | None, as_json: bool, out=sys.stdout) -> int:
+    """`wsrl-dist status [RUN_DIR|NAME] [--json]`: the summary (runtime/progress.py format_status) or
+    the raw record. With several jobs running and none named it lists them and asks which (on a
+    terminal), or names them and exits 2."""
+    from wsrl_dist.runtime.progress import format_status
+
+    address = address or job_address(job) or "auto"
+    try:
+        st = status(address, job)
+    except SeveralJobs as e:
+        if not sys.stdin.isatty():
+            print(f"wsrl-dist status: {e}\n  e.g. wsrl-dist status {e.names[0]}", file=sys.stderr)
+            return 2
+        for i, name in enumerate(e.names, 1):
+            print(f"  {i}) {name}", file=out)
+        pick = input(f"several wsrl_dist jobs are running; which one [1-{len(e.names)}]? ").strip()
+        if not pick.isdigit() or not 1 <= int(pick) <= len(e.names):
+            print(f"wsrl-dist status: no job {pick!r}", file=sys.stderr)
+            return 2
+        job = e.names[int(pick) - 1]
+        st = status(address, job)
+    except (RuntimeError, ValueError, ConnectionError) as e:
+        print(f"wsrl-dist status: {e}", file=sys.stderr)
+        return 1
+    st["job"] = controller_name(st.get("run_dir") or job or "")[len(PREFIX):]
+    print(json.dumps(st, indent=2, default=str) if as_json else format_status(st), file=out)
+    return 0

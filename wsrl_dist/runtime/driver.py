@@ -32,6 +32,7 @@ from wsrl_dist.runtime.control import NAMESPACE, controller_name, make_controlle
 from wsrl_dist.runtime.grants import learner_actor_class
 from wsrl_dist.runtime.learner import Learner, first_update_step
 from wsrl_dist.runtime.monitor import Monitor
+from wsrl_dist.runtime.progress import StageLines, StageProgress, announce
 from wsrl_dist.runtime.replay import ReplayShard
 from wsrl_dist.runtime.supervisor import Supervisor
 from wsrl_dist.runtime.weights import WeightStore
@@ -157,6 +158,7 @@ class Job:
                             alive=self.sup.states(), store_version=version,
                             restarts=self.sup.restarts, dropped=self.c["dropped"],
                             workers_target=self.c["workers_target"])
+        self._stage_progress(phase)
         self.snapshot = self.monitor.snapshot()
         self._push_status()
         view, wall = self.monitor.view, self._wall()
@@ -180,6 +182,32 @@ class Job:
             self._checkpoint()
             while self.c["next_checkpoint"] <= env_steps:
                 self.c["next_checkpoint"] += self.cfg.run.checkpoint_every
+
+    def _progress(self) -> StageProgress:
+        """The stage lines and fields of this job (runtime/progress.py); a seed group's lines say its seed."""
+        if getattr(self, "_stage", None) is None:
+            parent = getattr(self, "parent", None)
+            label = f"seed {self.cfg.run.seed}" if parent is not None else ""
+            total = self.cfg.finetune.online_steps
+            self._stage = StageProgress(job.warmup_steps(self.cfg), total,
+                                        StageLines(label=label, enabled=self.cfg.run.progress),
+                                        updates_total=int(round(self.monitor.utd_target
+                                                                * max(0, total - self.first_update))))
+        return self._stage
+
+    def _stage_progress(self, phase: str) -> None:
+        """Stage fields into the monitor's view (status, metrics.jsonl, Prometheus) and the stage line.
+        Build and pre-training run inside learner.prepare(): their counts come from learner.progress()
+        (its own concurrency group) until the first tick after prepare returned."""
+        sp = self._progress()
+        rec = ray.get(self.learner.progress.remote()) if sp.learner_open else None
+        fields = sp.update(phase, self.monitor.view, rec)
+        self.monitor.view.update(fields)
+        step = (rec or {}).get("loss_step")
+        # the latest pre-training losses once per log step seen (local.py logs every run.log_every)
+        if step and step != getattr(self, "_logged_pretrain", None):
+            self._logged_pretrain = step
+            self.log.write("pretrain", step=step, wall_time=self._wall(), **rec["losses"])
 
     def _push_status(self) -> None:
         self.controller.set_status.remote({**self.monitor.status(), "learner_node": self.learner_node})
@@ -213,6 +241,7 @@ class Job:
                     continue
                 self.log.write("eval", env_steps=steps, phase=phase, weights_version=version,
                                wall_time=self._wall(), **res)
+                self._progress().last_eval = res.get("return_mean")
             else:
                 keep.append((ref, steps, phase, version))
         self.evals = keep
@@ -355,7 +384,8 @@ class Job:
             self._create_actors()
             server = _start_metrics(lambda: self.snapshot, self.rt)
             job.update_run_json(self.run_dir, metrics_url=f"http://{server.host}:{server.port}/metrics",
-                                controller=controller_name(str(self.run_dir)))
+                                controller=controller_name(str(self.run_dir)), ray_address=_ray_address())
+            announce(self.run_dir, f"http://{server.host}:{server.port}/metrics", note=_port_note(server, self.rt))
             if self.resume_from is not None:
                 self._restore()
                 self.sup.scale(self.c["workers_target"])
@@ -383,10 +413,24 @@ def _start_metrics(snapshot_fn, rt, label: str | None = None) -> MetricsServer:
     try:
         server.start()
     except OSError as e:  # port taken (another job on this host): serve on a free one instead
-        log.warning("metrics port %s unavailable (%s); using a free port", rt.metrics_port, e)
         server = MetricsServer(snapshot_fn, rt.metrics_host, 0, label=label)
         server.start()
+        log.warning("metrics port %s unavailable (%s); serving on http://%s:%d/metrics instead",
+                    rt.metrics_port, e, server.host, server.port)
     return server
+
+
+def _port_note(server: MetricsServer, rt) -> str:
+    """Said after the metrics URL when the configured port was taken (run.json has the URL too)."""
+    return f"  (port {rt.metrics_port} was taken)" if rt.metrics_port and server.port != rt.metrics_port else ""
+
+
+def _ray_address() -> str | None:
+    """The cluster's GCS address, for `wsrl-dist status RUN_DIR` (it connects there, not to 'auto')."""
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - an older Ray or a client connection: status falls back to auto
+        return None
 
 
 def _connect(rt, groups: int = 1) -> bool:

@@ -17,6 +17,7 @@ import ray
 
 from wsrl_dist import job
 from wsrl_dist.runtime.limiter import UtdLimiter
+from wsrl_dist.runtime.progress import PROGRESS
 
 GRANTS = "grants"  # Ray concurrency group of the rollout workers' grant calls
 
@@ -25,8 +26,10 @@ def learner_actor_class(cls: type, num_workers: int, groups: int = 1) -> Any:
     """`cls` (Learner or MultiSeedLearner) as a Ray actor class whose grant calls run on a thread
     pool of their own: a worker waiting there for env steps holds one thread. Twice the workers (at
     least 16) per seed group leaves room for `wsrl-dist scale`; past that, grant calls queue (the
-    workers slow down, nothing deadlocks: each waits at most runtime.grant_wait_s)."""
-    return ray.remote(concurrency_groups={GRANTS: max(16, 2 * int(num_workers)) * int(groups)})(cls)
+    workers slow down, nothing deadlocks: each waits at most runtime.grant_wait_s). progress() has
+    a thread of its own (runtime/progress.py): it answers while prepare() holds the learner."""
+    return ray.remote(concurrency_groups={GRANTS: max(16, 2 * int(num_workers)) * int(groups),
+                                          PROGRESS: 1})(cls)
 
 
 def rollout_slack(cfg) -> int | None:

@@ -37,6 +37,7 @@ from wsrl_dist.runtime.grants import GRANTS, GrantDesk, rollout_slack
 from wsrl_dist.runtime.hostcopy import HostCopy
 from wsrl_dist.runtime.limiter import UtdLimiter
 from wsrl_dist.runtime.procstats import ProcessStats
+from wsrl_dist.runtime.progress import PROGRESS, StageRecord
 from wsrl_dist.runtime.weights import WeightPublisher
 
 
@@ -113,7 +114,13 @@ class Learner:
         self.bundle_timer = BundleTimer(self.device)  # device time of sampled bundles (GPU-bound?)
         self.feed: ReplayFeed | None = None
         self._train_start = (0.0, 0)  # (perf_counter, critic updates) when train() began
+        self.stage = StageRecord()  # build / pre-training progress, read by progress() during prepare
         self.set_shards(shards or [])
+
+    @ray.method(concurrency_group=PROGRESS)
+    def progress(self) -> dict[str, Any]:
+        """The build / pre-training progress of a prepare() that may still be running (progress.py)."""
+        return self.stage.read()
 
     def set_shards(self, shards: list) -> None:
         """Replay shard handles (the driver places shards next to the learner, after creating it)."""
@@ -131,15 +138,17 @@ class Learner:
         ckpt_dir = Path(c.run.run_dir) / "checkpoints"
         finished = warm and not c.pretrain.checkpoint and resume and (ckpt_dir / "pretrained.pt").is_file()
         if (warm and not c.pretrain.checkpoint and not finished) or self.ratio > 0:
-            dataset = job.load_offline_dataset(c, self.task, progress=False)
+            dataset = job.load_offline_dataset(c, self.task, progress=False, report=self.stage.build_event)
             sampler = DeviceSampler(training_arrays(dataset, self.task, c.sac.discount), self.device,
                                     c.run.seed)
             out["dataset"] = dataset.source
             if warm and not c.pretrain.checkpoint and not finished:
+                self.stage.start("pretrain", c.pretrain.steps)
                 t_loop = time.time()
                 with self._agent_lock:
-                    first = pretrain_agent(self.agent, sampler, c, on_log=lambda s, i: out.update(last=i),
-                                           mode=self.mode, partial=ckpt_dir / PARTIAL, resume=resume)
+                    first = pretrain_agent(self.agent, sampler, c, on_log=lambda s, i: (
+                        out.update(last=i), self.stage.pretrain_log(s, i)), progress=self.stage.add,
+                        mode=self.mode, partial=ckpt_dir / PARTIAL, resume=resume)
                 # the step's kind and its rate (loop only, capture and compilation included): `seconds`
                 # also holds the dataset's load or build, so steps / seconds understates the step
                 out["pretrain_step"] = offline_step_kind(c.pretrain.algo, self.mode)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from wsrl_dist.ops.metrics import POLICY_LAG_BUCKETS, SECONDS_BUCKETS, Histogram
+from wsrl_dist.runtime.progress import STAGE_KEYS
 
 WINDOW_SECONDS = 5.0
 ALIVE_STATES = ("idle", "running", "stopping", "done")  # supervisor slot states with a live actor
@@ -108,6 +109,10 @@ class Monitor:
             "learner_step_seconds": v["learner_step_seconds"], "gpu_memory_bytes": v["gpu_memory_bytes"],
             "learner_device_busy": v.get("learner_device_busy"),
             "learner_loop_seconds": v.get("learner_time_split_s") or None,
+            # the stage (build, pretrain, ...) with its progress, rate and ETA (runtime/progress.py)
+            "stage": v.get("stage"), "stage_progress": v.get("stage_progress"),
+            "stage_steps_per_second": v.get("stage_steps_per_second"),
+            "stage_eta_seconds": v.get("stage_eta_seconds"),
         }
         proc = v.get("learner_process")
         if proc:  # the learner process's own load (runtime/procstats.py)
@@ -131,7 +136,7 @@ class Monitor:
                 "worker_restarts_total", "dropped_env_steps", "workers", "learner_env_steps",
                 "env_steps_by_worker", "learner_device", "learner_gpu_ids",
                 "limiter_blocked_seconds", "episode_return", "updated_at")
-        out = {k: v.get(k) for k in keep}
+        out = {k: v.get(k) for k in keep + STAGE_KEYS}
         out["replay_sizes"] = {i: r["size"] for i, r in v.get("replay", {}).items()}
         return out
 
@@ -142,7 +147,8 @@ class Monitor:
                 "critic_updates_per_second", "utd_actual", "utd_cumulative", "utd_target",
                 "learner_env_steps", "policy_lag", "weights_version", "workers_alive",
                 "worker_restarts_total", "dropped_env_steps", "episode_return")
-        out = {k: v.get(k) for k in keep}
+        # the stage's count, rate and ETA: pre-training steps while env steps are still 0
+        out = {k: v.get(k) for k in keep + STAGE_KEYS if k != "pretrain_losses"}
         out["replay_size"] = sum(r["size"] for r in v["replay"].values())
         out["limiter_blocked_learner_s"] = v["limiter_blocked_seconds"].get("learner", 0.0)
         out["limiter_blocked_rollout_s"] = v["limiter_blocked_seconds"].get("rollout", 0.0)

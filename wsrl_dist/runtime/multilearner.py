@@ -25,6 +25,7 @@ from wsrl_dist.algo.fused_offline import FUSED_OFFLINE_ALGOS
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agents, training_arrays
 from wsrl_dist.runtime.grants import GRANTS
 from wsrl_dist.runtime.learner import Learner
+from wsrl_dist.runtime.progress import PROGRESS
 
 
 class MultiSeedLearner:
@@ -88,6 +89,10 @@ class MultiSeedLearner:
         with self._seed_rng(group):
             return self._one(group).prepare(pretrain, resume)
 
+    @ray.method(concurrency_group=PROGRESS)
+    def progress(self, group: int) -> dict[str, Any]:
+        return self._one(group).progress()
+
     def _together(self) -> bool:
         c = self.cfg
         return (len(self.learners) > 1 and self.mode.startswith("fused") and job.uses_pretraining(c)
@@ -107,16 +112,24 @@ class MultiSeedLearner:
         samplers, sources = [], []
         for lrn in lrns:
             c = lrn.cfg
-            dataset = job.load_offline_dataset(c, lrn.task, progress=False)
+            dataset = job.load_offline_dataset(c, lrn.task, progress=False, report=lrn.stage.build_event)
             samplers.append(DeviceSampler(training_arrays(dataset, lrn.task, c.sac.discount), lrn.device,
                                           c.run.seed))
             sources.append(dataset.source)
+        for lrn in lrns:  # every seed's progress shows the shared loop's steps
+            lrn.stage.start("pretrain", self.cfg.pretrain.steps)
+
+        def progress(n: int) -> None:
+            for lrn in lrns:
+                lrn.stage.add(n)
+
         t_loop = time.time()
         with contextlib.ExitStack() as held:
             for lrn in lrns:
                 held.enter_context(lrn._agent_lock)
             first = pretrain_agents([lrn.agent for lrn in lrns], samplers, self.cfg, self.mode,
-                                    partials=[d / PARTIAL for d in ckpts], resume=resume)
+                                    partials=[d / PARTIAL for d in ckpts], resume=resume, progress=progress,
+                                    on_log=lambda s, infos: [lrn.stage.pretrain_log(s, i) for lrn, i in zip(lrns, infos)])
         loop_s = time.time() - t_loop
         steps = self.cfg.pretrain.steps
         out = {"pretrain_steps": steps, "pretrain_step": f"{offline_step_kind(self.cfg.pretrain.algo, self.mode)}, "

@@ -30,12 +30,15 @@ from wsrl_dist.runtime.control import controller_name, make_controller
 from wsrl_dist.runtime.driver import (
     Job,
     _on_this_node,
+    _port_note,
+    _ray_address,
     _start_metrics,
     check_learner_running,
     scale_requests,
 )
 from wsrl_dist.runtime.grants import learner_actor_class
 from wsrl_dist.runtime.multilearner import LearnerView, MultiSeedLearner
+from wsrl_dist.runtime.progress import announce
 from wsrl_dist.runtime.supervisor import Supervisor
 from wsrl_dist.runtime.weights import WeightStore
 
@@ -251,7 +254,9 @@ class MultiSeedJob:
             server = _start_metrics(lambda: self.snapshot, self.rt, label="seed")
             url = f"http://{server.host}:{server.port}/metrics"
             for path in [self.run_dir, *(g.run_dir for g in self.groups)]:
-                job.update_run_json(path, metrics_url=url, controller=controller_name(str(self.run_dir)))
+                job.update_run_json(path, metrics_url=url, controller=controller_name(str(self.run_dir)),
+                                    ray_address=_ray_address())
+            announce(self.run_dir, url, note=_port_note(server, self.rt))
             if self.groups[0].resume_from is not None:
                 for g in self.groups:
                     g._restore()
