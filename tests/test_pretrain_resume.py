@@ -56,12 +56,17 @@ def _assert_same_agent(a, b) -> None:
             assert all(torch.equal(t, sb[part]["state"][i][k]) for k, t in st.items()), (part, i)
 
 
-def test_learner_killed_mid_pretraining_resumes_to_the_same_agent(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fast_path", ["auto", "fused"])
+def test_learner_killed_mid_pretraining_resumes_to_the_same_agent(tmp_path, monkeypatch, fast_path):
+    """auto (CPU: the eager step) and fused (algo/fused_offline.py, whose flat buffers the agent's
+    state_dict must see for the partial checkpoints)."""
     from wsrl_dist.runtime.learner import Learner
 
-    pre = _pre(tmp_path)
+    pre = [*_pre(tmp_path), f"run.fast_path={fast_path}"]
     ref = Learner(tiny_config(tmp_path / "ref", *pre).to_dict(), None)
-    assert ref.prepare()["pretrain_steps"] == STEPS
+    out = ref.prepare()
+    assert out["pretrain_steps"] == STEPS and out["pretrain_steps_per_s"] > 0
+    assert out["pretrain_step"] == ("fused (algo/fused_offline.py)" if fast_path == "fused" else "eager step")
     assert not (tmp_path / "ref" / "checkpoints" / PARTIAL).exists()  # removed once done
 
     cfg = tiny_config(tmp_path / "run", *pre).to_dict()
@@ -125,3 +130,65 @@ def test_a_checkpoint_of_another_pretraining_algorithm_is_refused_by_name(tmp_pa
     other = tiny_config(tmp_path / "run", *_pre(tmp_path, "cql")).to_dict()
     with pytest.raises(ValueError, match=f"{PARTIAL}: written by calql pre-training.*with cql"):
         Learner(other, None).prepare(resume=True)
+
+
+def test_seeds_pretrained_together_resume_from_their_checkpoints_to_the_same_agents(tmp_path, monkeypatch):
+    """pretrain.pretrain_agents (several seeds in one fused step): killed mid-way, every seed's
+    partial checkpoint is at the same step, and resuming from them ends with the agents of an
+    uninterrupted run; checkpoints at different steps are refused by name."""
+    import numpy as np
+
+    from wsrl_dist import job
+    from wsrl_dist.envs.make import obs_act_dims
+
+    cfg = tiny_config(tmp_path / "run", "finetune.method=wsrl", "pretrain.algo=cql", f"pretrain.steps={STEPS}",
+                      f"pretrain.checkpoint_every={EVERY}", "pretrain.batch_size=32", "run.fast_path=fused")
+    obs, act = obs_act_dims(cfg.task.spec())
+    rng = np.random.default_rng(0)
+    arrays = {"observations": rng.normal(size=(200, obs)).astype(np.float32),
+              "actions": rng.uniform(-0.9, 0.9, (200, act)).astype(np.float32),
+              "rewards": rng.normal(size=200).astype(np.float32),
+              "next_observations": rng.normal(size=(200, obs)).astype(np.float32),
+              "masks": np.ones(200, np.float32), "mc_returns": rng.normal(size=200).astype(np.float32)}
+
+    def fresh():
+        torch.manual_seed(0)
+        agents = [job.build_agent(cfg, obs, act, torch.device("cpu")) for _ in range(2)]
+        return agents, [pretrain_lib.DeviceSampler(arrays, torch.device("cpu"), s) for s in (0, 1)]
+
+    ref, samplers = fresh()
+    torch.manual_seed(1)
+    pretrain_lib.pretrain_agents(ref, samplers, cfg, "fused")
+
+    partials = [tmp_path / f"s{i}" / PARTIAL for i in range(2)]
+    real, calls = pretrain_lib.make_offline_multiseed_fn, [0]
+
+    def dying(*args, **kwargs):
+        fn = real(*args, **kwargs)
+
+        def step(batches):
+            calls[0] += 1
+            if calls[0] == 13:
+                raise _Killed("step 13")
+            return fn(batches)
+
+        return step
+
+    monkeypatch.setattr(pretrain_lib, "make_offline_multiseed_fn", dying)
+    agents, samplers = fresh()
+    torch.manual_seed(1)
+    with pytest.raises(_Killed):
+        pretrain_lib.pretrain_agents(agents, samplers, cfg, "fused", partials=partials)
+    assert [torch.load(p, weights_only=True)["step"] for p in partials] == [10, 10]
+    monkeypatch.undo()
+    agents, samplers = fresh()  # a new process: fresh agents and samplers, the RNG from the checkpoint
+    assert pretrain_lib.pretrain_agents(agents, samplers, cfg, "fused", partials=partials, resume=True) == 11
+    for a, b in zip(ref, agents):
+        _assert_same_agent(a, b)
+    assert not any(p.exists() for p in partials)
+
+    agents, samplers = fresh()  # checkpoints of two different steps
+    for i, p in enumerate(partials):
+        pretrain_lib._save_partial(p, agents[i], samplers[i], 5 + 5 * i, "cql")
+    with pytest.raises(ValueError, match="different steps"):
+        pretrain_lib.pretrain_agents(*fresh(), cfg, "fused", partials=partials, resume=True)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from wsrl_dist.algo.agent import Agent
-from wsrl_dist.algo.fast import make_offline_step_fn
+from wsrl_dist.algo.fast import make_offline_multiseed_fn, make_offline_step_fn
 from wsrl_dist.algo.types import Batch
 from wsrl_dist.config import RunConfig
 from wsrl_dist.data.returns import mc_returns_to_go
@@ -66,8 +66,9 @@ def pretrain_agent(
     resume: bool = False,
 ) -> int:
     """Run cfg.pretrain.steps offline updates (UTD 1, batch pretrain.batch_size) in place. `mode`:
-    the resolved run.fast_path; a graph mode (the GPU default) replays each step as one CUDA graph
-    (algo.fast.make_offline_step_fn; the agent must have capturable optimizers).
+    the resolved run.fast_path (algo.fast.make_offline_step_fn): the fused modes (GPU default:
+    fused_compile_graph) run CQL / Cal-QL as algo/fused_offline.py's step; a graph mode needs an
+    agent with capturable optimizers.
 
     `partial`: a file written every pretrain.checkpoint_every steps (agent with its optimizers, the
     step, and the torch and sampler RNG states) and removed once pre-training is done; with `resume`
@@ -97,6 +98,54 @@ def pretrain_agent(
             _save_partial(partial, agent, sampler, step, pcfg.algo)
     if partial is not None:
         partial.unlink(missing_ok=True)  # done: the caller saves the pre-trained agent itself
+    return start
+
+
+def pretrain_agents(
+    agents: list[Agent],
+    samplers: list[DeviceSampler],
+    cfg: RunConfig,
+    mode: str,
+    partials: list[Path] | None = None,
+    resume: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_log: Callable[[int, list[dict[str, float]]], None] | None = None,
+) -> int:
+    """S seeds' pre-training stepped together: each step samples one batch per seed from that seed's
+    own sampler and runs ONE call of algo.fast.make_offline_multiseed_fn (in the fused modes one
+    S-seed fused step; otherwise the seeds' steps one after another). The policy noise of all seeds
+    comes from the one process-wide torch stream, so a seed's result differs from a single-seed
+    run of that seed (which draws its own). `partials[i]`: seed i's partial checkpoint, all written
+    at the same step (pretrain_agent's format); with `resume` they are continued from when every
+    seed has one. `progress(n)`: n more steps done; `on_log(step, [losses per seed])` (as pretrain_agent's). Returns the first step this call ran (1 unless resumed)."""
+    pcfg = cfg.pretrain
+    if pcfg.algo == "none" or pcfg.steps <= 0:
+        return 1
+    start = 1
+    if resume and partials is not None and all(p.is_file() for p in partials):
+        done = {_load_partial(p, a, s, pcfg.steps, pcfg.algo) for p, a, s in zip(partials, agents, samplers)}
+        if len(done) != 1:
+            raise ValueError(f"seeds' pre-training checkpoints {[str(p) for p in partials]} are at different "
+                             f"steps {sorted(done)}; remove them to pre-train from scratch")
+        start = done.pop() + 1
+        if progress is not None:
+            progress(start - 1)
+    step_fn = None
+    for step in range(start, pcfg.steps + 1):
+        batches = [s.sample(pcfg.batch_size) for s in samplers]
+        if step_fn is None:  # built on the first batches: a CUDA graph captures with real ones
+            step_fn = make_offline_multiseed_fn(agents, pcfg.algo, cfg.sac, pcfg.cql, pcfg.iql, mode, batches)
+        infos = step_fn(batches)
+        if on_log is not None and (step % cfg.run.log_every == 0 or step == pcfg.steps):
+            on_log(step, [{k: float(v) for k, v in info.items()} for info in infos])  # one sync per interval
+        if progress is not None:
+            progress(1)
+        if partials is not None and pcfg.checkpoint_every and step % pcfg.checkpoint_every == 0 \
+                and step < pcfg.steps:
+            for p, a, s in zip(partials, agents, samplers):
+                _save_partial(p, a, s, step, pcfg.algo)
+    for p in partials or []:
+        p.unlink(missing_ok=True)
     return start
 
 

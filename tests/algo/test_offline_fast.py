@@ -72,11 +72,12 @@ def _assert_same(a, b, atol: float) -> None:
 
 @pytest.mark.parametrize("algo,cql", CASES, ids=[c[0] for c in CASES])
 def test_eager_step_fn_is_offline_step(pinned_randomness, algo, cql):
-    """Non-graph modes (CPU: eager, fused, ...) run update.offline_step itself, step for step."""
+    """Non-graph, non-fused modes (and every fused mode for IQL, which has no fused step) run
+    update.offline_step itself, step for step (the fused CQL step: tests/algo/test_fused_offline.py)."""
     direct = _agent(algo, cql, "cpu", capturable=False)
     infos = [{k: v.clone() for k, v in offline_step(direct, b, algo, SAC, cql, IQLConfig()).items()}
              for b in _batches(4, "cpu")]
-    _assert_same((direct, infos), _run(algo, cql, "fused", "cpu"), atol=0)
+    _assert_same((direct, infos), _run(algo, cql, "fused" if algo == "iql" else "compile", "cpu"), atol=0)
     assert infos[-1]["critic_loss"] > 0
 
 
@@ -90,6 +91,8 @@ def test_offline_graph_refused_on_cpu():
 @pytest.mark.parametrize("algo,cql", CASES, ids=[c[0] for c in CASES])
 def test_cuda_graph_offline_step_matches_eager(pinned_randomness, algo, cql):
     """Capture warm-up runs on the real agent and its state (Lagrange and value nets included) is
-    restored, so four graph replays give the same parameters as four eager steps."""
+    restored, so four graph replays give the same parameters as four eager steps (IQL: also in the
+    fused graph modes, where it keeps this graphed eager step)."""
     torch.backends.cuda.matmul.allow_tf32 = False
-    _assert_same(_run(algo, cql, "eager", "cuda"), _run(algo, cql, "fused_compile_graph", "cuda"), atol=1e-4)
+    for mode in ("cuda_graph", "fused_compile_graph") if algo == "iql" else ("cuda_graph",):
+        _assert_same(_run(algo, cql, "eager", "cuda"), _run(algo, cql, mode, "cuda"), atol=1e-4)

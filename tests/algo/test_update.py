@@ -179,7 +179,8 @@ def _loop_gap(agent, batch, cfg, seed):
                     lse = cfg.cql_temp * torch.logsumexp(vals / cfg.cql_temp, 0)
                 else:
                     vals = torch.cat([q_r, q_c, q_n, q_data])
-                    lse = cfg.cql_temp * torch.logsumexp(vals / cfg.cql_temp, 0) - math.log(3 * n + 1)
+                    # official cql.py: temp * (lse(vals / temp) - log N), not temp * lse - log N
+                    lse = cfg.cql_temp * (torch.logsumexp(vals / cfg.cql_temp, 0) - math.log(3 * n + 1))
                 out[e, b] = lse - q_data[0]
     return out
 
@@ -382,3 +383,93 @@ def test_iql_critic_target_bootstraps_from_v_of_next_state():
     batch = random_batch(10)
     y = iql_lib.critic_target(batch, agent.value, 0.9)
     torch.testing.assert_close(y, batch.rewards + 0.9 * batch.masks * agent.value(batch.next_observations))
+
+
+# ---------------------------------------------------------------- offline step order (official apply_loss_fns)
+
+
+def _first_adam_grads(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The gradient of a fresh Adam's first step: exp_avg = (1 - beta1) * grad."""
+    return [opt.state[p]["exp_avg"] / 0.1 for g in opt.param_groups for p in g["params"]]
+
+
+@pytest.fixture
+def pinned(monkeypatch):
+    """Zero policy noise, members 0..k-1, constant random actions: the step's losses can be
+    recomputed by hand."""
+    from wsrl_dist.algo import sac as sac_lib
+
+    monkeypatch.setattr(torch, "randn_like", lambda t, **kw: torch.zeros_like(t))
+    monkeypatch.setattr(torch.Tensor, "uniform_", lambda self, a=0.0, b=1.0, **kw: self.fill_(0.25 * a + 0.75 * b))
+    monkeypatch.setattr(sac_lib, "sample_members", lambda e, k, device=None: torch.arange(k, device=device))
+
+
+@pytest.mark.parametrize("autotune", [False, True])
+def test_cql_step_computes_every_loss_at_the_pre_update_parameters(pinned, autotune):
+    """Each network's gradient is its loss at the parameters before the step: the actor's loss reads
+    the critic before its update (the old order stepped the critic first), the critic's gradient has
+    no part of the actor's loss in it, and Polyak moves the target towards the updated critic."""
+    import copy
+
+    from wsrl_dist.algo import sac as sac_lib
+
+    sac = tiny_sac()
+    cfg = cql_lib.CQLConfig(use_calql=False, cql_autotune_alpha=autotune, cql_n_actions=3)
+    agent = tiny_agent(sac=sac, lagrange_init=1.0 if autotune else None)
+    ref = copy.deepcopy(agent)
+    batch = random_batch(8)
+    update.cql_step(agent, batch, sac, cfg)
+    # by hand, on the untouched copy
+    loss_pi, _ = sac_lib.actor_loss(batch, ref.actor, ref.critic, ref.temperature)
+    want_actor = torch.autograd.grad(loss_pi, list(ref.actor.parameters()))
+    y = sac_lib.td_target(batch, ref.actor, ref.target_critic, ref.temperature, sac, max_target_backup=True,
+                          n_backup=3)
+    q = ref.critic(batch.observations, batch.actions)
+    gap = cql_lib.cql_gap(batch, ref.actor, ref.critic, q, cfg, torch.arange(sac.critic_subsample_size))
+    alpha = ref.lagrange().detach() if autotune else cfg.cql_alpha
+    penalty = alpha * (gap.mean() - (cfg.cql_target_action_gap if autotune else 0.0))
+    want_critic = torch.autograd.grad(sac_lib.critic_td_loss(q, y) + penalty, list(ref.critic.parameters()))
+    for got, want in zip(_first_adam_grads(agent.actor_opt), want_actor, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    for got, want in zip(_first_adam_grads(agent.critic_opt), want_critic, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    if autotune:  # d/d raw of -softplus(raw) * (gap - target), at the gap of the pre-update critic
+        want_l = -torch.sigmoid(ref.lagrange.raw) * (gap.mean() - cfg.cql_target_action_gap)
+        torch.testing.assert_close(_first_adam_grads(agent.lagrange_opt)[0], want_l.detach(), rtol=1e-4, atol=1e-7)
+    for t, c, t0 in zip(agent.target_critic.parameters(), agent.critic.parameters(),
+                        ref.target_critic.parameters(), strict=True):
+        torch.testing.assert_close(t, torch.lerp(t0, c, sac.soft_target_update_rate))
+
+
+def test_cql_step_estimates_the_entropy_from_cql_n_actions_samples_per_next_state(monkeypatch):
+    """The official CQL agent's temperature loss samples its next actions like its TD target:
+    cql_n_actions per s' with cql_max_target_backup, one without."""
+    from wsrl_dist.algo import sac as sac_lib
+
+    seen = []
+    real = sac_lib.next_entropy
+    monkeypatch.setattr(sac_lib, "next_entropy", lambda b, a, n=None: (seen.append(n), real(b, a, n))[1])
+    for mtb in (True, False):
+        cfg = cql_lib.CQLConfig(use_calql=False, cql_n_actions=7, cql_max_target_backup=mtb)
+        update.cql_step(tiny_agent(), random_batch(8), tiny_sac(), cfg)
+    assert seen == [7, None]
+
+
+def test_iql_step_computes_every_loss_at_the_pre_update_parameters():
+    """The AWR actor's weights use V and the target critic before the step (the old order stepped V
+    and Polyak first), and the critic's target uses V before its update."""
+    import copy
+
+    sac, cfg = tiny_sac(), iql_lib.IQLConfig()
+    agent = tiny_agent(sac=sac, with_value=True)
+    ref = copy.deepcopy(agent)
+    batch = random_batch(16)
+    update.iql_step(agent, batch, sac, cfg)
+    want_actor = torch.autograd.grad(iql_lib.awr_actor_loss(batch, ref.actor, ref.value, ref.target_critic, cfg),
+                                     list(ref.actor.parameters()))
+    y = iql_lib.critic_target(batch, ref.value, sac.discount)
+    q = ref.critic(batch.observations, batch.actions)
+    want_critic = torch.autograd.grad(((q - y) ** 2).mean(), list(ref.critic.parameters()))
+    for got, want in zip(_first_adam_grads(agent.actor_opt) + _first_adam_grads(agent.critic_opt),
+                         list(want_actor) + list(want_critic), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)

@@ -7,6 +7,7 @@ import math
 import re
 
 import pytest
+import torch
 
 from wsrl_dist.bench import replay, rollout
 
@@ -78,16 +79,20 @@ def test_ray_parts_report_scaling_and_sharded_replay_rates(capsys):
 
 
 def test_learner_table_has_bundle_and_pretraining_rows(capsys):
+    """CPU: eager and fused pre-training rows (IQL: eager only), each against its eager row."""
     from wsrl_dist.bench import learner
 
-    assert learner.main(["--variants", "stacked-eager", "--pretrain", "iql,cql", "--seconds", "0.05"]) == 0
+    assert learner.main(["--variants", "stacked-eager", "--pretrain", "iql,cql", "--seconds", "0.05",
+                         "--sizes", "tiny"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# command: wsrl-dist bench learner --variants stacked-eager")
-    rows = table_rows(out, r"^locomotion\s")
-    assert [w[1] for w, _ in rows] == ["pretrain-iql-eager", "pretrain-cql-eager", "stacked-eager"]
-    assert_finite_positive(rows)
-    (_, pre), _, (_, bundle) = rows
+    rows = table_rows(out, r"^tiny\s")
+    assert [w[1] for w, _ in rows] == ["pretrain-iql-eager", "pretrain-cql-eager", "pretrain-cql-fused",
+                                       "stacked-eager"]
+    assert_finite_positive([(w, nums[:3]) for w, nums in rows])  # rates and ratio (setup may print 0.0 here)
+    (_, pre), (_, cql), (_, fused), (_, bundle) = rows
     assert pre[0] == pre[1] and pre[2] == 1.0  # one step is one critic update; x its own eager row
+    assert fused[2] == pytest.approx(fused[0] / cql[0], rel=0.05, abs=0.02)  # over CQL's eager row (.1f rates)
     assert abs(bundle[1] - 4 * bundle[0]) <= 0.25  # one bundle is UTD = 4 critic updates (printed .1f)
 
 
@@ -96,19 +101,23 @@ def test_learner_pretrain_rows_compare_graph_with_their_eager_row(capsys, monkey
     is divided by its own algorithm's eager row (a KeyError here once lost a device run's table)."""
     from wsrl_dist.bench import learner
 
-    rates = {("cql", "eager"): 50.0, ("cql", "cuda_graph"): 400.0, ("iql", "eager"): 100.0,
-             ("iql", "cuda_graph"): 300.0}
+    rates = {("cql", "eager"): 50.0, ("cql", "cuda_graph"): 400.0, ("cql", "fused"): 100.0,
+             ("cql", "fused_compile_graph"): 2500.0, ("iql", "eager"): 100.0, ("iql", "cuda_graph"): 300.0}
 
     def fake_time(size, algo, mode, device, sac, seconds):
         learner.SETUP_S[(size, f"pretrain-{algo}-{mode}")] = 1.0
         return rates[(algo, mode)]
 
-    monkeypatch.setattr(learner, "pretrain_modes", lambda device: ("eager", "cuda_graph"))
+    real = learner.pretrain_modes  # the GPU's rows
+    monkeypatch.setattr(learner, "pretrain_modes", lambda device, algo: real(torch.device("cuda"), algo))
     monkeypatch.setattr(learner, "time_pretrain", fake_time)
     assert learner.main(["--variants", "", "--pretrain", "cql,iql", "--seconds", "0.01"]) == 0
     rows = {w[1]: nums for w, nums in table_rows(capsys.readouterr().out, r"^locomotion\s")}
-    assert rows == {"pretrain-cql-eager": [50.0, 50.0, 1.0, 1.0], "pretrain-cql-graph": [400.0, 400.0, 8.0, 1.0],
-                    "pretrain-iql-eager": [100.0, 100.0, 1.0, 1.0], "pretrain-iql-graph": [300.0, 300.0, 3.0, 1.0]}
+    assert rows == {"pretrain-cql-eager": [50.0, 50.0, 1.0, 1.0],
+                    "pretrain-cql-eager-graph": [400.0, 400.0, 8.0, 1.0],
+                    "pretrain-cql-fused": [100.0, 100.0, 2.0, 1.0],
+                    "pretrain-cql-fused-compile-graph": [2500.0, 2500.0, 50.0, 1.0],
+                    "pretrain-iql-eager": [100.0, 100.0, 1.0, 1.0], "pretrain-iql-eager-graph": [300.0, 300.0, 3.0, 1.0]}
 
 
 def test_learner_profile_prints_where_the_bundle_time_goes(capsys):

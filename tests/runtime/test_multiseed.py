@@ -222,3 +222,41 @@ def test_each_seed_is_pre_trained_exactly_as_a_single_seed_learner_of_that_seed(
             assert all(torch.equal(v, got[part][k]) for k, v in want[part].items()), (i, part)
     a, b = (lrn.agent.state_dict()["critic"] for lrn in multi.learners)
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fused_pretraining_steps_every_seed_together_each_on_its_own_sampler(tmp_path):
+    """run.fast_path=fused (the GPU default's step without compile or graph): the first prepare
+    pre-trains both seeds in one S = 2 fused step per batch; each seed samples its own dataset copy
+    with its own sampler seed, and the policy noise comes from seed group 0's stream. The result is
+    what pretrain.pretrain_agents gives on freshly built learners with those samplers."""
+    from tests.runtime.test_sync import write_d4rl_file
+    from wsrl_dist import job
+    from wsrl_dist.pretrain import DeviceSampler, pretrain_agents, training_arrays
+    from wsrl_dist.runtime.learner import Learner
+    from wsrl_dist.runtime.multilearner import MultiSeedLearner
+
+    write_d4rl_file(tmp_path / "data.hdf5")
+    pre = ["finetune.method=wsrl", "pretrain.algo=calql", "pretrain.steps=6", "pretrain.batch_size=32",
+           "dataset.source=d4rl", f"dataset.path={tmp_path / 'data.hdf5'}", "run.fast_path=fused"]
+    cfgs = [tiny_config(tmp_path / f"s{s}", f"run.seed={s}", *pre).to_dict() for s in (0, 5)]
+    multi = MultiSeedLearner(cfgs, [None, None])
+    out = multi.prepare(1)
+    assert out["pretrain_steps"] == 6 and out["pretrain_step"].endswith("2 seeds together")
+    assert multi.prepare(0)["pretrain_steps"] == 6
+    refs = [Learner(cfgs[0], None)]
+    stream = torch.get_rng_state()  # seed group 0's stream, as MultiSeedLearner keeps it
+    refs.append(Learner(cfgs[1], None))
+    samplers = []
+    for lrn in refs:
+        data = job.load_offline_dataset(lrn.cfg, lrn.task, progress=False)
+        samplers.append(DeviceSampler(training_arrays(data, lrn.task, lrn.cfg.sac.discount), lrn.device,
+                                      lrn.cfg.run.seed))
+    torch.set_rng_state(stream)
+    pretrain_agents([r.agent for r in refs], samplers, refs[0].cfg, "fused")
+    for ref, got in zip(refs, multi.learners):
+        want, have = ref.agent.state_dict(), got.agent.state_dict()
+        for part in ("actor", "critic", "target_critic", "temperature"):
+            assert all(torch.equal(v, have[part][k]) for k, v in want[part].items()), part
+        assert {float(st["step"]) for st in have["critic_opt"]["state"].values()} == {6.0}
+    a, b = (lrn.agent.state_dict()["critic"] for lrn in multi.learners)
+    assert any(not torch.equal(a[k], b[k]) for k in a)

@@ -82,6 +82,8 @@ def cql_gap(
         )
         lse = torch.logsumexp(cat / cfg.cql_temp, -1) * cfg.cql_temp
     else:
+        # the official code subtracts temp * log N (wsrl/agents/cql.py, `cql_q_samples -= log(N) * temp`
+        # before the tempered logsumexp): a mean over the N values at cql_temp = 1
         cat = torch.cat([q_rand, q_cur, q_next, q_data.unsqueeze(-1)], -1)
-        lse = torch.logsumexp(cat / cfg.cql_temp, -1) * cfg.cql_temp - math.log(cat.shape[-1])
+        lse = (torch.logsumexp(cat / cfg.cql_temp, -1) - math.log(cat.shape[-1])) * cfg.cql_temp
     return lse - q_data

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from wsrl_dist.algo import fused as fused_lib
+from wsrl_dist.algo import fused_offline
 from wsrl_dist.algo.agent import Agent
 from wsrl_dist.algo.cql import CQLConfig
 from wsrl_dist.algo.iql import IQLConfig
@@ -97,16 +98,22 @@ def make_bundle_fn(agent: Agent, cfg: SACConfig, mode: str, example: Batch | Non
 
 
 def make_offline_step_fn(agent: Agent, algo: str, sac: SACConfig, cql: CQLConfig, iql: IQLConfig,
-                         mode: str, example: Batch | None = None) -> BundleFn:
+                         mode: str, example: Batch | None = None, inductor: dict | None = None) -> BundleFn:
     """Pre-training step f(batch) -> info (`update.offline_step`: CQL / Cal-QL / IQL, UTD 1).
 
-    Eager, or, when `mode` resolves to a graph mode on CUDA (GPU `auto`), captured whole in one CUDA
-    graph: an eager CQL step launches its many small kernels one by one from Python (57 steps/s on
-    an H100, docs/RESULTS.md; 70.8 on an H200, BENCHMARKS.md), which the graph replays in one
-    launch. Same math: capture replays the eager step on static input buffers (the agent needs
-    capturable optimizers). The fused and compiled variants exist for the online bundle only, so
-    every graph mode captures the eager step."""
+    - `fused*` modes (GPU `auto`: fused_compile_graph) run CQL / Cal-QL as algo/fused_offline.py's
+      step (same math, flat buffers; compiled and/or captured in one CUDA graph): an eager CQL step
+      launches ~1,000 small kernels one by one from Python (57 steps/s on an H100, docs/RESULTS.md;
+      70.8 on an H200) and the eager step captured whole still replays them all (405 on an H200,
+      BENCHMARKS.md). IQL has no fused step: in the fused graph modes it runs the eager step
+      captured in one CUDA graph, in the other fused modes the eager step.
+    - `cuda_graph` / `compile_graph`: the eager step captured whole in one CUDA graph (the agent
+      needs capturable optimizers); `eager` / `compile`: the readable eager step itself.
+    `example` (any batch of the right shape) is needed for the graph modes' capture."""
     mode = resolve_mode(mode, agent.device)
+    if mode.startswith("fused") and algo in fused_offline.FUSED_OFFLINE_ALGOS:
+        return OneSeedOfflineStep(FusedOfflineSteps([agent], algo, sac, cql, mode,
+                                                    None if example is None else [example], inductor))
 
     def step(batch: Batch) -> dict[str, torch.Tensor]:
         return offline_step(agent, batch, algo, sac, cql, iql)
@@ -116,6 +123,33 @@ def make_offline_step_fn(agent: Agent, algo: str, sac: SACConfig, cql: CQLConfig
     if example is None:
         raise ValueError("a CUDA-graph pre-training step needs an example batch to capture with")
     return GraphedBundle(agent, step, example)
+
+
+def offline_step_kind(algo: str, mode: str) -> str:
+    """What make_offline_step_fn runs for `algo` in the resolved `mode` (run.json's pretrain_step)."""
+    if mode.startswith("fused") and algo in fused_offline.FUSED_OFFLINE_ALGOS:
+        return f"{mode} (algo/fused_offline.py)"
+    return "eager step in one CUDA graph" if mode.endswith("graph") else "eager step"
+
+
+def make_offline_multiseed_fn(agents: list[Agent], algo: str, sac: SACConfig, cql: CQLConfig, iql: IQLConfig,
+                              mode: str, examples: list[Batch] | None = None,
+                              inductor: dict | None = None) -> MultiBundleFn:
+    """S seeds' pre-training steps together: f([batch per seed]) -> [info per seed]. Fused modes
+    (CQL / Cal-QL) make the seeds one batch dim of ONE fused step; otherwise each seed runs its own
+    make_offline_step_fn, one after another."""
+    mode = resolve_mode(mode, agents[0].device)
+    if mode.startswith("fused") and algo in fused_offline.FUSED_OFFLINE_ALGOS:
+        return FusedOfflineSteps(agents, algo, sac, cql, mode, examples, inductor)
+    fns = [make_offline_step_fn(a, algo, sac, cql, iql, mode, None if examples is None else examples[i])
+           for i, a in enumerate(agents)]
+
+    def step(batches: list[Batch]) -> list[dict[str, torch.Tensor]]:
+        if len(batches) != len(fns):
+            raise ValueError(f"expected {len(fns)} batches (one per seed), got {len(batches)}")
+        return [fn(b) for fn, b in zip(fns, batches)]
+
+    return step
 
 
 def _optimizers(agent: Agent) -> list[torch.optim.Optimizer]:
@@ -404,3 +438,81 @@ class FusedBundles:
     def rebind(self) -> None:
         """Call after loading new state into the agents (checkpoint restore)."""
         self.state.rebind()
+
+
+class FusedOfflineSteps:
+    """S seeds' pre-training steps (CQL / Cal-QL) as ONE fused step (algo/fused_offline.py):
+    f([batch per seed]) -> [info per seed]. Modes as FusedBundles: `fused` eager, `fused_compile`
+    through torch.compile, `*_graph` noise draws + step + state write-back captured in one CUDA
+    graph. The agents' parameters and Adam states become views of the flat buffers (checkpoints see
+    them). Info tensors are overwritten by the next call: read or clone them first."""
+
+    def __init__(self, agents: list[Agent], algo: str, sac: SACConfig, cql: CQLConfig, mode: str,
+                 examples: list[Batch] | None = None, inductor: dict | None = None):
+        mode = resolve_mode(mode, agents[0].device)
+        if not mode.startswith("fused"):
+            raise ValueError(f"FusedOfflineSteps runs the fused modes {FUSED_MODES}, not {mode}")
+        self.device, self.seeds = agents[0].device, len(agents)
+        self.spec = fused_offline.make_offline_spec(agents[0], algo, sac, cql)
+        if any((a.lagrange is None) != (agents[0].lagrange is None) for a in agents):
+            raise ValueError("every seed's agent needs the same networks (Lagrange multiplier or none)")
+        self.state = fused_offline.OfflineState(agents, self.spec.net)
+        spec, state = self.spec, self.state
+
+        def update(st: dict[str, torch.Tensor], batch: Batch, noise: fused_offline.OfflineNoise
+                   ) -> dict[str, torch.Tensor]:
+            new, info = fused_offline.fused_offline_step(spec, st, batch, noise)
+            for k, v in new.items():  # in place: the agents' parameters are views of these
+                st[k].copy_(v)
+            return info
+
+        if "compile" in mode:
+            self.inductor = inductor_options(self.seeds, self.device, torch.float32, inductor)
+            update = _compile_with_fallback(update, self.inductor, asked=inductor or {})
+
+        def step(batch: Batch) -> dict[str, torch.Tensor]:
+            rows = batch.observations.shape[1]
+            return update(state.t, batch, fused_offline.draw_noise(spec, self.seeds, rows, self.device))
+
+        self._step = step
+        self._graph: torch.cuda.CUDAGraph | None = None
+        if mode.endswith("graph"):
+            if examples is None:
+                raise ValueError(f"{mode} needs one example batch per seed to capture with")
+            self._static = self._stack(examples)  # the graph's own input buffers
+            self._graph, out = capture(self._step, self._static, list(self.state.t.values()))
+            self._per_seed_out = self._split(out)
+
+    def _stack(self, batches: list[Batch]) -> Batch:
+        if len(batches) != self.seeds:
+            raise ValueError(f"expected {self.seeds} batches (one per seed), got {len(batches)}")
+        return Batch(*(torch.stack(cols) if cols[0] is not None else None for cols in zip(*batches)))
+
+    def _split(self, info: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return [{k: v[i] for k, v in info.items()} for i in range(self.seeds)]
+
+    def __call__(self, batches: list[Batch]) -> list[dict[str, torch.Tensor]]:
+        if self._graph is None:
+            return self._split(self._step(self._stack(batches)))
+        if len(batches) != self.seeds:
+            raise ValueError(f"expected {self.seeds} batches (one per seed), got {len(batches)}")
+        for i, batch in enumerate(batches):
+            for dst, src in zip(self._static, batch):
+                if dst is not None and src is not None:
+                    dst[i].copy_(src, non_blocking=True)
+        self._graph.replay()
+        return self._per_seed_out
+
+    def rebind(self) -> None:
+        """Call after loading new state into the agents (checkpoint restore)."""
+        self.state.rebind()
+
+
+class OneSeedOfflineStep:
+    """One seed's fused pre-training step: f(batch) -> info."""
+
+    def __init__(self, steps: FusedOfflineSteps):
+        self.steps = steps
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.steps([batch])[0]

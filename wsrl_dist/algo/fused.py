@@ -467,14 +467,17 @@ class FusedState:
         for i, ag in enumerate(agents):
             self._bind(i, ag)
 
+    def _roles(self, ag: Agent) -> list[tuple[nn.Module, torch.optim.Optimizer, str, FlatLayout]]:
+        """(module, optimizer, flat key prefix, layout of one flat row) per bound network; the
+        offline step adds the CQL Lagrange multiplier (fused_offline.OfflineState)."""
+        spec = self.spec
+        return [(ag.actor, ag.actor_opt, "actor", spec.actor_layout),
+                (ag.critic, ag.critic_opt, "critic", spec.critic_layout),
+                (ag.temperature, ag.temperature_opt, "temp", FlatLayout({"raw": ()}))]
+
     def _bind(self, i: int, ag: Agent) -> None:
         spec, t = self.spec, self.t
-        roles = [  # (module, optimizer, flat key prefix, layout, unit dims of the flat row)
-            (ag.actor, ag.actor_opt, "actor", spec.actor_layout),
-            (ag.critic, ag.critic_opt, "critic", spec.critic_layout),
-            (ag.temperature, ag.temperature_opt, "temp", FlatLayout({"raw": ()})),
-        ]
-        for module, opt, key, layout in roles:
+        for module, opt, key, layout in self._roles(ag):
             names = dict(module.named_parameters())
             views = {k: layout.param_views(t[key][i])[k] for k in names}
             m_views = layout.param_views(t[f"{key}_m"][i])

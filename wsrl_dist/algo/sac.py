@@ -65,16 +65,18 @@ def td_target(
     temperature: Scalar,
     cfg: SACConfig,
     max_target_backup: bool | None = None,
+    n_backup: int | None = None,
 ) -> torch.Tensor:
     """y = r + gamma * mask * Qbar(s', a') [B]; no gradient flows through it.
-    `max_target_backup` overrides cfg's (CQL pre-training sets its own, cql_max_target_backup)."""
+    `max_target_backup` and `n_backup` override cfg's max_target_backup and n_backup_actions (CQL
+    pre-training sets its own: cql_max_target_backup over cql_n_actions, as the official CQL agent)."""
     mtb = cfg.max_target_backup if max_target_backup is None else max_target_backup
     with torch.no_grad():
         s2 = batch.next_observations
         # only the k sampled target members are evaluated (the min never looks at the others); the
         # draws happen in the same order as before: next actions first, then members
         if mtb:
-            n = cfg.n_backup_actions
+            n = cfg.n_backup_actions if n_backup is None else n_backup
             a2, logp2 = actor(s2, n)  # [B, n, A], [B, n]
             members = sample_members(cfg.critic_ensemble_size, cfg.critic_subsample_size, s2.device)
             s2n = s2.unsqueeze(1).expand(-1, n, -1).reshape(-1, s2.shape[-1])

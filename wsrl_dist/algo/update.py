@@ -82,48 +82,75 @@ def sac_bundle(agent: Agent, batch: Batch, cfg: sac_lib.SACConfig) -> dict[str, 
     return info
 
 
+def _apply_all(steps: list[tuple[torch.optim.Optimizer, torch.Tensor]]) -> None:
+    """Apply losses that were all computed at the pre-update parameters (the official code's
+    apply_loss_fns: every loss_fn sees the same parameter set, then all gradients are applied).
+    Each loss backpropagates into its own optimizer's parameters only (`inputs`): the actor's loss
+    reads the critic, whose gradient must come from the critic's loss alone. Backward passes all
+    run before any step, so no loss sees a parameter changed in place."""
+    for opt, _ in steps:
+        opt.zero_grad(set_to_none=False)
+    for opt, loss in steps:
+        loss.backward(inputs=[p for g in opt.param_groups for p in g["params"]])
+    for opt, _ in steps:
+        opt.step()
+
+
 def cql_step(
     agent: Agent, batch: Batch, sac: sac_lib.SACConfig, cfg: cql_lib.CQLConfig
 ) -> dict[str, torch.Tensor]:
-    """One CQL / Cal-QL step (UTD 1): TD (+ CQL penalty on a sampled member subset), actor, alpha."""
+    """One CQL / Cal-QL step (UTD 1): TD (+ CQL penalty on a sampled member subset), actor, alpha
+    (and the Lagrange multiplier), every loss at the parameters before this step, then all updates,
+    then Polyak towards the updated critic: the official update's order (wsrl/agents/sac.py update:
+    apply_loss_fns, then target_update)."""
+    n_cql = cfg.cql_n_actions
     y = sac_lib.td_target(batch, agent.actor, agent.target_critic, agent.temperature, sac,
-                          max_target_backup=cfg.cql_max_target_backup)
+                          max_target_backup=cfg.cql_max_target_backup, n_backup=n_cql)
     q = agent.critic(batch.observations, batch.actions)
     td = sac_lib.critic_td_loss(q, y)
     members = sac_lib.sample_members(q.shape[0], sac.critic_subsample_size, q.device)
     gap = cql_lib.cql_gap(batch, agent.actor, agent.critic, q, cfg, members)  # [k, B]
     info: dict[str, torch.Tensor] = {}
+    steps: list[tuple[torch.optim.Optimizer, torch.Tensor]] = []
     if cfg.cql_autotune_alpha:
         if agent.lagrange is None or agent.lagrange_opt is None:
             raise ValueError("cql_autotune_alpha needs an agent made with lagrange_init")
         alpha = agent.lagrange()
         penalty = alpha.detach() * (gap.mean() - cfg.cql_target_action_gap)
-        _step(agent.lagrange_opt, -alpha * (gap.detach().mean() - cfg.cql_target_action_gap))
+        steps.append((agent.lagrange_opt, -alpha * (gap.detach().mean() - cfg.cql_target_action_gap)))
         info["cql_alpha"] = alpha.detach()
     else:
         penalty = cfg.cql_alpha * gap.mean()
-    _step(agent.critic_opt, td + penalty)
+    steps.insert(0, (agent.critic_opt, td + penalty))
+    loss_pi, logp = sac_lib.actor_loss(batch, agent.actor, agent.critic, agent.temperature)
+    # the official CQL agent's temperature loss samples next actions like its TD target: cql_n_actions
+    # per s' with cql_max_target_backup (wsrl/agents/cql.py _compute_next_actions)
+    entropy = sac_lib.next_entropy(batch, agent.actor, n_cql if cfg.cql_max_target_backup else None)
+    loss_t = sac_lib.temperature_loss(batch, agent.actor, agent.temperature, agent.target_entropy, entropy)
+    steps += [(agent.actor_opt, loss_pi), (agent.temperature_opt, loss_t)]
+    _apply_all(steps)
     polyak(agent.target_critic, agent.critic, sac.soft_target_update_rate)
-    info.update(sac_actor_temperature_step(agent, batch))
-    info.update(critic_loss=td.detach(), cql_gap=gap.detach().mean(), q_mean=q.detach().mean())
+    info.update(actor_loss=loss_pi.detach(), entropy=-logp.detach().mean(),
+                temperature=agent.temperature().detach(), critic_loss=td.detach(),
+                cql_gap=gap.detach().mean(), q_mean=q.detach().mean())
     return info
 
 
 def iql_step(
     agent: Agent, batch: Batch, sac: sac_lib.SACConfig, cfg: iql_lib.IQLConfig
 ) -> dict[str, torch.Tensor]:
-    """One IQL step: expectile V, TD to V(s'), Polyak, AWR actor (temperature untouched)."""
+    """One IQL step: expectile V, TD to V(s'), AWR actor (temperature untouched), all three losses at
+    the parameters before this step (V and the target critic included), then all updates, then Polyak:
+    the official IQL update's order (wsrl/agents/iql.py update)."""
     if agent.value is None or agent.value_opt is None:
         raise ValueError("IQL needs an agent made with with_value=True")
     loss_v = iql_lib.value_loss(batch, agent.value, agent.target_critic, cfg)
-    _step(agent.value_opt, loss_v)
     y = iql_lib.critic_target(batch, agent.value, sac.discount)
     q = agent.critic(batch.observations, batch.actions)
     loss_q = sac_lib.critic_td_loss(q, y)
-    _step(agent.critic_opt, loss_q)
-    polyak(agent.target_critic, agent.critic, sac.soft_target_update_rate)
     loss_pi = iql_lib.awr_actor_loss(batch, agent.actor, agent.value, agent.target_critic, cfg)
-    _step(agent.actor_opt, loss_pi)
+    _apply_all([(agent.value_opt, loss_v), (agent.critic_opt, loss_q), (agent.actor_opt, loss_pi)])
+    polyak(agent.target_critic, agent.critic, sac.soft_target_update_rate)
     return {"value_loss": loss_v.detach(), "critic_loss": loss_q.detach(),
             "actor_loss": loss_pi.detach(), "q_mean": q.detach().mean()}
 

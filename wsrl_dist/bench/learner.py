@@ -7,8 +7,11 @@ and `fused-*` (algo/fused.py: flat buffers, batched actor versions; eager / comp
 `--seeds 1,2,4,8` adds multi-seed rows (aggregate bundles/s over S seeds in one process).
 `--profile N` then profiles N calls of every row and prints the time per call by category (GEMMs,
 Inductor's fused Triton kernels, copies, other) and the costliest kernels (ops on CPU).
-`--pretrain cql,calql,iql` adds offline pre-training rows (one step = 1 critic update on 256 rows):
-`pretrain-<algo>-eager` against `pretrain-<algo>-graph` (algo.fast.make_offline_step_fn, GPU only).
+`--pretrain cql,calql,iql` adds offline pre-training rows (one step = 1 critic update on 256 rows,
+algo.fast.make_offline_step_fn), each with its ratio to the same algorithm's eager row of this run:
+`pretrain-<algo>-eager` (update.offline_step), `-eager-graph` (it, captured in one CUDA graph; GPU),
+`-fused` (algo/fused_offline.py) and `-fused-compile-graph` (compiled + one CUDA graph, the GPU
+default; GPU). IQL has no fused step: its rows are eager and eager-graph only.
 `--precision fp32|tf32|bf16` sets the matmuls (`--tf32` = `--precision tf32`); bf16 exists in the
 fused variants and fused `--seed-modes` only (bf16 GEMM inputs, fp32 sums and state; algo/fused.py).
 With `--anchor PATH` the reference anchor (../shared/anchors/learner_bench.py: PyTorch variants and a
@@ -42,6 +45,7 @@ SIZES = {
     "antmaze": (29, 8, [256, 256], [256, 256, 256, 256], True),
     "adroit": (39, 28, [512, 512], [512, 512, 512], False),
     "kitchen": (60, 9, [512, 512, 512], [512, 512, 512], False),
+    "tiny": (5, 2, [32, 32], [32, 32], False),  # not a task: the CPU smoke tests' size
 }
 
 
@@ -256,13 +260,19 @@ def time_multiseed(size: str, seeds: int, device: torch.device, sac: SACConfig, 
                                      (size, key or f"seeds-{mode}-S{seeds}"), t_setup)
 
 
-def pretrain_modes(device: torch.device) -> tuple[str, ...]:
-    return ("eager", "cuda_graph") if device.type == "cuda" else ("eager",)
+PRETRAIN_LABELS = {"eager": "eager", "cuda_graph": "eager-graph", "fused": "fused",
+                   "fused_compile_graph": "fused-compile-graph"}
+
+
+def pretrain_modes(device: torch.device, algo: str = "cql") -> tuple[str, ...]:
+    """The first is the eager baseline every row of the algorithm is divided by."""
+    modes = ("eager", "cuda_graph", "fused", "fused_compile_graph") if device.type == "cuda" else ("eager", "fused")
+    return tuple(m for m in modes if algo != "iql" or not m.startswith("fused"))  # IQL: no fused step
 
 
 def time_pretrain(size: str, algo: str, mode: str, device: torch.device, sac: SACConfig,
                   seconds: float) -> float:
-    """Offline pre-training steps/s (update.offline_step, batch 256) eagerly or as one CUDA graph."""
+    """Offline pre-training steps/s (batch 256) of make_offline_step_fn in `mode`."""
     from wsrl_dist.algo.cql import CQLConfig
     from wsrl_dist.algo.fast import make_offline_step_fn
     from wsrl_dist.algo.iql import IQLConfig
@@ -342,19 +352,23 @@ def main(argv: list[str] | None = None) -> int:
           f"on {sac.utd * sac.batch_size} rows; ghost Adam steps {sac.ghost_adam_steps}")
     anchor = run_anchor(args.anchor) if args.anchor else {}
     jax = anchor.get("anchor:jax-jit")
-    print(f"{'size':<11}{'variant':<26}{'bundles/s':>11}{'critic upd/s':>14}{'x naive':>9}"
+    print(f"{'size':<11}{'variant':<36}{'bundles/s':>11}{'critic upd/s':>14}{'x naive':>9}"
           f"{'x jax':>8}{'setup s':>9}")
     for size in args.sizes.split(","):
         rates: dict[str, float] = {}
         per_call: dict[str, int] = {}  # critic updates per timed call: utd (bundles), 1 (pre-training)
+        pre_algo: dict[str, str] = {}  # pre-training row -> its algorithm's eager row
         for algo in [a for a in args.pretrain.split(",") if a]:
-            for mode in pretrain_modes(device):
-                name = f"pretrain-{algo}-{mode.replace('cuda_', '')}"
+            for mode in pretrain_modes(device, algo):
+                name = f"pretrain-{algo}-{PRETRAIN_LABELS[mode]}"
+                pre_algo[name] = f"pretrain-{algo}-eager"
                 try:
+                    if "compile" in mode:
+                        _fresh_compile()
                     rates[name], per_call[name] = time_pretrain(size, algo, mode, device, sac, args.seconds), 1
                     SETUP_S[(size, name)] = SETUP_S.pop((size, f"pretrain-{algo}-{mode}"))
                 except Exception as e:
-                    print(f"{size:<11}{name:<26} failed: {type(e).__name__}: {str(e)[:200]}")
+                    print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
         for v in variants:
             for label, opts in inductor_sets(args.inductor, "compile" in v):
                 name = v + label
@@ -362,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                     _fresh_compile()
                     rates[name] = time_variant(size, v, device, sac, args.seconds, dtype, key=name, inductor=opts)
                 except Exception as e:  # report and continue: one failing variant must not hide the rest
-                    print(f"{size:<11}{name:<26} failed: {type(e).__name__}: {str(e)[:200]}")
+                    print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
                 if args.group > 1 and v.startswith("fused"):
                     name = f"{v}-x{args.group}{label}"
                     try:
@@ -370,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                         rates[name] = time_group(size, v, device, sac, args.seconds, args.group, dtype,
                                                  key=name, inductor=opts)
                     except Exception as e:
-                        print(f"{size:<11}{name:<26} failed: {type(e).__name__}: {str(e)[:200]}")
+                        print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
         for s in [int(x) for x in args.seeds.split(",") if x]:
             for mode in args.seed_modes.split(","):
                 for label, opts in inductor_sets(args.inductor, "compile" in mode):
@@ -380,21 +394,21 @@ def main(argv: list[str] | None = None) -> int:
                         rates[name] = time_multiseed(size, s, device, sac, args.seconds, mode, dtype,
                                                      key=name, inductor=opts)
                     except Exception as e:
-                        print(f"{size:<11}{name:<26} failed: {type(e).__name__}: {str(e)[:200]}")
+                        print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
         if size == "locomotion":
             rates.update(anchor)  # the anchor measures locomotion sizes only
         base = rates.get("naive-eager")
         pre = {name: rates.pop(name) for name in per_call}
         for name, r in pre.items():  # steps/s in the bundles/s column; x naive: vs its own eager row
-            eager = pre.get(name.rsplit("-", 1)[0] + "-eager")
+            eager = pre.get(pre_algo[name])
             xe = f"{r / eager:>9.2f}" if eager else f"{'':>9}"
-            print(f"{size:<11}{name:<26}{r:>11.1f}{r:>14.1f}{xe}{'':>8}{SETUP_S.get((size, name), 0.0):>9.1f}")
+            print(f"{size:<11}{name:<36}{r:>11.1f}{r:>14.1f}{xe}{'':>8}{SETUP_S.get((size, name), 0.0):>9.1f}")
         for v, r in rates.items():
             xn = f"{r / base:>9.2f}" if base else f"{'':>9}"
             xj = f"{r / jax:>8.2f}" if (jax and size == "locomotion") else f"{'':>8}"
             setup = SETUP_S.get((size, v))
             st = f"{setup:>9.1f}" if setup is not None else f"{'':>9}"
-            print(f"{size:<11}{v:<26}{r:>11.1f}{sac.utd * r:>14.1f}{xn}{xj}{st}")
+            print(f"{size:<11}{v:<36}{r:>11.1f}{sac.utd * r:>14.1f}{xn}{xj}{st}")
     return 0
 
 

@@ -20,7 +20,12 @@ import ray
 import torch
 
 from wsrl_dist import job
-from wsrl_dist.algo.fast import make_bundle_fn, make_offline_step_fn, resolve_mode
+from wsrl_dist.algo.fast import (
+    make_bundle_fn,
+    make_offline_step_fn,
+    offline_step_kind,
+    resolve_mode,
+)
 from wsrl_dist.algo.types import Batch
 from wsrl_dist.config import from_dict
 from wsrl_dist.envs.make import obs_act_dims
@@ -139,10 +144,16 @@ class Learner:
             out["dataset"] = dataset.source
             if warm and not c.pretrain.checkpoint and not finished:
                 self.stage.start("pretrain", c.pretrain.steps)
+                t_loop = time.time()
                 with self._agent_lock:
                     first = pretrain_agent(self.agent, sampler, c, on_log=lambda s, i: (
                         out.update(last=i), self.stage.pretrain_log(s, i)), progress=self.stage.add,
                         mode=self.mode, partial=ckpt_dir / PARTIAL, resume=resume)
+                # the step's kind and its rate (loop only, capture and compilation included): `seconds`
+                # also holds the dataset's load or build, so steps / seconds understates the step
+                out["pretrain_step"] = offline_step_kind(c.pretrain.algo, self.mode)
+                out["pretrain_loop_s"] = time.time() - t_loop
+                out["pretrain_steps_per_s"] = (c.pretrain.steps - first + 1) / max(out["pretrain_loop_s"], 1e-9)
                 out["pretrain_steps"] = c.pretrain.steps
                 if first > 1:
                     out["resumed_at_step"] = first

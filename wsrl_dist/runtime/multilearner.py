@@ -13,12 +13,16 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import ray
 import torch
 
-from wsrl_dist.algo.fast import make_multiseed_fn
+from wsrl_dist import job
+from wsrl_dist.algo.fast import make_multiseed_fn, offline_step_kind
+from wsrl_dist.algo.fused_offline import FUSED_OFFLINE_ALGOS
+from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agents, training_arrays
 from wsrl_dist.runtime.grants import GRANTS
 from wsrl_dist.runtime.learner import Learner
 from wsrl_dist.runtime.progress import PROGRESS
@@ -44,6 +48,7 @@ class MultiSeedLearner:
         first = self.learners[0]
         self.cfg, self.device, self.mode = first.cfg, first.device, first.mode
         self._fn = None  # make_multiseed_fn, built on the first step (graph capture needs batches)
+        self._together_out: list[dict[str, Any]] | None = None  # _pretrain_together's, per seed
         self._step_lock = threading.Lock()  # one whole multi-seed step, or one state_dicts() call
         self.steps = 0  # multi-seed bundles (each = one bundle per seed)
 
@@ -69,12 +74,68 @@ class MultiSeedLearner:
         self._one(group).set_shards(shards)
 
     def prepare(self, group: int, pretrain: bool = True, resume: bool = False) -> dict[str, Any]:
+        """Seed `group`'s Learner.prepare. Where every seed pre-trains CQL / Cal-QL on a fused fast
+        path (the GPU default), the first call pre-trains ALL seeds together in one S-seed fused
+        step (`_pretrain_together`) and each call then prepares its seed without pre-training;
+        otherwise each seed pre-trains on its own, exactly as a single-seed learner of that seed."""
+        if pretrain and self._together():
+            if self._together_out is None:
+                with self._seed_rng(0):  # the joint step's noise: one stream for all seeds
+                    self._together_out = self._pretrain_together(resume)
+            with self._seed_rng(group):
+                out = self._one(group).prepare(False, resume)  # the offline sampler (retention) only
+            out.update(self._together_out[group])
+            return out
         with self._seed_rng(group):
             return self._one(group).prepare(pretrain, resume)
 
     @ray.method(concurrency_group=PROGRESS)
     def progress(self, group: int) -> dict[str, Any]:
         return self._one(group).progress()
+
+    def _together(self) -> bool:
+        c = self.cfg
+        return (len(self.learners) > 1 and self.mode.startswith("fused") and job.uses_pretraining(c)
+                and c.pretrain.algo in FUSED_OFFLINE_ALGOS and not c.pretrain.checkpoint)
+
+    def _pretrain_together(self, resume: bool) -> list[dict[str, Any]]:
+        """Every seed's dataset and sampler as its Learner.prepare makes them, then
+        pretrain.pretrain_agents over all seeds. A seed whose pre-training had finished before a
+        resume (checkpoints/pretrained.pt) is loaded, and then all are (a lock-step job saves them
+        together)."""
+        t0, lrns = time.time(), self.learners
+        ckpts = [Path(lrn.cfg.run.run_dir) / "checkpoints" for lrn in lrns]
+        if resume and all((d / "pretrained.pt").is_file() for d in ckpts):
+            for lrn, d in zip(lrns, ckpts):
+                job.load_agent(d / "pretrained.pt", lrn.agent)
+            return [{"loaded": str(d / "pretrained.pt"), "pretrain_steps": 0} for d in ckpts]
+        samplers, sources = [], []
+        for lrn in lrns:
+            c = lrn.cfg
+            dataset = job.load_offline_dataset(c, lrn.task, progress=False, report=lrn.stage.build_event)
+            samplers.append(DeviceSampler(training_arrays(dataset, lrn.task, c.sac.discount), lrn.device,
+                                          c.run.seed))
+            sources.append(dataset.source)
+        for lrn in lrns:  # every seed's progress shows the shared loop's steps
+            lrn.stage.start("pretrain", self.cfg.pretrain.steps)
+
+        def progress(n: int) -> None:
+            for lrn in lrns:
+                lrn.stage.add(n)
+
+        t_loop = time.time()
+        with contextlib.ExitStack() as held:
+            for lrn in lrns:
+                held.enter_context(lrn._agent_lock)
+            first = pretrain_agents([lrn.agent for lrn in lrns], samplers, self.cfg, self.mode,
+                                    partials=[d / PARTIAL for d in ckpts], resume=resume, progress=progress,
+                                    on_log=lambda s, infos: [lrn.stage.pretrain_log(s, i) for lrn, i in zip(lrns, infos)])
+        loop_s = time.time() - t_loop
+        steps = self.cfg.pretrain.steps
+        out = {"pretrain_steps": steps, "pretrain_step": f"{offline_step_kind(self.cfg.pretrain.algo, self.mode)}, "
+               f"{len(lrns)} seeds together", "pretrain_loop_s": loop_s,
+               "pretrain_steps_per_s": (steps - first + 1) / max(loop_s, 1e-9), "seconds": time.time() - t0}
+        return [{**out, "dataset": src, **({"resumed_at_step": first} if first > 1 else {})} for src in sources]
 
     def save_agent(self, group: int, path: str) -> None:
         self._one(group).save_agent(path)
