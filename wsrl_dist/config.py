@@ -52,7 +52,7 @@ class DatasetConfig:
     path: str | None = None  # explicit HDF5 path (d4rl source)
     root: str | None = None  # D4RL / Minari root override
     minari_id: str | None = None  # None -> the task registry's Minari id
-    build_transitions: int = 100_000  # builder: rows written
+    build_transitions: int = 1_000_000  # builder: rows written (D4RL: 1M per file; medium-replay: the buffer)
     build_train_steps: int | None = None  # builder: SAC env steps for the behaviour policy (None: recipe)
     build_target_return: float | None = None  # builder: stop training at this return (None: recipe)
     build_hidden: list[int] = field(default_factory=lambda: [256, 256])  # behaviour policy nets
