@@ -61,6 +61,9 @@ class DatasetConfig:
     # builder: env steps between checkpoints of the behaviour run (0 = none); a killed build resumes
     # from the last one (<cache>/runs/*.partial.pt) when run again
     build_checkpoint_every: int = 50_000
+    # builder: the seed of the behaviour run and its rollouts (None: run.seed, one dataset per seed).
+    # A study fixes it so that every seed learns from the same dataset, as with a D4RL file
+    build_seed: int | None = None
 
 
 @dataclass
@@ -156,6 +159,8 @@ class RunConfig:
         if self.dataset.build_checkpoint_every < 0:
             raise ConfigError("dataset.build_checkpoint_every must be >= 0 (0 = never), got "
                               f"{self.dataset.build_checkpoint_every}")
+        if self.dataset.build_seed is not None and self.dataset.build_seed < 0:
+            raise ConfigError(f"dataset.build_seed must be >= 0 (or null: run.seed), got {self.dataset.build_seed}")
         if not str(self.run.compile_cache).strip():
             raise ConfigError("run.compile_cache: empty; use auto or a directory for torch.compile's cache")
         if self.run.matmul_precision == "bf16":
@@ -188,7 +193,8 @@ class RunConfig:
         d["pretrain"] = {k: v for k, v in d["pretrain"].items() if k != "checkpoint_every"}
         # Q-vs-MC probes only read the critic (evaluation.q_probe): the training numbers are the same
         d["finetune"] = {k: v for k, v in d["finetune"].items() if not k.startswith("q_probe_")}
-        d["dataset"] = {k: v for k, v in d["dataset"].items() if k != "build_checkpoint_every"}
+        d["dataset"] = {k: v for k, v in d["dataset"].items() if k != "build_checkpoint_every"
+                        and not (k == "build_seed" and v is None)}  # configs from before it hash the same
         # how a refused rollout worker waits for its next grant (in the learner, or polling)
         d["runtime"] = {k: v for k, v in d["runtime"].items() if k != "grant_wait_s"}
         if not d["run"]["seeds"]:  # single-seed configs hash as they did before run.seeds existed

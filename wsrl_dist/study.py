@@ -246,14 +246,15 @@ def _record(u: dict[str, Any], run_dir: Path, cfg: config.RunConfig) -> dict[str
 
 
 def _finished(run_dir: Path, u: dict[str, Any]) -> bool:
-    """A pre-training is done when its pretrained.pt and run.json `finished` exist; a cell when every
-    seed's run dir says `finished` (a multi-seed job writes it per seed-<s>/ at its very end)."""
+    """A pre-training is done when its pretrained.pt and run.json `finished` exist; a cell when its
+    run.json and (multi-seed) every seed-<s>/run.json say `finished`."""
     if u["kind"] == "pretrain":
         dirs = [run_dir]
         if not (run_dir / "checkpoints" / "pretrained.pt").is_file():
             return False
     else:
-        dirs = [run_dir / f"seed-{s}" for s in u["seeds"]] if u["multiseed"] else [run_dir]
+        # a multi-seed job marks its top dir last, after every seed-<s>/
+        dirs = [run_dir, *(run_dir / f"seed-{s}" for s in u["seeds"])] if u["multiseed"] else [run_dir]
     for d in dirs:
         path = d / "run.json"
         if not path.is_file() or "finished" not in json.loads(path.read_text()):
