@@ -26,6 +26,8 @@ methods (wsrl, wsrl_no_warmup, sac_scratch, rlpd); the methods that keep the pre
 (offline_continued, offline_retained) are refused by the multi-seed learner, so their seeds run one
 `launch` after another, each into runs/<task>/<method>/seed-<s>/ (the same layout).
 
+`--tasks T ...` / `--methods M ...` run part of the grid now; the rest can follow into the same dir.
+
 Resuming: rerun the same command. Finished pre-trainings and cells (run.json `finished`) are skipped
 untouched; a cell that was killed mid-run continues through `launch --resume` of its run dir
 (driver.resume: from its newest online checkpoint, or a fresh start of its config when it had none;
@@ -110,8 +112,14 @@ def multiseed_ok(cfg: config.RunConfig) -> bool:
 
 
 class Study:
-    def __init__(self, spec: StudySpec, study_dir: str | Path, extra: list[str] | None = None):
+    def __init__(self, spec: StudySpec, study_dir: str | Path, extra: list[str] | None = None,
+                 tasks: list[str] | None = None, methods: list[str] | None = None):
         self.spec, self.dir, self.extra = spec, Path(study_dir), list(extra or [])
+        # --tasks / --methods: run only part of the grid now (the rest later, into the same dir)
+        for name, sub, full in (("--tasks", tasks, spec.tasks), ("--methods", methods, spec.methods)):
+            if sub and not set(sub) <= set(full):
+                raise config.ConfigError(f"study {name}: {sorted(set(sub) - set(full))} not in the study's {full}")
+        self.only_tasks, self.only_methods = tasks or spec.tasks, methods or spec.methods
         self.manifest_path = self.dir / "manifest.json"
 
     # ------------------------------------------------------------------ configs
@@ -162,13 +170,13 @@ class Study:
         """Every unit of work in order: pre-trainings first (each (task, seed) the methods need),
         then per task the cells, each one multi-seed job or one job per seed."""
         units = []
-        for task in self.spec.tasks:
-            need_pre = [m for m in self.spec.methods
+        for task in [t for t in self.spec.tasks if t in self.only_tasks]:
+            need_pre = [m for m in self.only_methods
                         if job.uses_pretraining(self.cell_config(task, m, [], Path("x"), None))]
             if need_pre:
                 for seed in self.spec.seeds:
                     units.append({"kind": "pretrain", "id": f"{task}/s{seed}", "task": task, "seed": seed})
-            for method in self.spec.methods:
+            for method in [m for m in self.spec.methods if m in self.only_methods]:
                 probe = self.cell_config(task, method, [], Path("x"), None)
                 pre = job.uses_pretraining(probe)
                 multi = multiseed_ok(probe) and len(self.spec.seeds) > 1
@@ -268,12 +276,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("spec", help="configs/studies/<name>.yaml")
     p.add_argument("items", nargs="*", help="key.sub=value overrides for every run of the study")
     p.add_argument("--dir", help="study directory (default studies/<name>)")
+    p.add_argument("--tasks", nargs="+", help="run only these of the study's tasks now")
+    p.add_argument("--methods", nargs="+", help="run only these of the study's methods now")
     args = p.parse_args(argv)
     bad = [a for a in args.items if "=" not in a]
     if bad:
         raise config.ConfigError(f"study: expected key.sub=value overrides, got {bad}")
     spec = load_spec(args.spec)
-    study = Study(spec, args.dir or f"studies/{spec.name}", args.items)
+    study = Study(spec, args.dir or f"studies/{spec.name}", args.items, args.tasks, args.methods)
     study.run()
     from wsrl_dist.ops.study_report import write_study_report
 
