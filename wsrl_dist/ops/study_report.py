@@ -239,12 +239,14 @@ def _plot_onset(path: Path, r: Results) -> None:
                                      ("q_probe_mc_mean", "--", "MC return (same states)")):
                 per_seed = []
                 for s in r.seeds(task, method):
-                    d = {}
+                    d, K = {}, r.run_meta(task, method, s, "warmup_steps")
                     for p in r.probes:
                         if (p["task"], p["method"], int(p["seed"])) == (task, method, s) and _num(p[col]) is not None:
                             x = float(p["env_steps"])
-                            if x <= until:
-                                d[int(round(x / every) * every)] = _num(p[col])
+                            if x <= until:  # keyed as binned_scores keys evals
+                                key = (0 if p["phase"] in START_PHASES else K if p["phase"] == "after_warmup"
+                                       else int(round(x / every) * every))
+                                d[key] = _num(p[col])
                     if d:
                         per_seed.append(d)
                 x, m, se, _ = _curve(per_seed) if per_seed else (np.array([]),) * 4
@@ -254,14 +256,14 @@ def _plot_onset(path: Path, r: Results) -> None:
                     ax.fill_between(x, m - se, m + se, color=color, alpha=0.15)
             per_seed = []
             for s in r.seeds(task, method):
-                d = {int(round(float(t["env_steps"]) / 1000) * 1000): _num(t["q_mean"]) for t in r.train
+                d = {int(round(float(t["env_steps"]) / every) * every): _num(t["q_mean"]) for t in r.train
                      if (t["task"], t["method"], int(t["seed"])) == (task, method, s)
                      and _num(t["q_mean"]) is not None and float(t["env_steps"]) <= until}
                 if d:
                     per_seed.append(d)
             if per_seed:
                 x, m, _, _ = _curve(per_seed)
-                ax.plot(x, m, ":", color=color, lw=1, label=f"{method}: q_mean of the online batch")
+                ax.plot(x, m, ":", color=color, lw=1, marker="x", ms=3, label=f"{method}: q_mean of the online batch")
         if not drawn:
             ax.text(0.5, 0.5, "no q_probe rows\n(finetune.q_probe_every=0?)", ha="center", va="center",
                     transform=ax.transAxes)
