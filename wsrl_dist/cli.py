@@ -9,6 +9,8 @@
   wsrl-dist build-dataset TASK [k=v...]       D4RL-recipe dataset into the cache
   wsrl-dist report RUN_DIR                    learning curve, throughput plot, results table
                                               (a multi-seed run dir: one per seed-<s>/)
+  wsrl-dist study STUDY.yaml [--dir D] [k=v]  tasks x methods x seeds as Ray jobs, resumable (study.py)
+  wsrl-dist report --study DIR                a study's figures, table and CSVs (ops/study_report.py)
   wsrl-dist bench learner|rollout|replay|publish|job|builder  benchmarks (tables with ratios vs in-run baselines)
 
 Bad input (a corrupt dataset or checkpoint) ends with one line naming the file and the problem;
@@ -90,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("task")
     p.add_argument("items", nargs="*")
     p = sub.add_parser("report")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="?")
+    p.add_argument("--study", metavar="DIR", help="a study dir (or one holding only its results/ CSVs)")
+    p = sub.add_parser("study")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="STUDY.yaml [--dir DIR] [key.sub=value ...]")
     p = sub.add_parser("bench")
     p.add_argument("what", choices=["learner", "rollout", "replay", "publish", "job", "builder"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -169,7 +174,19 @@ def _dispatch(args: argparse.Namespace) -> int:
                                      checkpoint_every=cfg.dataset.build_checkpoint_every)
         print(f"dataset: {path}")
         return 0
+    if args.cmd == "study":
+        from wsrl_dist import study
+
+        return study.main(args.rest)
+    if args.cmd == "report" and args.study:
+        from wsrl_dist.ops.study_report import write_study_report
+
+        for name, path in write_study_report(args.study).items():
+            print(f"{name}: {path}")
+        return 0
     if args.cmd == "report":
+        if not args.run_dir:
+            raise SystemExit("wsrl-dist report: give a RUN_DIR or --study DIR")
         from wsrl_dist.ops.report import write_report
 
         run_json = Path(args.run_dir) / "run.json"

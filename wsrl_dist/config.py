@@ -61,6 +61,9 @@ class DatasetConfig:
     # builder: env steps between checkpoints of the behaviour run (0 = none); a killed build resumes
     # from the last one (<cache>/runs/*.partial.pt) when run again
     build_checkpoint_every: int = 50_000
+    # builder: the seed of the behaviour run and its rollouts (None: run.seed, one dataset per seed).
+    # A study fixes it so that every seed learns from the same dataset, as with a D4RL file
+    build_seed: int | None = None
 
 
 @dataclass
@@ -86,6 +89,13 @@ class FinetuneConfig:
     replay_capacity: int = 2_000_000
     eval_every: int = 20_000
     eval_episodes: int = 20
+    # Q-vs-Monte-Carlo probes (evaluation.q_probe; `launch` only): every this many online env steps
+    # up to q_probe_until, and beside every evaluation, q_probe_episodes episodes of the sampled policy
+    # set the critic's Q against their discounted returns-to-go ("q_probe" rows in metrics.jsonl: the
+    # onset of Q divergence after the switch to online). 0 = off. Off the training path.
+    q_probe_every: int = 0
+    q_probe_until: int = 25_000
+    q_probe_episodes: int = 2
 
 
 @dataclass
@@ -153,12 +163,19 @@ class RunConfig:
         if self.dataset.build_checkpoint_every < 0:
             raise ConfigError("dataset.build_checkpoint_every must be >= 0 (0 = never), got "
                               f"{self.dataset.build_checkpoint_every}")
+        if self.dataset.build_seed is not None and self.dataset.build_seed < 0:
+            raise ConfigError(f"dataset.build_seed must be >= 0 (or null: run.seed), got {self.dataset.build_seed}")
         if not str(self.run.compile_cache).strip():
             raise ConfigError("run.compile_cache: empty; use auto or a directory for torch.compile's cache")
         if self.run.matmul_precision == "bf16":
             _check_bf16(self.run.fast_path, self.finetune.method)
         if not 0.0 <= self.finetune.offline_ratio < 1.0:
             raise ConfigError(f"finetune.offline_ratio must be in [0, 1), got {self.finetune.offline_ratio}")
+        ft = self.finetune
+        if ft.q_probe_every < 0 or ft.q_probe_until < 0 or ft.q_probe_episodes < 1:
+            raise ConfigError("finetune.q_probe_every and finetune.q_probe_until must be >= 0 (0 = off) and "
+                              f"finetune.q_probe_episodes >= 1, got {ft.q_probe_every}, {ft.q_probe_until}, "
+                              f"{ft.q_probe_episodes}")
         if self.finetune.warmup_steps < 0 or self.finetune.online_steps < 0:
             raise ConfigError("finetune.warmup_steps and finetune.online_steps must be >= 0")
         _check_sizes(self)
@@ -179,7 +196,10 @@ class RunConfig:
         d = self.to_dict()
         d["run"] = {k: v for k, v in d["run"].items() if k not in ("run_dir", "storage", "progress", "compile_cache")}
         d["pretrain"] = {k: v for k, v in d["pretrain"].items() if k != "checkpoint_every"}
-        d["dataset"] = {k: v for k, v in d["dataset"].items() if k != "build_checkpoint_every"}
+        # Q-vs-MC probes only read the critic (evaluation.q_probe): the training numbers are the same
+        d["finetune"] = {k: v for k, v in d["finetune"].items() if not k.startswith("q_probe_")}
+        d["dataset"] = {k: v for k, v in d["dataset"].items() if k != "build_checkpoint_every"
+                        and not (k == "build_seed" and v is None)}  # configs from before it hash the same
         # how a refused rollout worker waits for its next grant (in the learner, or polling); how long
         # the driver's watchdog waits before it calls the job stuck; the tests' slow-learner delay
         d["runtime"] = {k: v for k, v in d["runtime"].items()

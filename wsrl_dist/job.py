@@ -228,7 +228,8 @@ def build_spec(cfg: RunConfig, task_name: str):
     d = cfg.dataset
     return builder.BuildSpec(
         task=task_name, recipe=builder.recipe_from_task(task_name),
-        transitions=d.build_transitions, seed=cfg.run.seed, hidden=list(d.build_hidden),
+        transitions=d.build_transitions, seed=cfg.run.seed if d.build_seed is None else d.build_seed,
+        hidden=list(d.build_hidden),
         random_steps=d.build_random_steps, eval_every=d.build_eval_every,
         device=str(resolve_device(cfg.run.device)),  # the behaviour SAC trains where the learner would
         **({"train_steps": d.build_train_steps} if d.build_train_steps else {}),

@@ -58,6 +58,19 @@ def _evaluate(cfg: dict, weights: dict, version: int) -> dict[str, Any]:
     return evaluate(policy, task, c.finetune.eval_episodes, c.run.seed)
 
 
+@ray.remote(num_cpus=0)
+def _q_probe(cfg: dict, weights: dict, critic: dict, version: int) -> dict[str, Any]:
+    """Q of the critic vs MC returns of the sampled policy (evaluation.q_probe; a Ray task)."""
+    from wsrl_dist.algo.policy import Policy
+    from wsrl_dist.evaluation import q_probe
+
+    c = from_dict(cfg)
+    task = c.task.spec()
+    policy = Policy(*obs_act_dims(task), c.net, seed=c.run.seed + version)
+    policy.load(weights, version)
+    return q_probe(policy, critic, c, task, c.finetune.q_probe_episodes, c.run.seed)
+
+
 def check_learner_running(train_ref: Any) -> None:
     """During the online stage the learner's train() only returns by failing: raise its error."""
     if ray.wait([train_ref], timeout=0)[0]:
@@ -89,6 +102,8 @@ class Job:
                                   "next_checkpoint": cfg.run.checkpoint_every, "dropped": 0,
                                   "wall_time": 0.0, "workers_target": self.rt.num_workers}
         self.evals: list[tuple[Any, int, str, int]] = []  # (ref, env_steps, phase, version)
+        self.probes: list[tuple[Any, int, str, int]] = []  # Q-vs-MC probes, the same shape
+        self.next_probe = cfg.finetune.q_probe_every  # not checkpointed: a resume probes once at once
         self.stages: dict[str, Any] = {}
         self.t0 = time.time()
         self.last_tick = 0.0
@@ -180,6 +195,10 @@ class Job:
                 while self.c["next_eval"] <= view["env_steps"]:
                     self.c["next_eval"] += self.cfg.finetune.eval_every
             self._maybe_checkpoint(view["env_steps"])
+            ft = self.cfg.finetune
+            if ft.q_probe_every and self.next_probe <= view["env_steps"] <= ft.q_probe_until:
+                self._start_probe("online")
+                self.next_probe = (view["env_steps"] // ft.q_probe_every + 1) * ft.q_probe_every
 
     def _maybe_checkpoint(self, env_steps: int) -> None:
         if env_steps >= self.c["next_checkpoint"]:
@@ -233,6 +252,17 @@ class Job:
         steps = self._env_steps()
         ref = _evaluate.options(scheduling_strategy=_on_this_node()).remote(self.cfg_dict, refs[0], version)
         self.evals.append((ref, steps, phase, version))
+        self._start_probe(phase)
+
+    def _start_probe(self, phase: str) -> None:
+        """A Q-vs-MC probe (finetune.q_probe_every > 0) of the latest weights and the learner's
+        critic now (the critic may be a few bundles ahead of the published actor)."""
+        if not self.cfg.finetune.q_probe_every:
+            return
+        version, refs = ray.get(self.store.latest.remote(-1))
+        critic = self.learner.critic_state.remote()
+        ref = _q_probe.options(scheduling_strategy=_on_this_node()).remote(self.cfg_dict, refs[0], critic, version)
+        self.probes.append((ref, self._env_steps(), phase, version))
 
     def _collect_evals(self, wait: bool = False) -> None:
         keep = []
@@ -249,6 +279,17 @@ class Job:
             else:
                 keep.append((ref, steps, phase, version))
         self.evals = keep
+        pending = []
+        for ref, steps, phase, version in self.probes:
+            if wait or ray.wait([ref], timeout=0)[0]:
+                try:
+                    self.log.write("q_probe", env_steps=steps, phase=phase, weights_version=version,
+                                   wall_time=self._wall(), **ray.get(ref))
+                except RayError as e:
+                    log.error("Q probe at %d env steps failed: %s", steps, e)
+            else:
+                pending.append((ref, steps, phase, version))
+        self.probes = pending
 
     def _checkpoint(self, learner_state: dict[str, Any] | None = None) -> Path:
         """Learner state first (or the one given), then the shards: the shards then hold at least the

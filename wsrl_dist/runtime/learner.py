@@ -171,6 +171,12 @@ class Learner:
         with self._agent_lock:
             job.save_agent(path, self.agent, {"version": self.version})
 
+    def critic_state(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the critic for a Q-vs-MC probe (driver, finetune.q_probe_every): taken
+        between two bundles, one device sync per probe, none in the training loop."""
+        with self._agent_lock:
+            return to_cpu(self.agent.critic.state_dict())
+
     # ------------------------------------------------------------------ weights
     def publish(self, bump: bool = True, wait: bool = False) -> int:
         """Export the actor, ray.put it once, hand the store [ref]; returns the version published

@@ -140,6 +140,10 @@ class MultiSeedLearner:
     def save_agent(self, group: int, path: str) -> None:
         self._one(group).save_agent(path)
 
+    def critic_state(self, group: int) -> dict[str, Any]:
+        with self._step_lock:  # between two multi-seed steps
+            return self._one(group).critic_state()
+
     def publish(self, group: int, bump: bool = True, wait: bool = False) -> int:
         return self._one(group).publish(bump, wait)
 

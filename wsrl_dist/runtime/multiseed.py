@@ -49,11 +49,14 @@ def seed_dir_name(seed: int) -> str:
 
 
 def seed_configs(cfg: RunConfig) -> list[RunConfig]:
-    """One single-seed config per entry of run.seeds: run.seed = it, run dir <run_dir>/seed-<s>."""
+    """One single-seed config per entry of run.seeds: run.seed = it, run dir <run_dir>/seed-<s>;
+    `{seed}` in pretrain.checkpoint becomes the seed."""
     out = []
     for seed in cfg.run.seeds:
         d = cfg.to_dict()
         d["run"].update(seed=seed, seeds=[], run_dir=str(Path(cfg.run.run_dir) / seed_dir_name(seed)))
+        if d["pretrain"]["checkpoint"]:  # "{seed}" names each seed's own pre-trained agent (study.py)
+            d["pretrain"]["checkpoint"] = d["pretrain"]["checkpoint"].replace("{seed}", str(seed))
         out.append(from_dict(d))
     return out
 

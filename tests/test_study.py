@@ -1,0 +1,220 @@
+"""`wsrl-dist study` (wsrl_dist/study.py) and `wsrl-dist report --study` (ops/study_report.py).
+
+The end-to-end test runs configs/studies/smoke.yaml exactly as README writes it, kills the study with
+SIGKILL (its whole process group: the driver and the Ray it started) once the first cell is done and
+the next one is running, reruns it, and checks that the finished work was left untouched, the killed
+cell resumed and completed, every pre-training ran once per seed and was loaded by every cell, and
+that the report re-renders the same table from its CSVs alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsrl_dist import config
+from wsrl_dist.ops.study_report import latest_timeline, nearest_score
+from wsrl_dist.study import load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "wsrl_dist.cli"]
+
+
+def _snapshot(root: Path) -> dict[str, tuple[float, str]]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _run(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
+    # one torch thread, as conftest.py gives in-process tests: on 2 shared cores two OpenMP threads per
+    # process make the tiny CQL steps many times slower
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([*CLI, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True, **kw)
+
+
+def _manifest(study: Path) -> dict:
+    try:
+        return json.loads((study / "manifest.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+@pytest.mark.timeout(1800)  # three study runs and two reports; far slower on busy shared cores
+def test_study_smoke_killed_and_resumed(tmp_path: Path) -> None:
+    (tmp_path / "configs").symlink_to(REPO / "configs")  # the README command, from a scratch cwd
+    study = tmp_path / "studies" / "smoke"
+    task = "inverted-pendulum-v5"
+    # 1) run until wsrl (both seeds, one learner) is done and offline_continued/s0 has started, then kill
+    proc = _run(["study", "configs/studies/smoke.yaml"], tmp_path)
+    deadline = time.time() + 1200
+    killed_dir = study / "runs" / task / "offline_continued" / "seed-0"
+    while time.time() < deadline and proc.poll() is None:
+        cells = _manifest(study).get("cells", {})
+        if (cells.get(f"{task}/wsrl", {}).get("status") == "done"
+                and list((killed_dir / "checkpoints").glob("step_*"))):  # mid-cell, after its first checkpoint
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, f"the study ended before it could be killed:\n{proc.stdout.read()}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    m = _manifest(study)
+    assert m["cells"][f"{task}/wsrl"]["status"] == "done"
+    assert m["cells"][f"{task}/offline_continued/s0"]["status"] == "running"
+    assert "finished" not in json.loads((killed_dir / "run.json").read_text())
+    done_before = {p: _snapshot(study / p) for p in (f"runs/{task}/wsrl", "pretrain")}
+
+    # 2) the same command again: skips the finished work, resumes the killed cell, runs the rest
+    proc = _run(["study", "configs/studies/smoke.yaml"], tmp_path)
+    out, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, out
+    for p, snap in done_before.items():
+        assert _snapshot(study / p) == snap, f"{p} was touched by the rerun"
+    m = _manifest(study)
+    assert {k: v["status"] for k, v in m["cells"].items()} == {
+        f"{task}/wsrl": "done", f"{task}/offline_continued/s0": "done", f"{task}/offline_continued/s1": "done"}
+    assert m["cells"][f"{task}/offline_continued/s0"]["attempts"] == 2
+    assert m["cells"][f"{task}/wsrl"]["attempts"] == 1
+    run = json.loads((killed_dir / "run.json").read_text())
+    assert "resumed" in run and run["resumed_from"]["checkpoint"].startswith("step_")  # continued from its checkpoint
+
+    # one pre-training per seed, loaded (not re-trained) by every cell of that seed
+    assert sorted(m["pretrain"]) == [f"{task}/s0", f"{task}/s1"]
+    assert all(v["attempts"] == 1 for v in m["pretrain"].values())
+    for seed in (0, 1):
+        pre = study / "pretrain" / f"{task}-s{seed}" / "checkpoints" / "pretrained.pt"
+        critic = torch.load(pre, weights_only=True)["agent"]["critic"]
+        for method in ("wsrl", "offline_continued"):
+            d = study / "runs" / task / method / f"seed-{seed}"
+            run = json.loads((d / "run.json").read_text())
+            if d != killed_dir:  # a resumed job's run.json keeps the resumed attempt's stages only
+                assert (tmp_path / run["stages"]["pretrain"]["loaded"]).resolve() == pre.resolve()  # cwd-relative
+                assert run["stages"]["pretrain"]["pretrain_steps"] == 0
+            start = torch.load(d / "checkpoints" / "pretrained.pt", weights_only=True)["agent"]["critic"]
+            assert all(torch.equal(critic[k], start[k]) for k in critic)
+            rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            probes = [r for r in rows if r["kind"] == "q_probe"]
+            assert probes and all(r["q_probe_states"] > 0 and r["q_probe_mc_mean"] > 0 for r in probes)
+            assert {r["phase"] for r in probes} >= {"pretrained", "online"}
+            # the critic the probes read is the learner's: it moves once updates start
+            assert probes[-1]["q_probe_q_mean"] != probes[0]["q_probe_q_mean"]
+
+    # 3) the report: CSVs, figures and the table; a third run changes nothing
+    res = study / "results"
+    table = (res / "table.md").read_text()
+    for name in ("runs.csv", "evals.csv", "train.csv", "q_probe.csv", "onset.png",
+                 f"score_{task}.png", "score_aggregate.png"):
+        assert (res / name).stat().st_size > 0, name
+    lines = [line for line in table.splitlines() if line.startswith(f"| {task} |")]
+    assert len(lines) == 2 and all("| 2 |" in line for line in lines)
+    assert lines[0].split("|")[-2].strip() == "—"  # 1000 steps: past every run's end
+    assert all(c.strip() != "—" for line in lines for c in line.split("|")[4:-2])
+    assert sum(p.stat().st_size for p in res.glob("*.csv")) < 2_000_000
+    runs_snap = _snapshot(study / "runs")
+    proc = _run(["study", "configs/studies/smoke.yaml"], tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert _snapshot(study / "runs") == runs_snap
+    assert (res / "table.md").read_text() == table
+    (res / "table.md").unlink()
+    proc = _run(["report", "--study", "studies/smoke"], tmp_path)  # as README writes it
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert (res / "table.md").read_text() == table
+
+    # 4) re-render from the CSVs alone (no run dirs)
+    alone = tmp_path / "copy"
+    shutil.copytree(res, alone / "results")
+    (alone / "results" / "table.md").unlink()
+    (alone / "results" / "onset.png").unlink()
+    proc = _run(["report", "--study", str(alone)], tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert (alone / "results" / "table.md").read_text() == table
+    assert (alone / "results" / "onset.png").stat().st_size > 0
+
+
+def test_q_probe_against_closed_form() -> None:
+    """InvertedPendulum-v5 pays 1 per step and 0 on the step it falls: with a random-init policy every
+    episode terminates, so the probe's MC mean is mean_t (1 - g^(n - 1 - t)) / (1 - g), and a
+    critic whose last layer is a constant c reads Q = c everywhere."""
+    from wsrl_dist.algo.policy import Policy
+    from wsrl_dist.envs.make import obs_act_dims
+    from wsrl_dist.evaluation import q_probe
+    from wsrl_dist.job import build_agent
+
+    cfg = config.load([], ["task.name=inverted-pendulum-v5"])
+    task = cfg.task.spec()
+    obs_dim, act_dim = obs_act_dims(task)
+    agent = build_agent(cfg, obs_dim, act_dim, torch.device("cpu"))
+    with torch.no_grad():
+        agent.critic.weights[-1].zero_()
+        agent.critic.biases[-1].fill_(3.5)
+    policy = Policy(obs_dim, act_dim, cfg.net, seed=0)
+    policy.load(agent.export_policy(), 0)
+    out = q_probe(policy, agent.critic.state_dict(), cfg, task, episodes=1, seed=0)
+    n, g = out["q_probe_states"], cfg.sac.discount
+    assert out["q_probe_return_mean"] == n - 1 and n < 1000  # fell: every state counts
+    expect = np.mean([(1 - g ** (n - 1 - t)) / (1 - g) for t in range(n)])
+    assert out["q_probe_mc_mean"] == pytest.approx(expect * task.scale_reward(1.0), rel=1e-5)
+    assert out["q_probe_q_mean"] == pytest.approx(3.5, abs=1e-5)
+    assert out["q_probe_gap_mean"] == pytest.approx(3.5 - out["q_probe_mc_mean"], abs=1e-4)
+
+
+def test_latest_timeline_and_nearest() -> None:
+    rows = [{"env_steps": s, "v": i} for i, s in enumerate([0, 300, 600, 900, 300, 600, 900, 1200])]
+    assert [(r["env_steps"], r["v"]) for r in latest_timeline(rows)] == [(0, 0), (300, 4), (600, 5), (900, 6), (1200, 7)]
+    pts = [(0.0, "pretrained", 1.0), (310.0, "online", 2.0), (600.0, "online", 3.0)]
+    assert nearest_score(pts, 300) == 2.0 and nearest_score(pts, 455) == 3.0 and nearest_score(pts, 601) is None
+
+
+def test_study_spec_errors(tmp_path: Path) -> None:
+    def bad(text: str, match: str) -> None:
+        p = tmp_path / "s.yaml"
+        p.write_text(text)
+        with pytest.raises(config.ConfigError, match=match):
+            load_spec(p)
+
+    base = "name: s\ntasks: [inverted-pendulum-v5]\nseeds: [0]\n"
+    bad(base + "methods: [wsrl, dqn]\n", "'dqn' is not one of")
+    bad(base + "methods: [wsrl]\nmethod: x\n", "unknown study keys")
+    bad("name: s\ntasks: [inverted-pendulum-v5]\nmethods: [wsrl]\n", "'seeds' is missing")
+    bad(base.replace("[0]", "[0, 0]") + "methods: [wsrl]\n", "repeated")
+    assert load_spec(REPO / "configs/studies/locomotion.yaml").seeds == [0, 1, 2, 3]
+
+
+def test_study_plan_shares_pretraining_and_filters(tmp_path: Path) -> None:
+    """The locomotion grid: one pre-training per (task, seed) feeds wsrl, wsrl_no_warmup and
+    offline_continued ({seed} in the multi-seed path); SAC cells are multi-seed, offline_continued
+    one job per seed; --tasks / --methods keep only part of the grid."""
+    from wsrl_dist.study import Study
+
+    spec = load_spec(REPO / "configs/studies/locomotion.yaml")
+    study = Study(spec, tmp_path / "s")
+    units = study.plan()
+    pre = [u for u in units if u["kind"] == "pretrain"]
+    assert len(pre) == 3 * 4
+    cells = {u["id"]: u for u in units if u["kind"] == "cell"}
+    assert len(cells) == 3 * (4 + 4)  # 4 multi-seed cells + offline_continued's 4 single-seed jobs
+    task = "hopper-medium-replay-v2"
+    wsrl = study._cfg_for(cells[f"{task}/wsrl"])
+    assert wsrl.run.seeds == [0, 1, 2, 3] and wsrl.pretrain.checkpoint.endswith(f"{task}-s{{seed}}/checkpoints/pretrained.pt")
+    oc = study._cfg_for(cells[f"{task}/offline_continued/s2"])
+    assert oc.run.seed == 2 and oc.pretrain.checkpoint == str(tmp_path / "s" / "pretrain" / f"{task}-s2" / "checkpoints" / "pretrained.pt")
+    assert study._cfg_for(cells[f"{task}/sac_scratch"]).pretrain.checkpoint is None
+    assert wsrl.finetune.online_steps == 300_000 and wsrl.dataset.build_seed == 0
+    part = Study(spec, tmp_path / "s", tasks=[task], methods=["sac_scratch"]).plan()
+    assert [u["id"] for u in part] == [f"{task}/sac_scratch"]  # no pre-training needed for it
+    with pytest.raises(config.ConfigError, match="not in the study"):
+        Study(spec, tmp_path / "s", tasks=["hopper-medium-v2"])
