@@ -102,17 +102,20 @@ def configure_compile_cache(setting: str) -> Path | None:
     return resolved
 
 
-def prepare_run_dir(cfg: RunConfig, command: str, extra: dict[str, Any] | None = None) -> Path:
+def prepare_run_dir(cfg: RunConfig, command: str, extra: dict[str, Any] | None = None,
+                    announce: bool = True) -> Path:
     """Create the run dir; write the resolved config and run.json (command, config hash, ...).
     No run.run_dir: <run.storage>/<name> (storage.py; a URI storage: a local staging dir, uploaded
-    at checkpoints and the end). The run dir is printed, absolute, at start."""
+    at checkpoints and the end). The run dir is printed, absolute, at start (`announce`; a multi-seed
+    job's seed-<s>/ dirs are not: the job prints its top dir once)."""
     if cfg.run.run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cfg.run.run_dir = default_run_dir(cfg, f"{cfg.task.name}-{cfg.finetune.method}-s{cfg.run.seed}-{stamp}")
     run_dir = Path(cfg.run.run_dir).expanduser().absolute()
     cfg.run.run_dir = str(run_dir)
-    print(f"run dir: {run_dir}" + (f" (uploaded to {upload_uri(cfg)})" if upload_uri(cfg) else ""),
-          flush=True)
+    if announce:
+        print(f"run dir: {run_dir}" + (f" (uploaded to {upload_uri(cfg)})" if upload_uri(cfg) else ""),
+              flush=True)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     cfg.dump(run_dir / "config.yaml")
     info = {

@@ -114,7 +114,7 @@ def _assert_infos_close(want: list[dict], got: list[dict]) -> None:
     for w, g in zip(want, got, strict=True):
         assert w.keys() == g.keys()
         for k in w:
-            torch.testing.assert_close(g[k].cpu(), w[k].cpu(), rtol=1e-4, atol=2e-5, msg=k)
+            torch.testing.assert_close(g[k].cpu(), w[k].cpu(), rtol=1e-4, atol=2e-5, msg=lambda m, k=k: f"{k}: {m}")
 
 
 @pytest.mark.parametrize("variant", [*VARIANTS, "cql_member_heads"])

@@ -87,10 +87,11 @@ def scale_requests(controller: Any) -> list[int]:
 
 
 class Job:
-    def __init__(self, cfg: RunConfig, command: str, resume_from: Path | None = None, resuming: bool = False):
+    def __init__(self, cfg: RunConfig, command: str, resume_from: Path | None = None, resuming: bool = False,
+                 announce: bool = True):
         self.cfg, self.rt, self.command = cfg, cfg.runtime, command
         self.run_dir = job.prepare_run_dir(
-            cfg, command, extra={"runtime": "ray", "utd_target": job.updates_per_env_step(cfg)})
+            cfg, command, extra={"runtime": "ray", "utd_target": job.updates_per_env_step(cfg)}, announce=announce)
         self.resume_from = resume_from
         # resumed without an online checkpoint: pre-training continues from its own (learner.prepare)
         self.resuming = resuming or resume_from is not None

@@ -66,7 +66,7 @@ class SeedGroup(Job):
     methods it inherits (ticks, evaluations, checkpoints, final records) act on this seed only."""
 
     def __init__(self, cfg: RunConfig, command: str, parent: MultiSeedJob):
-        super().__init__(cfg, command)  # seed-<s>/: config.yaml, run.json; monitor and counters
+        super().__init__(cfg, command, announce=False)  # seed-<s>/: config.yaml, run.json; monitor and counters
         self.parent = parent
         self.status_dict: dict[str, Any] = {}
 
