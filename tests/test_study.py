@@ -159,8 +159,8 @@ def test_q_probe_against_closed_form() -> None:
     obs_dim, act_dim = obs_act_dims(task)
     agent = build_agent(cfg, obs_dim, act_dim, torch.device("cpu"))
     with torch.no_grad():
-        agent.critic.weights[-1].zero_()
-        agent.critic.biases[-1].fill_(3.5)
+        agent.critic.head_weight.zero_()  # the Q head all members share (net.shared_q_head)
+        agent.critic.head_bias.fill_(3.5)
     policy = Policy(obs_dim, act_dim, cfg.net, seed=0)
     policy.load(agent.export_policy(), 0)
     out = q_probe(policy, agent.critic.state_dict(), cfg, task, episodes=1, seed=0)
