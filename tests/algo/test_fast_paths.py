@@ -56,7 +56,7 @@ def _assert_same(a, b, atol=1e-4):
     (agent_a, infos_a), (agent_b, infos_b) = a, b
     for ia, ib in zip(infos_a, infos_b):
         for k in ia:
-            torch.testing.assert_close(ia[k].cpu(), ib[k].cpu(), atol=atol, rtol=1e-4, msg=k)
+            torch.testing.assert_close(ia[k].cpu(), ib[k].cpu(), atol=atol, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
     for name in ("actor", "critic", "target_critic", "temperature"):
         for pa, pb in zip(getattr(agent_a, name).parameters(), getattr(agent_b, name).parameters()):
             torch.testing.assert_close(pa.detach().cpu(), pb.detach().cpu(), atol=atol, rtol=1e-4)
@@ -172,7 +172,8 @@ def test_a_bundle_group_steps_like_its_bundles_one_by_one(device, mode):
         if device == "cuda":
             torch.cuda.manual_seed(11)
         if grouped:
-            info = group([Batch(*(t.clone() for t in b)) for b in batches] if elsewhere else batches)
+            info = group([Batch(*(None if t is None else t.clone() for t in b)) for b in batches] if elsewhere
+                         else batches)
         else:
             info = [fn(b) for b in batches][-1]
         return agent, [{k: v.clone() for k, v in info.items()}]

@@ -102,7 +102,7 @@ def test_fused_bundle_matches_eager(pinned_randomness, variant):
     for ia, ib in zip(ref_infos, infos):
         assert ia.keys() == ib.keys()
         for k in ia:
-            torch.testing.assert_close(ia[k], ib[k], atol=2e-5, rtol=1e-4, msg=k)
+            torch.testing.assert_close(ia[k], ib[k], atol=2e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
     _assert_agents_close(ref, fast)
 
 
@@ -199,7 +199,7 @@ def test_fused_compile_matches_fused_eager_on_cpu(pinned_randomness):
     for batch in batches:
         ia, ib = fa(batch), fb(batch)
         for k in ia:
-            torch.testing.assert_close(ia[k], ib[k], atol=1e-4, rtol=1e-4, msg=k)
+            torch.testing.assert_close(ia[k], ib[k], atol=1e-4, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
     _assert_agents_close(a, b, atol=1e-4)
 
 
@@ -256,7 +256,7 @@ def test_bf16_bundle_tracks_fp32_and_really_rounds(pinned_randomness):
     for k in info32:
         # q_mean averages Q's of both signs (|Q| ~ 0.6 here, mean ~ 0.1): its error scales with |Q|
         atol = 1e-2 if k == "q_mean" else 1e-3
-        torch.testing.assert_close(info16[k], info32[k], atol=atol, rtol=2e-2, msg=k)
+        torch.testing.assert_close(info16[k], info32[k], atol=atol, rtol=2e-2, msg=lambda m, k=k: f"{k}: {m}")
     for net in ("actor", "critic"):  # a 32-element tensor with one flip is off by ~0.35 alone
         keys = [k for k in delta32 if k.startswith(net)]
         d16, d32 = (torch.cat([d[k].flatten() for k in keys]) for d in (delta16, delta32))
@@ -281,9 +281,9 @@ def test_bf16_compile_matches_bf16_eager_on_cpu(pinned_randomness):
     a, info_e, delta_e = _one_bundle(torch.bfloat16, "fused")
     b, info_c, delta_c = _one_bundle(torch.bfloat16, "fused_compile")
     for k in info_e:
-        torch.testing.assert_close(info_c[k], info_e[k], atol=1e-5, rtol=1e-5, msg=k)
+        torch.testing.assert_close(info_c[k], info_e[k], atol=1e-5, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
     for k in delta_e:
-        torch.testing.assert_close(delta_c[k], delta_e[k], atol=1e-6, rtol=1e-4, msg=k)
+        torch.testing.assert_close(delta_c[k], delta_e[k], atol=1e-6, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
     _assert_agents_close(a, b, atol=1e-5)
 
 

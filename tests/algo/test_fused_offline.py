@@ -39,11 +39,12 @@ VARIANTS = {
 }
 
 
-def _pattern(shape) -> torch.Tensor:
+def _pattern(shape, device=None) -> torch.Tensor:
+    """Made on `device`: a CUDA graph's capture may not copy from host memory."""
     n = 1
     for d in shape:
         n *= d
-    return torch.sin(torch.arange(n, dtype=torch.float32) * 0.7 + 0.3).reshape(tuple(shape))
+    return torch.sin(torch.arange(n, dtype=torch.float32, device=device) * 0.7 + 0.3).reshape(tuple(shape))
 
 
 def _members(e: int, k: int, device=None) -> torch.Tensor:
@@ -57,7 +58,7 @@ def _pinned_noise(spec, seeds, rows, device):
     n = _DRAW(spec, seeds, rows, device)
 
     def same(t):  # every seed gets the pattern of the eager draw's shape (the seed dim dropped)
-        return _pattern(t.shape[1:]).to(device).expand_as(t).clone()
+        return _pattern(t.shape[1:], device).expand_as(t).clone()
 
     members = _members(SAC.critic_ensemble_size, SAC.critic_subsample_size, device).expand(seeds, -1).clone()
     return fused_offline.OfflineNoise(same(n.next_eps), members, members.clone(), same(n.random_actions),
@@ -67,8 +68,8 @@ def _pinned_noise(spec, seeds, rows, device):
 
 @pytest.fixture
 def pinned(monkeypatch):
-    monkeypatch.setattr(torch, "randn_like", lambda t, **kw: _pattern(t.shape).to(t.device))
-    monkeypatch.setattr(torch.Tensor, "uniform_", lambda self, a=0.0, b=1.0, **kw: self.copy_(_pattern(self.shape)))
+    monkeypatch.setattr(torch, "randn_like", lambda t, **kw: _pattern(t.shape, t.device))
+    monkeypatch.setattr(torch.Tensor, "uniform_", lambda self, a=0.0, b=1.0, **kw: self.copy_(_pattern(self.shape, self.device)))
     monkeypatch.setattr(sac_lib, "sample_members", _members)
     monkeypatch.setattr(fused_offline, "draw_noise", _pinned_noise)
 

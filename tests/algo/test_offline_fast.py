@@ -61,7 +61,7 @@ def _assert_same(a, b, atol: float) -> None:
     for ia, ib in zip(infos_a, infos_b):
         assert ia.keys() == ib.keys()
         for k in ia:
-            torch.testing.assert_close(ia[k].cpu(), ib[k].cpu(), atol=atol, rtol=1e-4, msg=k)
+            torch.testing.assert_close(ia[k].cpu(), ib[k].cpu(), atol=atol, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
     for name in ("actor", "critic", "target_critic", "temperature", "value", "lagrange"):
         mod_a, mod_b = getattr(agent_a, name), getattr(agent_b, name)
         if mod_a is None:
