@@ -99,10 +99,11 @@ def test_fused_bundle_matches_eager(pinned_randomness, variant):
     fast = _agent(0, net, sac)
     fn = make_bundle_fn(fast, sac, "fused")
     infos = [{k: v.clone() for k, v in fn(b).items()} for b in batches]
-    for ia, ib in zip(ref_infos, infos):
+    for i, (ia, ib) in enumerate(zip(ref_infos, infos)):
         assert ia.keys() == ib.keys()
         for k in ia:
-            torch.testing.assert_close(ia[k], ib[k], atol=2e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+            torch.testing.assert_close(ia[k], ib[k], atol=2e-5, rtol=1e-4,
+                                       msg=lambda m, k=k, i=i: f"bundle {i} {k}: {m}")
     _assert_agents_close(ref, fast)
 
 
@@ -277,7 +278,13 @@ def test_bf16_bundle_tracks_fp32_and_really_rounds(pinned_randomness):
 
 def test_bf16_compile_matches_bf16_eager_on_cpu(pinned_randomness):
     """Inductor must keep the heads' bf16 rounding (emulate_precision_casts): compiled without it,
-    the heads take fp32 inputs and the losses move ~1e-3 away from eager bf16."""
+    the heads take fp32 inputs and the losses move ~1e-3 away from eager bf16. A torch whose
+    Inductor loses roundings anyway (2.11: actor loss 1.14305 vs eager bf16 1.13769) refuses the
+    compiled bf16 bundle instead."""
+    if not fast_lib.bf16_compile_supported():
+        with pytest.raises(ValueError, match=r"bf16 with run.fast_path=fused_compile needs torch >= 2\.13"):
+            _one_bundle(torch.bfloat16, "fused_compile")
+        return
     a, info_e, delta_e = _one_bundle(torch.bfloat16, "fused")
     b, info_c, delta_c = _one_bundle(torch.bfloat16, "fused_compile")
     for k in info_e:
@@ -299,6 +306,23 @@ def test_bf16_matmul_sums_rounded_inputs_in_fp32(head):
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-6)
     assert (got.double() - (torch.bmm(x.double(), w.double()) + b.double())).abs().max() > 1e-3
+
+
+def test_bf16_compile_is_refused_where_inductor_loses_its_roundings(monkeypatch):
+    """On an older torch (bf16_compile_supported false) auto takes the uncompiled graph on a GPU,
+    and a compiled mode with bf16 is refused naming the version; fp32 is untouched."""
+    cuda_dev, cpu = torch.device("cuda"), torch.device("cpu")  # resolve_mode reads only the type
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    assert not fast_lib.bf16_compile_supported()
+    assert fast_lib.resolve_mode("auto", cuda_dev, torch.bfloat16) == "fused_graph"
+    assert fast_lib.resolve_mode("auto", cuda_dev) == "fused_compile_graph"
+    for mode in ("fused_compile", "fused_compile_graph"):
+        dev = cuda_dev if mode.endswith("graph") else cpu
+        with pytest.raises(ValueError, match=f"run.fast_path={mode} needs torch >= 2.13 \\(this is 2.11.0"):
+            fast_lib.resolve_mode(mode, dev, torch.bfloat16)
+        assert fast_lib.resolve_mode(mode, dev) == mode
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cpu")
+    assert fast_lib.resolve_mode("auto", cuda_dev, torch.bfloat16) == "fused_compile_graph"
 
 
 def test_bf16_runs_fused_or_is_refused():
@@ -324,7 +348,8 @@ def test_bf16_graph_tracks_bf16_eager_on_cuda(pinned_randomness):
     batches = _batches(2, "cuda")
     ref, fast = _agent(0, device="cuda"), _agent(0, device="cuda")
     eager = make_bundle_fn(ref, SAC, "fused", matmul_dtype=torch.bfloat16)
-    graph = make_multiseed_fn([fast], SAC, "fused_compile_graph", [batches[0]], torch.bfloat16)
+    mode = fast_lib.resolve_mode("auto", torch.device("cuda"), torch.bfloat16)  # uncompiled on torch < 2.13
+    graph = make_multiseed_fn([fast], SAC, mode, [batches[0]], torch.bfloat16)
     for b in batches:
         ie = {k: v.clone() for k, v in eager(b).items()}
         ig = graph([b])[0]
