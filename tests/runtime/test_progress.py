@@ -189,7 +189,7 @@ def test_a_build_part_that_ends_between_two_polls_still_gets_its_final_line():
     fields = prog.update("pretrain", {}, rec.read(), now=1.0)
     assert out.getvalue().splitlines() == [
         "build behaviour: 100/400 (25%)  eval 5 / target 9",
-        "build behaviour: 300/400 (75%)  eval 9.5 / target 9, 200 steps/s, ETA 00:00",
+        "build behaviour: 300/400 (75%)  eval 9.5 / target 9, 200 steps/s, budget ETA 00:00",
         "build rollout: 50/50 (100%)", "pretrain: 20/20 (100%)"]
     assert fields["stage"] == "pretrain" and fields["pretrain_steps"] == 20 and fields["stage_progress"] == 1.0
     assert prog.update("warmup", {"env_steps": 0}, None, now=2.0)["stage"] == "warmup"

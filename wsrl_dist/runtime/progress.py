@@ -235,7 +235,11 @@ class StageProgress:
         for k in ("critic_loss", "actor_loss"):
             if k in rec.get("losses", {}):
                 bits.append(f"{k.split('_')[0]} {_fmt_num(rec['losses'][k])}")
-        bits += [f"{_fmt_num(rate)} steps/s" if rate else "", f"ETA {fmt_seconds(eta)}" if eta else ""]
+        # a behaviour run that stops at its target return shows its budget's ETA as such: on the H100
+        # the 1M-step budget read "ETA 14:53" while the build stopped at the target after 80k steps
+        budget = stage == "build" and rec.get("target_return") is not None
+        bits += [f"{_fmt_num(rate)} steps/s" if rate else "",
+                 f"{'budget ETA' if budget else 'ETA'} {fmt_seconds(eta)}" if eta else ""]
         self.lines.show(stage, part, done, total, ", ".join(b for b in bits if b))
         if not current and self.lines.key == (stage, part):  # prepare returned: its last count
             self.lines.close()
