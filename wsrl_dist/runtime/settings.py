@@ -55,6 +55,12 @@ class RuntimeConfig:
     # driver watchdog (runtime/watchdog.py): no env step stored and no critic update for this many
     # seconds in the warmup or online stage ends the job with an error naming the stuck actors
     stall_timeout_s: float = 300.0
+    # replay shards survive a killed process (runtime/replay.py): Ray restarts a shard up to this many
+    # times and it refills from its newest snapshot, written every replay_snapshot_s seconds (0 = no
+    # snapshots: a restarted shard starts empty) under <run_dir>/replay; rows since it are lost
+    # (counted: wsrl_replay_rows_lost_total). A 1M-row shard's snapshot is ~100-200 MB of writes.
+    shard_max_restarts: int = 100
+    replay_snapshot_s: float = 60.0
 
     def validate(self) -> None:
         for name in ("num_workers", "envs_per_worker", "num_shards", "chunk_size", "publish_every",
@@ -78,6 +84,10 @@ class RuntimeConfig:
         every chunk, so the warmup waited forever; max_restarts=-5 failed inside Ray."""
         if self.max_restarts < 0:  # Ray reads -1 as "restart forever": a crash-looping worker never gives up
             raise ValueError(f"runtime.max_restarts must be >= 0, got {self.max_restarts}")
+        if self.shard_max_restarts < 0:
+            raise ValueError(f"runtime.shard_max_restarts must be >= 0, got {self.shard_max_restarts}")
+        if self.replay_snapshot_s < 0:
+            raise ValueError(f"runtime.replay_snapshot_s must be >= 0 seconds (0 = off), got {self.replay_snapshot_s}")
         if self.max_frame_bytes < MIN_FRAME_BYTES:
             raise ValueError(f"runtime.max_frame_bytes must be >= {MIN_FRAME_BYTES} (1 MiB: a "
                              f"{self.chunk_size}-row chunk must fit), got {self.max_frame_bytes}")
