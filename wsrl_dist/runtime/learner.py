@@ -9,6 +9,7 @@ never take the threads the driver's calls need).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -434,6 +435,7 @@ class Learner:
             "bundle_device_ms": self.bundle_timer.mean_ms,
             "device_busy": self.bundle_timer.busy(),
             "process": self.process_stats.snapshot(),  # CPU, GC pauses, grant calls (procstats.py)
+            "pid": os.getpid(),
         }
         # 0 on a CPU learner: the series always exists, so the dashboard panel never goes blank
         out["gpu_memory_bytes"] = (int(torch.cuda.memory_allocated(self.device))

@@ -78,6 +78,7 @@ class Monitor:
             "worker_restarts_total": restarts, "dropped_env_steps": dropped,
             # rows that died with restarted replay shards (after their last snapshot), and restarts
             "replay_rows_lost": rows_lost, "replay_restarts_total": shard_restarts,
+            "learner_pid": learner.get("pid"), "replay_pids": [s.get("pid") for s in shards],
             "workers_alive": sum(1 for s in alive.values() if s in ALIVE_STATES),
             "workers_target": workers_target,
             "workers_pending": placement.get("workers_pending", 0),
@@ -145,7 +146,7 @@ class Monitor:
                 "critic_updates_per_second", "utd_actual", "utd_cumulative", "utd_target",
                 "policy_lag", "weights_version", "workers_alive", "workers_target",
                 "workers_pending", "pending_reason", "worker_resources", "worker_restarts_total", "dropped_env_steps", "workers", "learner_env_steps",
-                "replay_rows_lost", "replay_restarts_total",
+                "replay_rows_lost", "replay_restarts_total", "learner_pid", "replay_pids",
                 "env_steps_by_worker", "learner_device", "learner_gpu_ids",
                 "limiter_blocked_seconds", "episode_return", "updated_at")
         out = {k: v.get(k) for k in keep + STAGE_KEYS}
