@@ -1,22 +1,34 @@
-"""SIGKILL the job's stateful actors mid-online (issue 17): a replay shard comes back from its
-snapshot and the job finishes with the right counters; a dead learner ends the job with one line
-naming the resume command, and that command finishes the job."""
+"""SIGKILL the job's actors mid-online (issue 17): a replay shard comes back from its snapshot and
+the job finishes with the right counters; a dead learner ends the job with one line naming the
+resume command, and that command finishes the job.
+
+Soak: the same small job with a random restartable actor (a rollout worker or the replay shard)
+SIGKILLed every few seconds finishes with the right counters. The learner is not in the draw: it is
+not restarted in place (its death ends the job). CI runs the short form (~1 min online, a kill every
+~12 s). The long form runs only with WSRL_SOAK_S set: a kill every ~20 s for that many seconds (5
+minutes: WSRL_SOAK_S=300), printing the counters:
+    WSRL_SOAK_S=300 pytest -q -s tests/runtime/test_actor_kills.py -k long
+"""
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.runtime.conftest import BackgroundJob, read_records, run_json, tiny_config
 from wsrl_dist.runtime import checkpoint
 from wsrl_dist.runtime.learner import first_update_step
 
-K, TOTAL, UTD = 200, 1400, 4
+K, TOTAL, UTD = 200, 800, 4
 REPO = Path(__file__).resolve().parents[2]
+SOAK_S = float(os.environ.get("WSRL_SOAK_S", "300"))
 LIMITS = ["runtime.num_workers=2", "runtime.utd_slack=16", "runtime.rollout_slack=32"]
 
 
@@ -26,7 +38,7 @@ def test_killed_replay_shard_restarts_from_its_snapshot_and_the_job_finishes_wit
                  "run.checkpoint_every=100000", "runtime.replay_snapshot_s=1", *LIMITS]
     cfg = tiny_config(tmp_path / "shard", *overrides)
     bg = BackgroundJob(cfg)
-    st = bg.wait_for(lambda s: s["phase"] == "online" and s["env_steps"] > K + 300)
+    st = bg.wait_for(lambda s: s["phase"] == "online" and s["env_steps"] > K + 200)
     victim = st["replay_pids"][0]
     os.kill(victim, signal.SIGKILL)
     back = bg.wait_for(lambda s: s.get("replay_restarts_total", 0) >= 1, timeout=60)
@@ -104,3 +116,70 @@ def cfg_overrides(cfg) -> list[str]:
     from tests.runtime.conftest import TINY
 
     return [*TINY, f"run.run_dir={cfg.run.run_dir}", *CLI_OVERRIDES]
+
+
+# ---------------------------------------------------------------- soak
+
+
+def soak(tmp_path, total: int, every_s: float, duration_s: float) -> dict:
+    """Run a `total`-step job, killing a random worker or shard every ~every_s seconds of the
+    online stage for up to duration_s; returns the kill counts, the run dir and run.json."""
+    cfg = tiny_config(tmp_path / "soak", f"finetune.warmup_steps={K}", f"finetune.online_steps={total}",
+                      "finetune.eval_every=100000", "run.checkpoint_every=100000", "runtime.num_workers=2",
+                      "runtime.utd_slack=16", "runtime.rollout_slack=32", "runtime.replay_snapshot_s=2",
+                      "runtime.max_restarts=50")
+    bg = BackgroundJob(cfg)
+    bg.wait_for(lambda s: s["phase"] == "online", timeout=180)
+    rng, kills, t0 = random.Random(17), {"worker": 0, "shard": 0}, time.time()
+    next_kill = t0 + every_s
+    while bg.thread.is_alive() and time.time() - t0 < duration_s:
+        time.sleep(0.25)
+        if time.time() < next_kill:
+            continue
+        st = bg.status()
+        if st.get("phase") != "online":
+            break
+        # a shard first, then a worker, so that even the shortest soak restarts both; then at random
+        kind = ("shard" if not kills["shard"] else "worker" if not kills["worker"]
+                else rng.choice(["worker", "shard"]))
+        pids = (st["replay_pids"] if kind == "shard"
+                else [w["pid"] for w in st["workers"] if w["state"] == "running" and w["pid"]])
+        if not pids or None in pids:
+            continue
+        try:
+            os.kill(rng.choice(pids), signal.SIGKILL)
+        except ProcessLookupError:  # it died on its own meanwhile (a status a tick old)
+            continue
+        kills[kind] += 1
+        next_kill = time.time() + every_s * rng.uniform(0.75, 1.25)
+    run_dir = bg.join(timeout=600)
+    info = run_json(run_dir)
+    # the right final counters: every row stored once, every update the UTD owes done
+    assert info["env_steps"] == total
+    assert info["critic_updates"] == UTD * (total - first_update_step(cfg))
+    assert info["weights_version"] == info["critic_updates"] // UTD
+    assert info["replay_shard_restarts"] == kills["shard"]
+    assert info["worker_restarts"] >= kills["worker"]
+    _, shards, _ = checkpoint.load(checkpoint.latest(run_dir))
+    assert shards[0]["ring"]["total_inserted"] == shards[0]["ring"]["size"] == total
+    assert sum(shards[0]["meta"]["env_steps_by_worker"].values()) == total
+    last = read_records(run_dir, "throughput")[-1]
+    assert last["replay_rows_lost"] == info["replay_rows_lost"]
+    out = {"kills": kills, "soak_s": round(time.time() - t0), "run_json": info}
+    print({"kills": kills, "online_s": round(info["stages"]["online"]["wall_s"]),
+           **{k: info[k] for k in ("env_steps", "critic_updates", "replay_rows_lost", "replay_shard_restarts",
+                                   "worker_restarts", "dropped_env_steps")}})
+    return out
+
+
+def test_soak_short_random_worker_and_shard_kills_end_with_the_right_counters(ray_local, tmp_path):
+    out = soak(tmp_path, total=2000, every_s=12, duration_s=120)
+    assert out["kills"]["shard"] >= 1 and out["kills"]["worker"] >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("WSRL_SOAK_S" not in os.environ, reason="the 5-minute soak: set WSRL_SOAK_S=300")
+def test_soak_long_a_kill_every_20_s_for_wsrl_soak_s_seconds(ray_local, tmp_path):
+    # ~30 env steps/s on a loaded 2-core box: enough online steps to outlast the soak
+    out = soak(tmp_path, total=int(60 * SOAK_S), every_s=20, duration_s=SOAK_S)
+    assert sum(out["kills"].values()) >= int(SOAK_S // 20) - 2
