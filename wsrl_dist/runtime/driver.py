@@ -523,30 +523,34 @@ class Job:
 
 
     def _learner_died(self) -> LearnerDied | None:
-        """After an actor error: LearnerDied (one line: where the job stood, the newest checkpoint,
-        the resume command) if the learner is what died, else None. The learner is not restarted
-        in place: resuming from its newest checkpoint loses at most run.checkpoint_every env steps
-        (and their updates), which --resume collects again."""
-        learner = getattr(self, "learner", None)
-        if learner is None:
+        """After an actor error: LearnerDied if the learner is what died, else None."""
+        if getattr(self, "learner", None) is None:
             return None
-        try:
-            ray.get(learner.ping.remote(), timeout=10)
-            return None
-        except Exception:  # noqa: BLE001 - ActorDiedError, or no answer: it is gone
-            pass
-        view = self.monitor.view
         try:
             env_steps = self._env_steps()
         except RayError:
-            env_steps = view.get("env_steps")
+            env_steps = self.monitor.view.get("env_steps")
         newest = ckpt.latest(self.run_dir)
-        at = (f"its newest checkpoint is {newest.name}" if newest is not None
-              else "it has no online checkpoint yet (resume starts the online stage over)")
-        return LearnerDied(
-            f"the learner died in the {getattr(self, 'stage', 'pretrain')} stage at {env_steps} env steps, "
-            f"{view.get('critic_updates', 0)} critic updates (process killed or its node lost); {at}; "
-            f"resume with: wsrl-dist launch --resume {self.run_dir}")
+        return learner_died(self.learner, self.run_dir, getattr(self, "stage", "pretrain"), env_steps,
+                            self.monitor.view.get("critic_updates", 0), newest.name if newest else None)
+
+
+def learner_died(learner: Any, run_dir: Path, stage: str, env_steps: Any, updates: Any,
+                 newest: str | None) -> LearnerDied | None:
+    """LearnerDied (one line: where the job stood, its newest checkpoint, the resume command) if
+    `learner` (an actor handle) no longer answers, else None. The learner is not restarted in
+    place: resuming from the newest checkpoint redoes at most run.checkpoint_every env steps (plus
+    what one monitor tick collects) and their updates."""
+    try:
+        ray.get(learner.ping.remote(), timeout=10)
+        return None
+    except Exception:  # noqa: BLE001 - ActorDiedError, or no answer: it is gone
+        pass
+    at = (f"its newest checkpoint is {newest}" if newest is not None
+          else "it has no online checkpoint yet (resume starts the online stage over)")
+    return LearnerDied(
+        f"the learner died in the {stage} stage at {env_steps} env steps, {updates} critic updates "
+        f"(process killed or its node lost); {at}; resume with: wsrl-dist launch --resume {run_dir}")
 
 
 def _on_this_node(soft: bool = False) -> NodeAffinitySchedulingStrategy:
