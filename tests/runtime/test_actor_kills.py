@@ -127,7 +127,7 @@ def soak(tmp_path, total: int, every_s: float, duration_s: float) -> dict:
     cfg = tiny_config(tmp_path / "soak", f"finetune.warmup_steps={K}", f"finetune.online_steps={total}",
                       "finetune.eval_every=100000", "run.checkpoint_every=100000", "runtime.num_workers=2",
                       "runtime.utd_slack=16", "runtime.rollout_slack=32", "runtime.replay_snapshot_s=2",
-                      "runtime.max_restarts=50")
+                      "runtime.max_restarts=50", "runtime.checkpoint_every_s=10")
     bg = BackgroundJob(cfg)
     bg.wait_for(lambda s: s["phase"] == "online", timeout=180)
     rng, kills, t0 = random.Random(17), {"worker": 0, "shard": 0}, time.time()
@@ -163,6 +163,9 @@ def soak(tmp_path, total: int, every_s: float, duration_s: float) -> dict:
     _, shards, _ = checkpoint.load(checkpoint.latest(run_dir))
     assert shards[0]["ring"]["total_inserted"] == shards[0]["ring"]["size"] == total
     assert sum(shards[0]["meta"]["env_steps_by_worker"].values()) == total
+    # run.checkpoint_every is out of reach: the checkpoint before the final one was a timed one
+    saved = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*") if checkpoint.problem(p) is None)
+    assert len(saved) == 2 and K < int(saved[0].split("_")[1]) < total
     last = read_records(run_dir, "throughput")[-1]
     assert last["replay_rows_lost"] == info["replay_rows_lost"]
     out = {"kills": kills, "soak_s": round(time.time() - t0), "run_json": info}

@@ -111,6 +111,7 @@ class Job:
         self.t0 = time.time()
         self.last_tick = 0.0
         self.shards_seen = (0, 0)  # the shards' own (rows_lost, restarts) sums as last counted
+        self.last_checkpoint_t = time.time()
 
     # ------------------------------------------------------------------ actors
     def _create_actors(self) -> None:
@@ -228,6 +229,9 @@ class Job:
             ray.get(self.learner.rows_lost.remote(new_lost))
 
     def _maybe_checkpoint(self, env_steps: int) -> None:
+        every_s = self.rt.checkpoint_every_s  # also by time: bounds what a dead learner loses
+        if every_s and time.time() - self.last_checkpoint_t >= every_s:
+            self._checkpoint()
         if env_steps >= self.c["next_checkpoint"]:
             self._checkpoint()
             while self.c["next_checkpoint"] <= env_steps:
@@ -330,6 +334,7 @@ class Job:
                     "bundles": learner_state["bundles"], "restarts": self.sup.restarts,
                     "wall_time": self._wall(), "config_hash": self.cfg.hash(), "stage": "online"}
         path = ckpt.save(self.run_dir, learner_state, shard_states, counters, self.rt.keep_checkpoints)
+        self.last_checkpoint_t = time.time()
         job.sync_run_dir(self.cfg)  # a URI run.storage gets each checkpoint (storage.py)
         return path
 

@@ -151,7 +151,9 @@ class MultiSeedJob:
         self.snapshot = {str(g.cfg.run.seed): g.snapshot for g in self.groups}
         self.controller.set_status.remote(self.status())
         steps = min(g.monitor.view.get("env_steps", 0) for g in self.groups)
-        if phase == "online" and steps >= self.next_checkpoint:
+        every_s = self.rt.checkpoint_every_s  # also by time (driver.Job._maybe_checkpoint)
+        timed = every_s and time.time() - self.groups[0].last_checkpoint_t >= every_s
+        if phase == "online" and (steps >= self.next_checkpoint or timed):
             while self.next_checkpoint <= steps:
                 self.next_checkpoint += self.cfg.run.checkpoint_every
             self._checkpoint()
