@@ -228,6 +228,11 @@ class Job:
         if online and new_lost > 0:
             ray.get(self.learner.rows_lost.remote(new_lost))
 
+    def _sync_shard_losses(self) -> None:
+        """Count shard restarts now (online): call before any re-sync of the granted count to
+        what the shards hold, or a loss counted after it would be handed out twice."""
+        self._count_shard_restarts(ray.get([s.stats.remote() for s in self.shards]), online=True)
+
     def _maybe_checkpoint(self, env_steps: int) -> None:
         every_s = self.rt.checkpoint_every_s  # also by time: bounds what a dead learner loses
         if every_s and time.time() - self.last_checkpoint_t >= every_s:
@@ -439,6 +444,7 @@ class Job:
         the steps of chunks lost with killed workers are handed out again and the runs restarted."""
         if not self.sup.all_done():
             return False
+        self._sync_shard_losses()  # before `held`: rows a restarted shard lost leave `granted` once
         held = self._env_steps()
         if held >= total:
             return True
