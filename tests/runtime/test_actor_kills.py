@@ -5,7 +5,7 @@ resume command, and that command finishes the job.
 Soak: the same small job with a random restartable actor (a rollout worker or the replay shard)
 SIGKILLed every few seconds finishes with the right counters. The learner is not in the draw: it is
 not restarted in place (its death ends the job). CI runs the short form (~1 min online, a kill every
-~12 s). The long form runs only with WSRL_SOAK_S set: a kill every ~20 s for that many seconds (5
+~10 s). The long form runs only with WSRL_SOAK_S set: a kill every ~20 s for that many seconds (5
 minutes: WSRL_SOAK_S=300), printing the counters:
     WSRL_SOAK_S=300 pytest -q -s tests/runtime/test_actor_kills.py -k long
 """
@@ -62,7 +62,7 @@ def test_killed_replay_shard_restarts_from_its_snapshot_and_the_job_finishes_wit
     assert (last["replay_rows_lost"], last["replay_restarts_total"]) == (lost, 1)
 
 
-CLI_OVERRIDES = [f"finetune.warmup_steps={K}", "finetune.online_steps=1200", "finetune.eval_every=100000",
+CLI_OVERRIDES = [f"finetune.warmup_steps={K}", "finetune.online_steps=900", "finetune.eval_every=100000",
                  "run.checkpoint_every=200", *LIMITS]
 
 
@@ -110,7 +110,7 @@ def test_killed_learner_ends_the_job_in_one_line_and_resume_finishes_it(ray_loca
     # lost: at most one checkpoint interval (run.checkpoint_every = 200 env steps; checkpoints are
     # taken on the driver's 0.5 s ticks, so plus what one tick collects)
     assert 0 <= died_at - back["saved"]["env_steps"] <= 200 + 150
-    assert (info["env_steps"], info["critic_updates"]) == (1200, UTD * (1200 - first_update_step(cfg)))
+    assert (info["env_steps"], info["critic_updates"]) == (900, UTD * (900 - first_update_step(cfg)))
 
 
 def cfg_overrides(cfg) -> list[str]:
@@ -178,7 +178,7 @@ def soak(tmp_path, total: int, every_s: float, duration_s: float) -> dict:
 
 
 def test_soak_short_random_worker_and_shard_kills_end_with_the_right_counters(ray_local, tmp_path):
-    out = soak(tmp_path, total=2000, every_s=12, duration_s=120)
+    out = soak(tmp_path, total=2000, every_s=10, duration_s=120)
     assert out["kills"]["shard"] >= 1 and out["kills"]["worker"] >= 1
 
 
