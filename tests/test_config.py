@@ -319,6 +319,9 @@ def test_wsrl_dist_run_refuses_several_seeds(tmp_path):
     ("runtime.stall_timeout_s=-1", r"runtime\.stall_timeout_s must be > 0 seconds, got -1"),
     ("runtime.worker_cpus=-1", r"runtime\.worker_cpus must be >= 0, got -1"),
     ("runtime.metrics_port=70000", r"runtime\.metrics_port must be in \[0, 65535\]"),
+    ("runtime.shard_max_restarts=-1", r"runtime\.shard_max_restarts must be >= 0, got -1"),
+    ("runtime.replay_snapshot_s=-1", r"runtime\.replay_snapshot_s must be >= 0 seconds \(0 = off\), got -1"),
+    ("runtime.checkpoint_every_s=-5", r"runtime\.checkpoint_every_s must be >= 0 seconds \(0 = off\), got -5"),
 ])
 def test_zero_or_negative_intervals_and_sizes_are_refused_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -331,6 +334,9 @@ def test_zero_where_it_means_off_is_accepted():
     assert (cfg.finetune.eval_episodes, cfg.pretrain.steps, cfg.runtime.max_restarts) == (0, 0, 0)
     # the watchdog's timeout changes no number a run produces: resuming with another one is allowed
     assert config.load(overrides=["runtime.stall_timeout_s=30"]).hash() == config.load().hash()
+    # nor do the replay shards' restarts and snapshots, or timed checkpoints; 0 turns each off
+    off = ["runtime.shard_max_restarts=0", "runtime.replay_snapshot_s=0", "runtime.checkpoint_every_s=0"]
+    assert config.load(overrides=off).hash() == config.load().hash()
 
 
 def test_cli_prints_one_line_for_a_zero_checkpoint_interval(tmp_path):

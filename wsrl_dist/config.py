@@ -201,9 +201,12 @@ class RunConfig:
         d["dataset"] = {k: v for k, v in d["dataset"].items() if k != "build_checkpoint_every"
                         and not (k == "build_seed" and v is None)}  # configs from before it hash the same
         # how a refused rollout worker waits for its next grant (in the learner, or polling); how long
-        # the driver's watchdog waits before it calls the job stuck; the tests' slow-learner delay
+        # the driver's watchdog waits before it calls the job stuck; the tests' slow-learner delay;
+        # how replay shards survive a kill (restarts, snapshot interval) and the timed checkpoints:
+        # the same numbers when nothing dies
         d["runtime"] = {k: v for k, v in d["runtime"].items()
-                        if k not in ("grant_wait_s", "stall_timeout_s", "test_learner_delay_s")}
+                        if k not in ("grant_wait_s", "stall_timeout_s", "test_learner_delay_s",
+                                     "shard_max_restarts", "replay_snapshot_s", "checkpoint_every_s")}
         if not d["run"]["seeds"]:  # single-seed configs hash as they did before run.seeds existed
             del d["run"]["seeds"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

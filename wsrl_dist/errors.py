@@ -23,6 +23,11 @@ class CheckpointError(ProjectError, ValueError):
     """A checkpoint directory is incomplete, unreadable or belongs to another config."""
 
 
+class LearnerDied(ProjectError, RuntimeError):
+    """The learner actor's process died (SIGKILL, OOM, its node lost); the message says where the
+    job stood and how to resume it from its newest checkpoint."""
+
+
 def project_errors() -> tuple[type[BaseException], ...]:
     from wsrl_dist.config import ConfigError
     from wsrl_dist.data.schema import SchemaError

@@ -28,7 +28,7 @@ METRIC_RE = re.compile(r"\bwsrl_[a-z0-9_]+")
 REQUIRED_PANELS = [
     "Throughput", "UTD actual vs target", "Rate limiter blocked time", "Replay size per shard",
     "Replay inserts / samples per shard", "Rejected chunks by reason", "Policy lag (quantiles)",
-    "Policy lag histogram", "Weight publish latency", "Worker restarts / workers alive",
+    "Policy lag histogram", "Weight publish latency", "Worker and replay shard restarts / workers alive / replay rows lost",
     "Episode return", "Normalized score", "Learner step time", "Learner GPU memory",
 ]
 
@@ -122,7 +122,8 @@ def test_every_dashboard_query_returns_data_from_a_live_exporter():
             s.update(env_steps_total=1000 + 50 * i, env_steps_by_worker={0: 600 + 30 * i, 1: 400 + 20 * i},
                      critic_updates_total=4000 + 200 * i, policy_lag=lag.to_dict(),
                      learner_step_seconds=step.to_dict(), weight_publish_seconds=step.to_dict(),
-                     worker_restarts_total=1 + i // 10,
+                     worker_restarts_total=1 + i // 10, replay_restarts_total=i // 10,
+                     replay_rows_lost_total=30 * (i // 10),
                      limiter_blocked_seconds={"learner": 1.25 + 0.05 * i, "rollout": 0.5 + 0.01 * i},
                      rejected_chunks={"stale_version": 2 + i, "bad_shape": 1},
                      learner_cpu_seconds=12.5 + 0.2 * i, learner_gc_seconds=0.25 + 0.001 * i,

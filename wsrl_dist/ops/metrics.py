@@ -26,6 +26,9 @@ SNAPSHOT schema (every key optional; a missing key is simply not exported):
     weight_publish_seconds    histogram dict, learner publish -> ray.put done
     weights_version           int  latest published weights version
     worker_restarts_total     int  rollout worker restarts since the job started
+    replay_rows_lost_total    int  replay rows that died with restarted replay shards (inserted after
+                              the shard's last snapshot; runtime.replay_snapshot_s bounds them)
+    replay_restarts_total     int  replay shard restarts since the job started
     workers_alive             int  rollout workers currently alive
     workers_pending           int  rollout workers Ray has not placed yet (no resources free;
                               runtime/placement.py)
@@ -205,6 +208,10 @@ METRICS: tuple[MetricSpec, ...] = (
                "weight_publish_seconds", "histogram", buckets=SECONDS_BUCKETS),
     MetricSpec("wsrl_weights_version", "gauge", "Latest published weights version.", "weights_version"),
     MetricSpec("wsrl_worker_restarts_total", "counter", "Rollout worker restarts.", "worker_restarts_total"),
+    MetricSpec("wsrl_replay_rows_lost_total", "counter",
+               "Replay rows lost with restarted replay shards (inserted after their last snapshot).",
+               "replay_rows_lost_total"),
+    MetricSpec("wsrl_replay_restarts_total", "counter", "Replay shard restarts.", "replay_restarts_total"),
     MetricSpec("wsrl_workers_alive", "gauge", "Rollout workers currently alive.", "workers_alive"),
     MetricSpec("wsrl_workers_pending", "gauge",
                "Rollout workers waiting for Ray to place them (resources asked not free).",

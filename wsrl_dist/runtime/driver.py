@@ -20,12 +20,13 @@ from typing import Any
 
 import ray
 import yaml
-from ray.exceptions import ActorUnavailableError, RayError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from wsrl_dist import job
 from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.envs.make import obs_act_dims
+from wsrl_dist.errors import LearnerDied
 from wsrl_dist.ops.metrics import MetricsServer
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.runtime import checkpoint as ckpt
@@ -101,6 +102,7 @@ class Job:
         self.snapshot: dict[str, Any] = {}
         self.c: dict[str, Any] = {"next_eval": cfg.finetune.eval_every, "next_log": cfg.run.log_every,
                                   "next_checkpoint": cfg.run.checkpoint_every, "dropped": 0,
+                                  "rows_lost": 0, "shard_restarts": 0,
                                   "wall_time": 0.0, "workers_target": self.rt.num_workers}
         self.evals: list[tuple[Any, int, str, int]] = []  # (ref, env_steps, phase, version)
         self.probes: list[tuple[Any, int, str, int]] = []  # Q-vs-MC probes, the same shape
@@ -108,6 +110,8 @@ class Job:
         self.stages: dict[str, Any] = {}
         self.t0 = time.time()
         self.last_tick = 0.0
+        self.shards_seen = (0, 0)  # the shards' own (rows_lost, restarts) sums as last counted
+        self.last_checkpoint_t = time.time()
 
     # ------------------------------------------------------------------ actors
     def _create_actors(self) -> None:
@@ -134,16 +138,22 @@ class Job:
         return opts
 
     def _make_shards(self, learner_node: str) -> list:
-        """runtime.num_shards ReplayShard actors on the learner's node, seeded from run.seed."""
+        """runtime.num_shards ReplayShard actors on the learner's node, seeded from run.seed.
+        Restartable (runtime.shard_max_restarts): a killed shard comes back with its newest snapshot
+        (<run_dir>/replay, every runtime.replay_snapshot_s), and the calls in flight to it (workers'
+        inserts, the learner's samples) are retried by Ray once it is back instead of failing."""
         rt, near = self.rt, NodeAffinitySchedulingStrategy(learner_node, soft=False)
+        restarts = {"max_restarts": rt.shard_max_restarts, "max_task_retries": -1 if rt.shard_max_restarts else 0}
+        snapshots = str(Path(self.run_dir).resolve() / "replay")
         task = self.cfg.task.spec()
         obs_dim, act_dim = obs_act_dims(task)
         capacity = -(-self.cfg.finetune.replay_capacity // rt.num_shards)
-        return [ray.remote(ReplayShard).options(num_cpus=rt.shard_cpus, scheduling_strategy=near)
+        return [ray.remote(ReplayShard).options(num_cpus=rt.shard_cpus, scheduling_strategy=near, **restarts)
                 .remote(capacity, obs_dim, act_dim, self.cfg.run.seed + 101 * i,
                         reward_scale=task.reward_scale, reward_bias=task.reward_bias,
                         max_frame_bytes=rt.max_frame_bytes, shard_id=i,
-                        mc_returns=job.online_loss(self.cfg) == "calql")
+                        mc_returns=job.online_loss(self.cfg) == "calql",
+                        snapshot_dir=snapshots, snapshot_s=rt.replay_snapshot_s)
                 for i in range(rt.num_shards)]
 
     def _teardown(self) -> None:
@@ -172,12 +182,14 @@ class Job:
     def _poll_and_record(self, phase: str) -> None:
         lrn_ref, version_ref = self.learner.stats.remote(), self.store.get_version.remote()
         shards = ray.get([s.stats.remote() for s in self.shards])
+        self._count_shard_restarts(shards, online=phase == "online")
         lrn, version = ray.get([lrn_ref, version_ref])
         self.sup.poll_stats()
         self.monitor.update(phase=phase, learner=lrn, shards=shards, workers=self.sup.last_stats(),
                             alive=self.sup.states(), store_version=version,
                             restarts=self.sup.restarts, dropped=self.c["dropped"],
-                            workers_target=self.c["workers_target"], placement=self.sup.placement())
+                            workers_target=self.c["workers_target"], placement=self.sup.placement(),
+                            rows_lost=self.c["rows_lost"], shard_restarts=self.c["shard_restarts"])
         self._stage_progress(phase)
         self.snapshot = self.monitor.snapshot()
         self._push_status()
@@ -201,7 +213,30 @@ class Job:
                 self._start_probe("online")
                 self.next_probe = (view["env_steps"] // ft.q_probe_every + 1) * ft.q_probe_every
 
+    def _count_shard_restarts(self, shards: list[dict[str, Any]], online: bool) -> None:
+        """Rows lost with restarted replay shards (stats of this tick) into the job's counters;
+        online, the learner hands those env steps out again (learner.rows_lost)."""
+        lost, restarts = (sum(int(s.get(k, 0)) for s in shards) for k in ("rows_lost", "restarts"))
+        new_lost, new_restarts = lost - self.shards_seen[0], restarts - self.shards_seen[1]
+        if new_lost <= 0 and new_restarts <= 0:
+            return
+        self.shards_seen = (lost, restarts)
+        self.c["rows_lost"] += max(0, new_lost)
+        self.c["shard_restarts"] += max(0, new_restarts)
+        log.warning("replay shard restarted: %d rows lost since its last snapshot (%d in this job)",
+                    new_lost, self.c["rows_lost"])
+        if online and new_lost > 0:
+            ray.get(self.learner.rows_lost.remote(new_lost))
+
+    def _sync_shard_losses(self) -> None:
+        """Count shard restarts now (online): call before any re-sync of the granted count to
+        what the shards hold, or a loss counted after it would be handed out twice."""
+        self._count_shard_restarts(ray.get([s.stats.remote() for s in self.shards]), online=True)
+
     def _maybe_checkpoint(self, env_steps: int) -> None:
+        every_s = self.rt.checkpoint_every_s  # also by time: bounds what a dead learner loses
+        if every_s and time.time() - self.last_checkpoint_t >= every_s:
+            self._checkpoint()
         if env_steps >= self.c["next_checkpoint"]:
             self._checkpoint()
             while self.c["next_checkpoint"] <= env_steps:
@@ -304,6 +339,7 @@ class Job:
                     "bundles": learner_state["bundles"], "restarts": self.sup.restarts,
                     "wall_time": self._wall(), "config_hash": self.cfg.hash(), "stage": "online"}
         path = ckpt.save(self.run_dir, learner_state, shard_states, counters, self.rt.keep_checkpoints)
+        self.last_checkpoint_t = time.time()
         job.sync_run_dir(self.cfg)  # a URI run.storage gets each checkpoint (storage.py)
         return path
 
@@ -319,6 +355,8 @@ class Job:
                 + [self.learner.load_state_dict.remote(learner_state)])
         for k in ("next_eval", "next_log", "next_checkpoint", "dropped", "wall_time", "workers_target"):
             self.c[k] = counters[k]
+        for k in ("rows_lost", "shard_restarts"):  # checkpoints from before shard restarts lack them
+            self.c[k] = counters.get(k, 0)
         self.sup.restarts = counters["restarts"]
         lrn = ray.get(self.learner.stats.remote())
         restored = {"env_steps": self._env_steps(), "critic_updates": lrn["critic_updates"],
@@ -378,6 +416,8 @@ class Job:
 
     def _online(self) -> None:
         total, t0 = self.cfg.finetune.online_steps, time.time()
+        # rows lost in the warmup are counted, not handed out again: begin_online syncs to the shards
+        self._count_shard_restarts(ray.get([s.stats.remote() for s in self.shards]), online=False)
         ray.get(self.learner.begin_online.remote(self._env_steps()))  # before any grant
         train_ref = self.learner.train.remote()
         self.sup.start_runs()
@@ -404,6 +444,7 @@ class Job:
         the steps of chunks lost with killed workers are handed out again and the runs restarted."""
         if not self.sup.all_done():
             return False
+        self._sync_shard_losses()  # before `held`: rows a restarted shard lost leave `granted` once
         held = self._env_steps()
         if held >= total:
             return True
@@ -429,7 +470,8 @@ class Job:
             # is the learner device-bound? (runtime/bundletimer.py) and the host's weight-put share
             bundle_device_ms=lrn["bundle_device_ms"], learner_device_busy=lrn["device_busy"],
             weight_put_seconds=lrn["publish_hist"]["sum"], learner_process=lrn["process"],
-            dropped_env_steps=self.c["dropped"], wall_time_s=self._wall())
+            dropped_env_steps=self.c["dropped"], replay_rows_lost=self.c["rows_lost"],
+            replay_shard_restarts=self.c["shard_restarts"], wall_time_s=self._wall())
 
     def _stopped(self, exc: KeyboardInterrupt) -> JobStopped:
         """Interrupted: checkpoint what this stage can resume from; the JobStopped to raise. Online,
@@ -476,6 +518,11 @@ class Job:
             self._finish_records()
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through stop.signals_raise (launch)
             raise self._stopped(e) from None
+        except RayActorError:
+            died = self._learner_died()
+            if died is None:
+                raise
+            raise died from None
         finally:
             if server is not None:
                 server.stop()
@@ -484,6 +531,37 @@ class Job:
         write_report(self.run_dir)
         job.sync_run_dir(self.cfg)
         return self.run_dir
+
+
+    def _learner_died(self) -> LearnerDied | None:
+        """After an actor error: LearnerDied if the learner is what died, else None."""
+        if getattr(self, "learner", None) is None:
+            return None
+        try:
+            env_steps = self._env_steps()
+        except RayError:
+            env_steps = self.monitor.view.get("env_steps")
+        newest = ckpt.latest(self.run_dir)
+        return learner_died(self.learner, self.run_dir, getattr(self, "stage", "pretrain"), env_steps,
+                            self.monitor.view.get("critic_updates", 0), newest.name if newest else None)
+
+
+def learner_died(learner: Any, run_dir: Path, stage: str, env_steps: Any, updates: Any,
+                 newest: str | None) -> LearnerDied | None:
+    """LearnerDied (one line: where the job stood, its newest checkpoint, the resume command) if
+    `learner` (an actor handle) no longer answers, else None. The learner is not restarted in
+    place: resuming from the newest checkpoint redoes at most run.checkpoint_every env steps (plus
+    what one monitor tick collects) and their updates."""
+    try:
+        ray.get(learner.ping.remote(), timeout=10)
+        return None
+    except Exception:  # noqa: BLE001 - ActorDiedError, or no answer: it is gone
+        pass
+    at = (f"its newest checkpoint is {newest}" if newest is not None
+          else "it has no online checkpoint yet (resume starts the online stage over)")
+    return LearnerDied(
+        f"the learner died in the {stage} stage at {env_steps} env steps, {updates} critic updates "
+        f"(process killed or its node lost); {at}; resume with: wsrl-dist launch --resume {run_dir}")
 
 
 def _on_this_node(soft: bool = False) -> NodeAffinitySchedulingStrategy:

@@ -9,6 +9,7 @@ never take the threads the driver's calls need).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -241,6 +242,17 @@ class Learner:
             self.env_steps = int(env_steps)
             self.grants.wake_all()  # the granted count moved: let waiting workers look again
 
+    def rows_lost(self, n: int) -> None:
+        """`n` rows the shards held died with a restarted replay shard (replay.py): they leave the
+        granted count (handed out again, so the job still ends with online_steps rows) and the
+        learner's view of the shards (its next poll reads the true count; max() kept the old one)."""
+        with self._lock:
+            self.limiter.granted = max(0, self.limiter.granted - int(n))
+            self.env_steps = max(0, self.env_steps - int(n))
+            if self.feed is not None:
+                self.feed.env_steps = max(0, self.feed.env_steps - int(n))
+            self.grants.wake_all()
+
     def finish(self) -> None:
         """Rollout is over: run the updates still owed, then return from train()."""
         self._finish.set()
@@ -423,6 +435,7 @@ class Learner:
             "bundle_device_ms": self.bundle_timer.mean_ms,
             "device_busy": self.bundle_timer.busy(),
             "process": self.process_stats.snapshot(),  # CPU, GC pauses, grant calls (procstats.py)
+            "pid": os.getpid(),
         }
         # 0 on a CPU learner: the series always exists, so the dashboard panel never goes blank
         out["gpu_memory_bytes"] = (int(torch.cuda.memory_allocated(self.device))

@@ -37,7 +37,7 @@ class Monitor:
     def update(self, *, phase: str, learner: dict[str, Any], shards: list[dict[str, Any]],
                workers: dict[int, dict[str, Any]], alive: dict[int, str], store_version: int,
                restarts: int, dropped: int, workers_target: int, now: float | None = None,
-               placement: dict[str, Any] | None = None) -> None:
+               placement: dict[str, Any] | None = None, rows_lost: int = 0, shard_restarts: int = 0) -> None:
         """One tick. `workers` holds the latest stats per worker id, `alive` its supervision state;
         `placement`: Supervisor.placement() (workers Ray has not placed, and why)."""
         placement = placement or {}
@@ -76,6 +76,9 @@ class Monitor:
             if acting else None,
             "weights_version": store_version,
             "worker_restarts_total": restarts, "dropped_env_steps": dropped,
+            # rows that died with restarted replay shards (after their last snapshot), and restarts
+            "replay_rows_lost": rows_lost, "replay_restarts_total": shard_restarts,
+            "learner_pid": learner.get("pid"), "replay_pids": [s.get("pid") for s in shards],
             "workers_alive": sum(1 for s in alive.values() if s in ALIVE_STATES),
             "workers_target": workers_target,
             "workers_pending": placement.get("workers_pending", 0),
@@ -110,6 +113,8 @@ class Monitor:
             "limiter_blocked_seconds": v["limiter_blocked_seconds"], "replay": v["replay"],
             "rejected_chunks": v["rejected_chunks"], "policy_lag": v["policy_lag_hist"],
             "weights_version": v["weights_version"], "worker_restarts_total": v["worker_restarts_total"],
+            "replay_rows_lost_total": v.get("replay_rows_lost", 0),
+            "replay_restarts_total": v.get("replay_restarts_total", 0),
             "workers_alive": v["workers_alive"], "episode_return": v["episode_return"],
             "workers_pending": v.get("workers_pending", 0),
             "weight_publish_seconds": v["weight_publish_seconds"],
@@ -141,6 +146,7 @@ class Monitor:
                 "critic_updates_per_second", "utd_actual", "utd_cumulative", "utd_target",
                 "policy_lag", "weights_version", "workers_alive", "workers_target",
                 "workers_pending", "pending_reason", "worker_resources", "worker_restarts_total", "dropped_env_steps", "workers", "learner_env_steps",
+                "replay_rows_lost", "replay_restarts_total", "learner_pid", "replay_pids",
                 "env_steps_by_worker", "learner_device", "learner_gpu_ids",
                 "limiter_blocked_seconds", "episode_return", "updated_at")
         out = {k: v.get(k) for k in keep + STAGE_KEYS}
@@ -153,7 +159,8 @@ class Monitor:
         keep = ("phase", "env_steps", "critic_updates", "env_steps_per_second",
                 "critic_updates_per_second", "utd_actual", "utd_cumulative", "utd_target",
                 "learner_env_steps", "policy_lag", "weights_version", "workers_alive",
-                "workers_pending", "worker_restarts_total", "dropped_env_steps", "episode_return")
+                "workers_pending", "worker_restarts_total", "dropped_env_steps", "episode_return",
+                "replay_rows_lost", "replay_restarts_total")
         # the stage's count, rate and ETA: pre-training steps while env steps are still 0
         out = {k: v.get(k) for k in keep + STAGE_KEYS if k != "pretrain_losses"}
         out["replay_size"] = sum(r["size"] for r in v["replay"].values())

@@ -158,6 +158,9 @@ class MultiSeedLearner:
     def begin_online(self, group: int, env_steps: int) -> None:
         self._one(group).begin_online(env_steps)
 
+    def rows_lost(self, group: int, n: int) -> None:
+        self._one(group).rows_lost(n)
+
     def stats(self, group: int) -> dict[str, Any]:
         out = self._one(group).stats()
         out.update(seed=self._one(group).cfg.run.seed, multiseed_steps=self.steps)

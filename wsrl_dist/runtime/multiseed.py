@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 
 from wsrl_dist import job
 from wsrl_dist.config import RunConfig, from_dict
@@ -35,6 +36,7 @@ from wsrl_dist.runtime.driver import (
     _ray_address,
     _start_metrics,
     check_learner_running,
+    learner_died,
     scale_requests,
 )
 from wsrl_dist.runtime.grants import learner_actor_class
@@ -149,7 +151,9 @@ class MultiSeedJob:
         self.snapshot = {str(g.cfg.run.seed): g.snapshot for g in self.groups}
         self.controller.set_status.remote(self.status())
         steps = min(g.monitor.view.get("env_steps", 0) for g in self.groups)
-        if phase == "online" and steps >= self.next_checkpoint:
+        every_s = self.rt.checkpoint_every_s  # also by time (driver.Job._maybe_checkpoint)
+        timed = every_s and time.time() - self.groups[0].last_checkpoint_t >= every_s
+        if phase == "online" and (steps >= self.next_checkpoint or timed):
             while self.next_checkpoint <= steps:
                 self.next_checkpoint += self.cfg.run.checkpoint_every
             self._checkpoint()
@@ -225,7 +229,8 @@ class MultiSeedJob:
 
     def _online(self) -> None:
         total, t0 = self.cfg.finetune.online_steps, time.time()
-        for g in self.groups:
+        for g in self.groups:  # rows lost in the warmup: counted, not handed out again
+            g._count_shard_restarts(ray.get([s.stats.remote() for s in g.shards]), online=False)
             ray.get(g.learner.begin_online.remote(g._env_steps()))  # before any grant
         train_ref = self.learner.train.remote()
         for g in self.groups:
@@ -279,6 +284,17 @@ class MultiSeedJob:
             self._tick("done")
             job.update_run_json(self.run_dir, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                                 per_seed={str(g.cfg.run.seed): _summary(g.run_dir) for g in self.groups})
+        except RayActorError:
+            if getattr(self, "learner", None) is None:
+                raise
+            newest = common_checkpoints([g.run_dir for g in self.groups])[0]
+            died = learner_died(self.learner, self.run_dir, self.phase,
+                                min(g.monitor.view.get("env_steps", 0) for g in self.groups),
+                                sum(g.monitor.view.get("critic_updates", 0) for g in self.groups),
+                                newest.name if newest else None)
+            if died is None:
+                raise
+            raise died from None
         finally:
             if server is not None:
                 server.stop()

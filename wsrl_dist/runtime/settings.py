@@ -55,6 +55,16 @@ class RuntimeConfig:
     # driver watchdog (runtime/watchdog.py): no env step stored and no critic update for this many
     # seconds in the warmup or online stage ends the job with an error naming the stuck actors
     stall_timeout_s: float = 300.0
+    # replay shards survive a killed process (runtime/replay.py): Ray restarts a shard up to this many
+    # times and it refills from its newest snapshot, written every replay_snapshot_s seconds (0 = no
+    # snapshots: a restarted shard starts empty) under <run_dir>/replay; rows since it are lost
+    # (counted: wsrl_replay_rows_lost_total). A 1M-row shard's snapshot is ~100-200 MB of writes.
+    shard_max_restarts: int = 100
+    replay_snapshot_s: float = 60.0
+    # a job checkpoint also when this many seconds passed since the last one (0 = only every
+    # run.checkpoint_every env steps): a dead learner ends the job, and --resume redoes what came
+    # after the newest checkpoint, so this bounds the work lost in time as well as in env steps
+    checkpoint_every_s: float = 900.0
 
     def validate(self) -> None:
         for name in ("num_workers", "envs_per_worker", "num_shards", "chunk_size", "publish_every",
@@ -78,6 +88,12 @@ class RuntimeConfig:
         every chunk, so the warmup waited forever; max_restarts=-5 failed inside Ray."""
         if self.max_restarts < 0:  # Ray reads -1 as "restart forever": a crash-looping worker never gives up
             raise ValueError(f"runtime.max_restarts must be >= 0, got {self.max_restarts}")
+        if self.shard_max_restarts < 0:
+            raise ValueError(f"runtime.shard_max_restarts must be >= 0, got {self.shard_max_restarts}")
+        if self.checkpoint_every_s < 0:
+            raise ValueError(f"runtime.checkpoint_every_s must be >= 0 seconds (0 = off), got {self.checkpoint_every_s}")
+        if self.replay_snapshot_s < 0:
+            raise ValueError(f"runtime.replay_snapshot_s must be >= 0 seconds (0 = off), got {self.replay_snapshot_s}")
         if self.max_frame_bytes < MIN_FRAME_BYTES:
             raise ValueError(f"runtime.max_frame_bytes must be >= {MIN_FRAME_BYTES} (1 MiB: a "
                              f"{self.chunk_size}-row chunk must fit), got {self.max_frame_bytes}")

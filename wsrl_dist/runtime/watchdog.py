@@ -60,6 +60,7 @@ class Watchdog:
             raise StallError(describe_stall(job, phase, idle))
 
     def _regrant(self, job: Any) -> None:
+        job._sync_shard_losses()  # rows lost with a restarted shard are taken off `granted` first
         granted = ray.get(job.learner.stats.remote())["granted_env_steps"]
         held = job._env_steps()
         if granted > held:
