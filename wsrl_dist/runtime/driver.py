@@ -28,11 +28,12 @@ from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.ops.metrics import MetricsServer
 from wsrl_dist.ops.report import MetricsLog, write_report
+from wsrl_dist.plan import RunPlan
 from wsrl_dist.runtime import checkpoint as ckpt
 from wsrl_dist.runtime import exposure, stop
 from wsrl_dist.runtime.control import NAMESPACE, controller_name, make_controller, scale, status
 from wsrl_dist.runtime.grants import learner_actor_class
-from wsrl_dist.runtime.learner import Learner, first_update_step
+from wsrl_dist.runtime.learner import Learner
 from wsrl_dist.runtime.monitor import Monitor
 from wsrl_dist.runtime.progress import StageLines, StageProgress, announce_metrics
 from wsrl_dist.runtime.replay import ReplayShard
@@ -88,16 +89,19 @@ def scale_requests(controller: Any) -> list[int]:
 
 class Job:
     def __init__(self, cfg: RunConfig, command: str, resume_from: Path | None = None, resuming: bool = False,
-                 announce: bool = True):
+                 announce: bool = True, plan: RunPlan | None = None):
         self.cfg, self.rt, self.command = cfg, cfg.runtime, command
+        # derived from the config once (plan.py) and handed to the learner and the workers
+        self.plan = plan = plan if plan is not None else RunPlan.of(cfg)
         self.run_dir = job.prepare_run_dir(
-            cfg, command, extra={"runtime": "ray", "utd_target": job.updates_per_env_step(cfg)}, announce=announce)
+            cfg, command, extra={"runtime": "ray", "utd_target": plan.updates_per_env_step}, announce=announce,
+            plan=plan)
         self.resume_from = resume_from
         # resumed without an online checkpoint: pre-training continues from its own (learner.prepare)
         self.resuming = resuming or resume_from is not None
         self.cfg_dict = cfg.to_dict()
-        self.first_update = first_update_step(cfg)
-        self.monitor = Monitor(job.updates_per_env_step(cfg), self.first_update, cfg.task.spec())
+        self.first_update = plan.first_update_step
+        self.monitor = Monitor(plan.updates_per_env_step, self.first_update, cfg.task.spec())
         self.snapshot: dict[str, Any] = {}
         self.c: dict[str, Any] = {"next_eval": cfg.finetune.eval_every, "next_log": cfg.run.log_every,
                                   "next_checkpoint": cfg.run.checkpoint_every, "dropped": 0,
@@ -113,12 +117,12 @@ class Job:
     def _create_actors(self) -> None:
         self.store = ray.remote(WeightStore).options(num_cpus=0, scheduling_strategy=_on_this_node()).remote()
         self.learner = (learner_actor_class(Learner, self.rt.num_workers).options(**self._learner_options())
-                        .remote(self.cfg_dict, self.store))
+                        .remote(self.cfg_dict, self.store, plan=self.plan))
         self.learner_node = ray.get(self.learner.ping.remote())
         self.shards = self._make_shards(self.learner_node)
         ray.get(self.learner.set_shards.remote(self.shards))
         self.controller = make_controller(self.run_dir)
-        self.sup = Supervisor(self.cfg_dict, self.shards, self.store, self.learner, self.monitor)
+        self.sup = Supervisor(self.cfg_dict, self.shards, self.store, self.learner, self.monitor, self.plan)
 
     def _learner_options(self) -> dict[str, Any]:
         # Losing a rollout node must not take the job's state along: the store (no CPU, metadata
@@ -143,7 +147,7 @@ class Job:
                 .remote(capacity, obs_dim, act_dim, self.cfg.run.seed + 101 * i,
                         reward_scale=task.reward_scale, reward_bias=task.reward_bias,
                         max_frame_bytes=rt.max_frame_bytes, shard_id=i,
-                        mc_returns=job.online_loss(self.cfg) == "calql")
+                        mc_returns=self.plan.mc_returns)
                 for i in range(rt.num_shards)]
 
     def _teardown(self) -> None:
@@ -191,7 +195,7 @@ class Job:
         self._collect_evals()
         if phase == "online":
             # the eval at the last env step waits for the learner's last updates (run())
-            if self.c["next_eval"] <= view["env_steps"] < self.cfg.finetune.online_steps:
+            if self.c["next_eval"] <= view["env_steps"] < self.plan.online_steps:
                 self._start_eval("online")
                 while self.c["next_eval"] <= view["env_steps"]:
                     self.c["next_eval"] += self.cfg.finetune.eval_every
@@ -212,11 +216,9 @@ class Job:
         if getattr(self, "_stage", None) is None:
             parent = getattr(self, "parent", None)
             label = f"seed {self.cfg.run.seed}" if parent is not None else ""
-            total = self.cfg.finetune.online_steps
-            self._stage = StageProgress(job.warmup_steps(self.cfg), total,
+            self._stage = StageProgress(self.plan.warmup_steps, self.plan.online_steps,
                                         StageLines(label=label, enabled=self.cfg.run.progress),
-                                        updates_total=int(round(self.monitor.utd_target
-                                                                * max(0, total - self.first_update))))
+                                        updates_total=self.plan.updates_total)
         return self._stage
 
     def _stage_progress(self, phase: str) -> None:
@@ -310,7 +312,7 @@ class Job:
     def _restore(self) -> dict[str, Any]:
         loaded = getattr(self, "loaded", None)  # resume(): already read and checked
         learner_state, shard_states, counters = loaded.states if loaded else ckpt.load(self.resume_from)
-        if job.offline_ratio(self.cfg) > 0:  # retention baselines: the offline sampler again
+        if self.plan.offline_ratio > 0:  # retention baselines: the offline sampler again
             self._call(self.learner.prepare.remote(pretrain=False), "online")
         if len(shard_states) != len(self.shards):
             raise ValueError(f"checkpoint has {len(shard_states)} shards, runtime.num_shards is "
@@ -334,10 +336,10 @@ class Job:
         t0 = time.time()
         self.stages["pretrain"] = self._call(self.learner.prepare.remote(resume=self.resuming), "pretrain")
         self.stages["pretrain"]["wall_s"] = time.time() - t0
-        if job.uses_pretraining(self.cfg):
+        if self.plan.pretrained:
             ray.get(self.learner.save_agent.remote(str(self.run_dir / "checkpoints" / "pretrained.pt")))
         ray.get(self.learner.publish.remote(wait=True))  # version 0: the policy the warmup acts with
-        self._start_eval("pretrained" if job.uses_pretraining(self.cfg) else "initial")
+        self._start_eval("pretrained" if self.plan.pretrained else "initial")
 
     def _call(self, ref: Any, phase: str) -> Any:
         self._wait([ref], phase)
@@ -346,7 +348,7 @@ class Job:
     def _warmup(self) -> None:
         """Workers split exactly K env steps; the learner is idle. Shares lost with a dead worker
         are handed out again until the shards hold K rows."""
-        K, t0 = job.warmup_steps(self.cfg), time.time()
+        K, t0 = self.plan.warmup_steps, time.time()
         while True:  # process start-up: give every worker a share if it comes up within a minute
             states = [s.state for s in self.sup.slots.values()]
             if "idle" in states and ("starting" not in states or time.time() - t0 > 60):
@@ -377,7 +379,7 @@ class Job:
             self._start_eval("after_warmup")
 
     def _online(self) -> None:
-        total, t0 = self.cfg.finetune.online_steps, time.time()
+        total, t0 = self.plan.online_steps, time.time()
         ray.get(self.learner.begin_online.remote(self._env_steps()))  # before any grant
         train_ref = self.learner.train.remote()
         self.sup.start_runs()
@@ -544,14 +546,15 @@ def _connect(rt, groups: int = 1) -> bool:
 def launch(cfg: RunConfig, command: str = "") -> Path:
     """Run the whole job on Ray (cfg.runtime.address, or a local Ray); returns the run directory.
     Two or more run.seeds: one learner trains them all (runtime/multiseed.py)."""
-    started = _connect(cfg.runtime, max(1, len(cfg.run.seeds)))
+    plan = RunPlan.of(cfg)  # the one derivation of stages, UTD and rows for this job (plan.py)
+    started = _connect(cfg.runtime, len(plan.seeds))
     try:
-        if len(cfg.run.seeds) > 1:
+        if len(plan.seeds) > 1:
             from wsrl_dist.runtime.multiseed import MultiSeedJob
 
-            return MultiSeedJob(cfg, command).run()
+            return MultiSeedJob(cfg, command, plan=plan).run()
         with stop.signals_raise():  # SIGTERM (`ray job stop`, kill) stops like Ctrl-C
-            return Job(cfg, command).run()
+            return Job(cfg, command, plan=plan).run()
     finally:
         if started:
             ray.shutdown()
@@ -566,14 +569,16 @@ def resume(run_dir: str | Path, command: str = "", force_config: bool = False) -
     run_dir = check_resume_dir(run_dir)  # one-line ResumeError for anything but a run dir
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     cfg.run.run_dir = str(run_dir)
-    started = _connect(cfg.runtime, max(1, len(cfg.run.seeds)))
+    plan = RunPlan.of(cfg)
+    started = _connect(cfg.runtime, len(plan.seeds))
     try:
-        if len(cfg.run.seeds) > 1:
+        if len(plan.seeds) > 1:
             from wsrl_dist.runtime.multiseed import MultiSeedJob
 
-            return MultiSeedJob(cfg, command or f"resume {run_dir}", resume=True).run()
+            return MultiSeedJob(cfg, command or f"resume {run_dir}", resume=True, plan=plan).run()
         loaded = ckpt.load_newest(run_dir, cfg.hash(), force_config)
-        resumed = Job(cfg, command or f"resume {run_dir}", loaded.path if loaded else None, resuming=True)
+        resumed = Job(cfg, command or f"resume {run_dir}", loaded.path if loaded else None, resuming=True,
+                      plan=plan)
         resumed.loaded = loaded
         with stop.signals_raise():
             return resumed.run()

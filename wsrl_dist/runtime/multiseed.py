@@ -26,6 +26,7 @@ import ray
 from wsrl_dist import job
 from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.ops.report import MetricsLog, write_report
+from wsrl_dist.plan import RunPlan
 from wsrl_dist.runtime import checkpoint as ckpt
 from wsrl_dist.runtime.control import controller_name, make_controller
 from wsrl_dist.runtime.driver import (
@@ -66,7 +67,8 @@ class SeedGroup(Job):
     methods it inherits (ticks, evaluations, checkpoints, final records) act on this seed only."""
 
     def __init__(self, cfg: RunConfig, command: str, parent: MultiSeedJob):
-        super().__init__(cfg, command, announce=False)  # seed-<s>/: config.yaml, run.json; monitor and counters
+        # seed-<s>/: config.yaml, run.json; monitor and counters; the job's plan for this seed
+        super().__init__(cfg, command, announce=False, plan=parent.plan.for_seed(cfg.run.seed))
         self.parent = parent
         self.status_dict: dict[str, Any] = {}
 
@@ -83,18 +85,19 @@ class SeedGroup(Job):
 
 
 class MultiSeedJob:
-    def __init__(self, cfg: RunConfig, command: str, resume: bool = False):
-        if job.online_loss(cfg) != "sac":
+    def __init__(self, cfg: RunConfig, command: str, resume: bool = False, plan: RunPlan | None = None):
+        self.plan = plan = plan if plan is not None else RunPlan.of(cfg)
+        if plan.online_loss != "sac":
             raise ValueError(f"finetune.method={cfg.finetune.method} keeps the pre-training loss online; "
                              "several seeds in one learner run SAC bundles only: launch one job per seed")
-        self.cfg, self.rt, self.seeds = cfg, cfg.runtime, list(cfg.run.seeds)
+        self.cfg, self.rt, self.seeds = cfg, cfg.runtime, list(plan.seeds)
         if cfg.run.run_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             seeds = "-".join(map(str, self.seeds))
             cfg.run.run_dir = job.default_run_dir(cfg, f"{cfg.task.name}-{cfg.finetune.method}-seeds{seeds}-{stamp}")
         self.run_dir = job.prepare_run_dir(cfg, command, extra={
-            "runtime": "ray", "utd_target": cfg.sac.utd, "seeds": self.seeds,
-            "seed_dirs": [seed_dir_name(s) for s in self.seeds]})
+            "runtime": "ray", "utd_target": plan.updates_per_env_step, "seeds": self.seeds,
+            "seed_dirs": [seed_dir_name(s) for s in self.seeds]}, plan=plan)
         job.update_run_json(self.run_dir, seed=None)  # run.seed is not one of the seeds trained
         with contextlib.suppress(OSError):  # each seed-<s>/ has its own checkpoints/; none at the top
             os.rmdir(self.run_dir / "checkpoints")
@@ -118,13 +121,13 @@ class MultiSeedJob:
         opts["max_concurrency"] = 4 + 4 * len(self.groups)  # every group's driver-side calls
         cls = learner_actor_class(MultiSeedLearner, self.groups[0].rt.num_workers, len(self.groups))
         self.learner = cls.options(**opts).remote(
-            [g.cfg_dict for g in self.groups], stores)
+            [g.cfg_dict for g in self.groups], stores, [g.plan for g in self.groups])
         self.learner_node = ray.get(self.learner.ping.remote())
         for i, (g, store) in enumerate(zip(self.groups, stores)):
             g.store, g.learner, g.learner_node = store, LearnerView(self.learner, i), self.learner_node
             g.shards = g._make_shards(self.learner_node)
             ray.get(g.learner.set_shards.remote(g.shards))
-            g.sup = Supervisor(g.cfg_dict, g.shards, g.store, g.learner, g.monitor)
+            g.sup = Supervisor(g.cfg_dict, g.shards, g.store, g.learner, g.monitor, g.plan)
         self.controller = make_controller(self.run_dir)
 
     def _teardown(self) -> None:
@@ -179,7 +182,7 @@ class MultiSeedJob:
     def _warmup(self) -> None:
         """Every group collects exactly K env steps into its own shards, all groups at once; the
         learner is idle. Per group this is driver.Job._warmup's loop."""
-        K, t0 = job.warmup_steps(self.cfg), time.time()
+        K, t0 = self.plan.warmup_steps, time.time()
         while True:  # process start-up: every worker of every group, or a minute
             ok = True
             for g in self.groups:
@@ -224,7 +227,7 @@ class MultiSeedJob:
                 g._start_eval("after_warmup")
 
     def _online(self) -> None:
-        total, t0 = self.cfg.finetune.online_steps, time.time()
+        total, t0 = self.plan.online_steps, time.time()
         for g in self.groups:
             ray.get(g.learner.begin_online.remote(g._env_steps()))  # before any grant
         train_ref = self.learner.train.remote()
