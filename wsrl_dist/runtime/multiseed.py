@@ -1,6 +1,6 @@
 """Multi-seed job (`run.seeds: [a, b, ...]`): S seeds of one config, ONE learner, S worker groups.
 
-Each seed is a SeedGroup: a driver.Job of that seed's single-seed config (run.seed = the seed) with
+Each seed is a SeedGroup: a seedjob.Job of that seed's single-seed config (run.seed = the seed) with
 its own WeightStore, replay shards, rollout Supervisor (runtime.num_workers workers, env seeds derived
 from the seed), Monitor, metrics.jsonl, evaluations and checkpoints, all under <run_dir>/seed-<s>/
 (the layout of a single-seed run dir, report included). Its learner is a LearnerView onto the shared
@@ -29,8 +29,8 @@ from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.plan import RunPlan
 from wsrl_dist.runtime import checkpoint as ckpt
 from wsrl_dist.runtime.control import controller_name, make_controller
-from wsrl_dist.runtime.driver import (
-    Job,
+from wsrl_dist.runtime.grants import learner_actor_class
+from wsrl_dist.runtime.jobtools import (
     _on_this_node,
     _port_note,
     _ray_address,
@@ -38,9 +38,9 @@ from wsrl_dist.runtime.driver import (
     check_learner_running,
     scale_requests,
 )
-from wsrl_dist.runtime.grants import learner_actor_class
 from wsrl_dist.runtime.multilearner import LearnerView, MultiSeedLearner
 from wsrl_dist.runtime.progress import announce_metrics
+from wsrl_dist.runtime.seedjob import Job
 from wsrl_dist.runtime.supervisor import Supervisor
 from wsrl_dist.runtime.weights import WeightStore
 
@@ -181,7 +181,7 @@ class MultiSeedJob:
 
     def _warmup(self) -> None:
         """Every group collects exactly K env steps into its own shards, all groups at once; the
-        learner is idle. Per group this is driver.Job._warmup's loop."""
+        learner is idle. Per group this is seedjob.Job._warmup's loop."""
         K, t0 = self.plan.warmup_steps, time.time()
         while True:  # process start-up: every worker of every group, or a minute
             ok = True
