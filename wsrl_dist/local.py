@@ -185,12 +185,12 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     episode: list[dict[str, np.ndarray]] = []
     ep_return, info = 0.0, {}
     def stage_bar(warmup: bool) -> tqdm:  # one line per stage: warmup (K env steps), then online
-        return tqdm(total=K if warmup else ft.online_steps, initial=c.env_steps, desc="warmup" if warmup
+        return tqdm(total=K if warmup else plan.online_steps, initial=c.env_steps, desc="warmup" if warmup
                     else "online", disable=not cfg.run.progress, **bar_options())
 
     bar = stage_bar(c.env_steps < K)
     last_log = (time.time(), c.env_steps, c.updates)
-    while c.env_steps < ft.online_steps:
+    while c.env_steps < plan.online_steps:
         with torch.no_grad():
             action, _ = agent.actor(torch.as_tensor(obs, device=device).unsqueeze(0))
         action = action[0].cpu().numpy()  # CPU-GPU sync once per env step (acting)
@@ -228,10 +228,10 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
                 if bundle is None:
                     bundle = make_bundle_fn(agent, sac, mode, example=batch, matmul_dtype=matmul_dtype)
                 info = bundle(batch)
-                c.updates += sac.utd
+                c.updates += plan.updates_per_env_step
             else:
                 info = offline_step(agent, batch, online_loss, sac, cfg.pretrain.cql, cfg.pretrain.iql)
-                c.updates += 1
+                c.updates += plan.updates_per_env_step  # 1: one step of the kept loss
         if c.env_steps % cfg.run.log_every == 0:  # throughput in warmup too; losses once updating
             now = time.time()
             dt = max(now - last_log[0], 1e-9)
@@ -246,10 +246,10 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
                 bar.set_postfix(critic=f"{vals.get('critic_loss', 0):.3g}", q=f"{vals.get('q_mean', 0):.3g}")
             last_log = (now, c.env_steps, c.updates)
         warmup_done = K > 0 and c.env_steps == K
-        if warmup_done and c.env_steps < ft.online_steps:
+        if warmup_done and c.env_steps < plan.online_steps:
             bar.close()
             bar = stage_bar(False)
-        last = c.env_steps == ft.online_steps  # the reference also evaluates at the end
+        last = c.env_steps == plan.online_steps  # the reference also evaluates at the end
         if warmup_done or last or c.env_steps >= c.next_eval:  # one eval per step
             _evaluate(agent, cfg, task, log, c, "after_warmup" if warmup_done else "online", t0)
             while c.next_eval <= c.env_steps:

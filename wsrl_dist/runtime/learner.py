@@ -133,15 +133,15 @@ class Learner:
         reuse checkpoints/pretrained.pt when pre-training had finished, else continue from
         checkpoints/pretrain-partial.pt (pretrain.checkpoint_every) when there is one."""
         c, t0, out = self.cfg, time.time(), {"pretrain_steps": 0}
-        warm = pretrain and self.plan.pretrained
+        warm, pretrains = pretrain and self.plan.pretrained, pretrain and self.plan.pretrains
         ckpt_dir = Path(c.run.run_dir) / "checkpoints"
-        finished = warm and not c.pretrain.checkpoint and resume and (ckpt_dir / "pretrained.pt").is_file()
-        if (warm and not c.pretrain.checkpoint and not finished) or self.ratio > 0:
+        finished = pretrains and resume and (ckpt_dir / "pretrained.pt").is_file()
+        if (pretrains and not finished) or self.ratio > 0:
             dataset = job.load_offline_dataset(c, self.task, progress=False, report=self.stage.build_event)
             sampler = DeviceSampler(training_arrays(dataset, self.task, c.sac.discount), self.device,
                                     c.run.seed)
             out["dataset"] = dataset.source
-            if warm and not c.pretrain.checkpoint and not finished:
+            if pretrains and not finished:
                 self.stage.start("pretrain", c.pretrain.steps)
                 t_loop = time.time()
                 with self._agent_lock:

@@ -96,8 +96,8 @@ class MultiSeedLearner:
 
     def _together(self) -> bool:
         c = self.cfg
-        return (len(self.learners) > 1 and self.mode.startswith("fused") and self.learners[0].plan.pretrained
-                and c.pretrain.algo in FUSED_OFFLINE_ALGOS and not c.pretrain.checkpoint)
+        return (len(self.learners) > 1 and self.mode.startswith("fused") and self.learners[0].plan.pretrains
+                and c.pretrain.algo in FUSED_OFFLINE_ALGOS)
 
     def _pretrain_together(self, resume: bool) -> list[dict[str, Any]]:
         """Every seed's dataset and sampler as its Learner.prepare makes them, then
