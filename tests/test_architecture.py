@@ -5,6 +5,10 @@ Rules, checked on the source (AST, tests/test_imports.py's walker), not by impor
   (test_layer_never_imports_ray_or_the_runtime) holds that rule; it is not repeated here.
 - config.py (and the section dataclasses it composes) import no wsrl_dist.runtime module: the
   config sits below the runtime that reads it.
+- The library side (everything but runtime/, bench/ and the entry points cli.py and study.py)
+  imports no wsrl_dist.runtime module: the runtime is built on it, not the other way round. One
+  stated exception: errors.py's project_errors() lists every layer's error classes (the wire's
+  WireError among them) for the CLI's one-line messages, inside a function.
 - No two wsrl_dist modules import each other, directly or through a longer chain.
 
 How an import becomes an edge of the graph: every import statement counts, at module level and
@@ -136,3 +140,16 @@ def test_config_imports_no_runtime_module():
             todo += graph[mod]
     bad = sorted(m for m in seen if m == "wsrl_dist.runtime" or m.startswith("wsrl_dist.runtime."))
     assert not bad, f"wsrl_dist.config reaches runtime modules: {bad}"
+
+
+ABOVE_THE_RUNTIME = ("wsrl_dist.runtime", "wsrl_dist.bench", "wsrl_dist.cli", "wsrl_dist.study")
+UPWARD_EXCEPTIONS = {("wsrl_dist.errors", "wsrl_dist.runtime.wire")}  # the docstring says why
+
+
+def test_the_library_side_imports_no_runtime_module():
+    graph = import_graph(_modules())
+    below = [m for m in graph if not any(m == a or m.startswith(a + ".") for a in ABOVE_THE_RUNTIME)]
+    assert "wsrl_dist.local" in below and "wsrl_dist.job" in below and "wsrl_dist.plan" in below
+    bad = [f"{m} (line {line}) imports {t}" for m in below for t, line in graph[m].items()
+           if (t == "wsrl_dist.runtime" or t.startswith("wsrl_dist.runtime.")) and (m, t) not in UPWARD_EXCEPTIONS]
+    assert not bad, "\n".join(bad)

@@ -30,10 +30,10 @@ from wsrl_dist.durable import replace_durably
 from wsrl_dist.envs.make import make_env, obs_act_dims
 from wsrl_dist.errors import CheckpointError
 from wsrl_dist.evaluation import evaluate
+from wsrl_dist.ops.bars import bar_options
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.plan import RunPlan
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
-from wsrl_dist.runtime.progress import bar_options
 
 
 @dataclass
