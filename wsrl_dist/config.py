@@ -27,7 +27,7 @@ from wsrl_dist.algo.iql import IQLConfig
 from wsrl_dist.algo.nets import NetConfig
 from wsrl_dist.algo.sac import SACConfig
 from wsrl_dist.envs.tasks import TaskConfig
-from wsrl_dist.runtime.settings import RuntimeConfig
+from wsrl_dist.runtime_config import RuntimeConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 FINETUNE_METHODS = (

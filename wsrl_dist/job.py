@@ -18,43 +18,7 @@ from wsrl_dist.algo.agent import Agent, make_agent
 from wsrl_dist.config import RunConfig
 from wsrl_dist.data.schema import OfflineDataset
 from wsrl_dist.envs.tasks import TaskSpec
-
-# methods that start from a pre-trained agent / that sample offline data online
-PRETRAINED_METHODS = ("wsrl", "wsrl_no_warmup", "offline_continued", "offline_retained")
-RETENTION_METHODS = ("rlpd", "offline_retained")
-
-
-def uses_pretraining(cfg: RunConfig) -> bool:
-    return cfg.finetune.method in PRETRAINED_METHODS and cfg.pretrain.algo != "none"
-
-
-def offline_ratio(cfg: RunConfig) -> float:
-    """Fraction of each online batch drawn from offline data (0 = no retention, WSRL)."""
-    if cfg.finetune.method in RETENTION_METHODS:
-        return cfg.finetune.offline_ratio or 0.5  # RLPD's symmetric sampling by default
-    return 0.0
-
-
-def online_loss(cfg: RunConfig) -> str:
-    """The online update: "sac" (UTD bundles), or the pre-training loss kept online by the
-    offline_continued / offline_retained baselines (pretrain.algo: one step per env step)."""
-    if cfg.finetune.method in ("offline_continued", "offline_retained"):
-        return cfg.pretrain.algo
-    return "sac"
-
-
-def updates_per_env_step(cfg: RunConfig) -> int:
-    """Critic updates per env step (the UTD limiter's ratio): sac.utd, or 1 for a kept offline loss."""
-    return cfg.sac.utd if online_loss(cfg) == "sac" else 1
-
-
-def rows_per_env_step(cfg: RunConfig) -> int:
-    """Rows one env step's update reads: utd x batch_size (a bundle), or pretrain.batch_size."""
-    return cfg.sac.utd * cfg.sac.batch_size if online_loss(cfg) == "sac" else cfg.pretrain.batch_size
-
-
-def warmup_steps(cfg: RunConfig) -> int:
-    return 0 if cfg.finetune.method == "wsrl_no_warmup" else cfg.finetune.warmup_steps
+from wsrl_dist.plan import RunPlan
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,11 +67,13 @@ def configure_compile_cache(setting: str) -> Path | None:
 
 
 def prepare_run_dir(cfg: RunConfig, command: str, extra: dict[str, Any] | None = None,
-                    announce: bool = True) -> Path:
+                    announce: bool = True, plan: RunPlan | None = None) -> Path:
     """Create the run dir; write the resolved config and run.json (command, config hash, ...).
     No run.run_dir: <run.storage>/<name> (storage.py; a URI storage: a local staging dir, uploaded
     at checkpoints and the end). The run dir is printed, absolute, at start (`announce`; a multi-seed
-    job's seed-<s>/ dirs are not: the job prints its top dir once)."""
+    job's seed-<s>/ dirs are not: the job prints its top dir once). `plan`: the job's RunPlan (its
+    warmup and pre-training go into run.json); a caller with none (a test) gets its config's."""
+    plan = plan if plan is not None else RunPlan.of(cfg)
     if cfg.run.run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cfg.run.run_dir = default_run_dir(cfg, f"{cfg.task.name}-{cfg.finetune.method}-s{cfg.run.seed}-{stamp}")
@@ -120,8 +86,8 @@ def prepare_run_dir(cfg: RunConfig, command: str, extra: dict[str, Any] | None =
     cfg.dump(run_dir / "config.yaml")
     info = {
         "command": command, "config_hash": cfg.hash(), "task": cfg.task.name,
-        "method": cfg.finetune.method, "warmup_steps": warmup_steps(cfg), "seed": cfg.run.seed,
-        "pretrain_algo": cfg.pretrain.algo if uses_pretraining(cfg) else "none",
+        "method": cfg.finetune.method, "warmup_steps": plan.warmup_steps, "seed": cfg.run.seed,
+        "pretrain_algo": cfg.pretrain.algo if plan.pretrained else "none",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {}),
     }
     run_json = run_dir / "run.json"

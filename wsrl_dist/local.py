@@ -30,9 +30,10 @@ from wsrl_dist.durable import replace_durably
 from wsrl_dist.envs.make import make_env, obs_act_dims
 from wsrl_dist.errors import CheckpointError
 from wsrl_dist.evaluation import evaluate
+from wsrl_dist.ops.bars import bar_options
 from wsrl_dist.ops.report import MetricsLog, write_report
+from wsrl_dist.plan import RunPlan
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
-from wsrl_dist.runtime.progress import bar_options
 
 
 @dataclass
@@ -117,7 +118,8 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     if len(cfg.run.seeds) > 1:
         raise ConfigError(f"run.seeds={cfg.run.seeds}: several seeds in one job need the Ray learner "
                           "(`wsrl-dist launch`); `wsrl-dist run` trains run.seed only")
-    run_dir = job.prepare_run_dir(cfg, command)  # prints the run dir first: where to look meanwhile
+    plan = RunPlan.of(cfg)  # the stages, UTD and rows of this run, derived once (plan.py)
+    run_dir = job.prepare_run_dir(cfg, command, plan=plan)  # prints the run dir first: where to look meanwhile
     log = MetricsLog(run_dir)
     task = cfg.task.spec()
     seed = cfg.run.seed
@@ -132,16 +134,16 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     # (fast.make_offline_step_fn), and so is the online bundle in cuda_graph / compile_graph
     agent = job.build_agent(cfg, obs_dim, act_dim, device, capturable=mode.endswith("graph"))
     ft, sac = cfg.finetune, cfg.sac
-    online_loss = job.online_loss(cfg)
-    need_mc = online_loss == "calql"  # Cal-QL online inserts whole episodes with MC returns (gotcha 14)
+    online_loss = plan.online_loss
+    need_mc = plan.mc_returns  # Cal-QL online inserts whole episodes with MC returns (gotcha 14)
     buffer = RingBuffer(ft.replay_capacity, obs_dim, act_dim,
                         {"mc_returns": ((), np.float32)} if need_mc else None)
-    ratio = job.offline_ratio(cfg)
+    ratio = plan.offline_ratio
     t0 = time.time()
 
     # ---- stage 1: offline pre-training (or loading a pre-trained agent)
     offline = None
-    needs_data = (job.uses_pretraining(cfg) and not cfg.pretrain.checkpoint) or ratio > 0
+    needs_data = plan.needs_offline_data
     resuming = resume and (run_dir / "checkpoints" / "latest.pt").exists()
     if needs_data:
         dataset = job.load_offline_dataset(cfg, task, progress=cfg.run.progress)
@@ -152,7 +154,7 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
         c = _restore(run_dir, agent, buffer, rng)
     else:
         c = Counters()
-        if job.uses_pretraining(cfg):
+        if plan.pretrained:
             pretrained = run_dir / "checkpoints" / "pretrained.pt"
             if cfg.pretrain.checkpoint:
                 job.load_agent(cfg.pretrain.checkpoint, agent)
@@ -168,27 +170,27 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
                 if first > 1:
                     job.update_run_json(run_dir, pretrain_resumed_at_step=first)
             job.save_agent(pretrained, agent, {"pretrain_steps": cfg.pretrain.steps})
-        _evaluate(agent, cfg, task, log, c, "pretrained" if job.uses_pretraining(cfg) else "initial", t0)
+        _evaluate(agent, cfg, task, log, c, "pretrained" if plan.pretrained else "initial", t0)
         c.next_eval, c.next_checkpoint = ft.eval_every, cfg.run.checkpoint_every
     if ratio == 0:
         offline = None  # no retention: the offline data is dropped here (WSRL)
 
     # ---- stages 2+3: warmup (K steps, no updates) then online updates, one env step at a time
-    K = job.warmup_steps(cfg)
-    per_step_rows = job.rows_per_env_step(cfg)
-    first_update_after = max(K, int(per_step_rows * (1 - ratio)))
+    K = plan.warmup_steps
+    per_step_rows = plan.rows_per_env_step
+    first_update_after = plan.first_update_step - 1  # t is 0-based: the update at t > this
     bundle = None  # built on first use (CUDA-graph capture needs a real batch)
     env = make_env(task, seed=seed + c.episodes)
     obs, _ = env.reset()
     episode: list[dict[str, np.ndarray]] = []
     ep_return, info = 0.0, {}
     def stage_bar(warmup: bool) -> tqdm:  # one line per stage: warmup (K env steps), then online
-        return tqdm(total=K if warmup else ft.online_steps, initial=c.env_steps, desc="warmup" if warmup
+        return tqdm(total=K if warmup else plan.online_steps, initial=c.env_steps, desc="warmup" if warmup
                     else "online", disable=not cfg.run.progress, **bar_options())
 
     bar = stage_bar(c.env_steps < K)
     last_log = (time.time(), c.env_steps, c.updates)
-    while c.env_steps < ft.online_steps:
+    while c.env_steps < plan.online_steps:
         with torch.no_grad():
             action, _ = agent.actor(torch.as_tensor(obs, device=device).unsqueeze(0))
         action = action[0].cpu().numpy()  # CPU-GPU sync once per env step (acting)
@@ -226,10 +228,10 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
                 if bundle is None:
                     bundle = make_bundle_fn(agent, sac, mode, example=batch, matmul_dtype=matmul_dtype)
                 info = bundle(batch)
-                c.updates += sac.utd
+                c.updates += plan.updates_per_env_step
             else:
                 info = offline_step(agent, batch, online_loss, sac, cfg.pretrain.cql, cfg.pretrain.iql)
-                c.updates += 1
+                c.updates += plan.updates_per_env_step  # 1: one step of the kept loss
         if c.env_steps % cfg.run.log_every == 0:  # throughput in warmup too; losses once updating
             now = time.time()
             dt = max(now - last_log[0], 1e-9)
@@ -244,10 +246,10 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
                 bar.set_postfix(critic=f"{vals.get('critic_loss', 0):.3g}", q=f"{vals.get('q_mean', 0):.3g}")
             last_log = (now, c.env_steps, c.updates)
         warmup_done = K > 0 and c.env_steps == K
-        if warmup_done and c.env_steps < ft.online_steps:
+        if warmup_done and c.env_steps < plan.online_steps:
             bar.close()
             bar = stage_bar(False)
-        last = c.env_steps == ft.online_steps  # the reference also evaluates at the end
+        last = c.env_steps == plan.online_steps  # the reference also evaluates at the end
         if warmup_done or last or c.env_steps >= c.next_eval:  # one eval per step
             _evaluate(agent, cfg, task, log, c, "after_warmup" if warmup_done else "online", t0)
             while c.next_eval <= c.env_steps:

@@ -48,7 +48,8 @@ from typing import Any
 
 import yaml
 
-from wsrl_dist import config, job
+from wsrl_dist import config
+from wsrl_dist.plan import RunPlan
 
 DEFAULT_TABLE_STEPS = [0, 5_000, 25_000, 50_000, 100_000, 200_000, 300_000]
 SPEC_KEYS = ("name", "tasks", "methods", "seeds", "configs", "overrides", "method_overrides", "table_steps")
@@ -108,7 +109,7 @@ def load_spec(path: str | Path) -> StudySpec:
 
 def multiseed_ok(cfg: config.RunConfig) -> bool:
     """The multi-seed learner runs SAC bundles only (runtime/multiseed.py MultiSeedJob refuses the rest)."""
-    return job.online_loss(cfg) == "sac"
+    return RunPlan.of(cfg).online_loss == "sac"
 
 
 class Study:
@@ -172,13 +173,13 @@ class Study:
         units = []
         for task in [t for t in self.spec.tasks if t in self.only_tasks]:
             need_pre = [m for m in self.only_methods
-                        if job.uses_pretraining(self.cell_config(task, m, [], Path("x"), None))]
+                        if RunPlan.of(self.cell_config(task, m, [], Path("x"), None)).pretrained]
             if need_pre:
                 for seed in self.spec.seeds:
                     units.append({"kind": "pretrain", "id": f"{task}/s{seed}", "task": task, "seed": seed})
             for method in [m for m in self.spec.methods if m in self.only_methods]:
                 probe = self.cell_config(task, method, [], Path("x"), None)
-                pre = job.uses_pretraining(probe)
+                pre = RunPlan.of(probe).pretrained
                 multi = multiseed_ok(probe) and len(self.spec.seeds) > 1
                 groups = [list(self.spec.seeds)] if multi else [[s] for s in self.spec.seeds]
                 for seeds in groups:

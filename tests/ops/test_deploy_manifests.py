@@ -157,7 +157,7 @@ def test_prometheus_config_scrapes_the_exporter_and_rays_service_discovery_file(
     cfg = _load("deploy/prometheus/prometheus.yml")
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     assert jobs["wsrl"]["static_configs"][0]["targets"] == ["127.0.0.1:9464"]
-    from wsrl_dist.runtime.settings import RuntimeConfig
+    from wsrl_dist.runtime_config import RuntimeConfig
 
     assert RuntimeConfig().metrics_port == 9464 and RuntimeConfig().metrics_host == "127.0.0.1"
     assert jobs["ray"]["file_sd_configs"][0]["files"] == ["/tmp/ray/prom_metrics_service_discovery.json"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from wsrl_dist import job
+from wsrl_dist.plan import RunPlan
 from wsrl_dist.runtime.limiter import UtdLimiter
 from wsrl_dist.runtime.progress import PROGRESS
 
@@ -32,15 +32,16 @@ def learner_actor_class(cls: type, num_workers: int, groups: int = 1) -> Any:
                                           PROGRESS: 1})(cls)
 
 
-def rollout_slack(cfg) -> int | None:
+def rollout_slack(cfg, plan: RunPlan | None = None) -> int | None:
     """The limiter's rollout side: runtime.rollout_slack capped at one chunk per rollout worker
     (runtime.num_workers x chunk_size env steps), or None (workers unpaced) when the Cal-QL
     loss is kept online. Deviation, for that case only: its workers hold each episode's rows until
     the episode ends (its MC returns need all of them), and with paced workers the rows they hold
     could exceed the slack while the learner waits for exactly those rows (a stall). Unpaced, the
     learner side still caps updates at one per env step in the shards; it may fall behind the
-    rollout (utd_actual < 1 for a while) and makes up the owed updates before the run ends."""
-    if job.online_loss(cfg) == "calql":
+    rollout (utd_actual < 1 for a while) and makes up the owed updates before the run ends.
+    `plan`: the job's RunPlan (a caller with none gets its config's)."""
+    if (plan if plan is not None else RunPlan.of(cfg)).mc_returns:
         return None
     rt = cfg.runtime
     if rt.rollout_slack is None:

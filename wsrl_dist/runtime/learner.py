@@ -31,6 +31,7 @@ from wsrl_dist.algo.types import Batch
 from wsrl_dist.config import from_dict
 from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.ops.metrics import SECONDS_BUCKETS, Histogram
+from wsrl_dist.plan import RunPlan
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
 from wsrl_dist.runtime.bundletimer import BundleTimer
 from wsrl_dist.runtime.feed import ReplayFeed
@@ -43,12 +44,9 @@ from wsrl_dist.runtime.weights import WeightPublisher
 
 
 def first_update_step(cfg) -> int:
-    """Env steps after which the first bundle may run: the reference updates only once
-    t > max(K, min_steps_to_update) for the 0-based step t (wsrl-reference-full 1.3; local.py),
-    i.e. from the (max(K, rows * (1 - offline_ratio)) + 2)-th transition on (rows: one env step's
-    update, job.rows_per_env_step)."""
-    rows = job.rows_per_env_step(cfg)
-    return max(job.warmup_steps(cfg), int(rows * (1 - job.offline_ratio(cfg)))) + 1
+    """Env steps after which the first bundle may run (RunPlan.first_update_step), for a caller
+    holding only a config."""
+    return RunPlan.of(cfg).first_update_step
 
 
 def to_cpu(obj: Any) -> Any:
@@ -63,9 +61,10 @@ def to_cpu(obj: Any) -> Any:
 
 
 class Learner:
-    def __init__(self, cfg: dict, store: Any, shards: list | None = None):
+    def __init__(self, cfg: dict, store: Any, shards: list | None = None, plan: RunPlan | None = None):
         self.cfg = from_dict(cfg)
         c = self.cfg
+        self.plan = plan if plan is not None else RunPlan.of(c)  # the driver's; built alone: its own
         # the training thread shares the GIL with the threads answering workers' grant calls:
         # hand it back after 1 ms instead of Python's 5 ms, or every bundle waits behind them
         sys.setswitchinterval(0.001)
@@ -83,10 +82,10 @@ class Learner:
         self.shards: list = []
         # SAC bundles of sac.utd critic updates, or one step of the kept pre-training loss
         # (offline_continued / offline_retained), per env step
-        self.online_loss = job.online_loss(c)
-        self.per_step = job.updates_per_env_step(c)
-        self.limiter = UtdLimiter(self.per_step, first_update_step(c), c.finetune.online_steps,
-                                  c.runtime.utd_slack, rollout_slack(c))
+        self.online_loss = self.plan.online_loss
+        self.per_step = self.plan.updates_per_env_step
+        self.limiter = UtdLimiter(self.per_step, self.plan.first_update_step, self.plan.online_steps,
+                                  c.runtime.utd_slack, rollout_slack(c, self.plan))
         self._lock = threading.Lock()  # limiter, shared with the workers' grant calls
         # the workers' side of the limiter; after_bundle wakes grant calls waiting for room
         self.grants = GrantDesk(self.limiter, self._lock, c.runtime.grant_quantum)
@@ -94,7 +93,7 @@ class Learner:
         self._finish = threading.Event()
         self.rng = np.random.default_rng(c.run.seed + 17)
         self.offline: DeviceSampler | None = None
-        self.ratio = job.offline_ratio(c)
+        self.ratio = self.plan.offline_ratio
         self._bundle = None
         self._group = None  # runtime.replay_groups: G bundles per call (FusedBundles.group)
         self.version = -1
@@ -135,15 +134,15 @@ class Learner:
         reuse checkpoints/pretrained.pt when pre-training had finished, else continue from
         checkpoints/pretrain-partial.pt (pretrain.checkpoint_every) when there is one."""
         c, t0, out = self.cfg, time.time(), {"pretrain_steps": 0}
-        warm = pretrain and job.uses_pretraining(c)
+        warm, pretrains = pretrain and self.plan.pretrained, pretrain and self.plan.pretrains
         ckpt_dir = Path(c.run.run_dir) / "checkpoints"
-        finished = warm and not c.pretrain.checkpoint and resume and (ckpt_dir / "pretrained.pt").is_file()
-        if (warm and not c.pretrain.checkpoint and not finished) or self.ratio > 0:
+        finished = pretrains and resume and (ckpt_dir / "pretrained.pt").is_file()
+        if (pretrains and not finished) or self.ratio > 0:
             dataset = job.load_offline_dataset(c, self.task, progress=False, report=self.stage.build_event)
             sampler = DeviceSampler(training_arrays(dataset, self.task, c.sac.discount), self.device,
                                     c.run.seed)
             out["dataset"] = dataset.source
-            if warm and not c.pretrain.checkpoint and not finished:
+            if pretrains and not finished:
                 self.stage.start("pretrain", c.pretrain.steps)
                 t_loop = time.time()
                 with self._agent_lock:
@@ -261,13 +260,13 @@ class Learner:
     @property
     def online_rows(self) -> int:
         """Replay rows per bundle: utd * batch_size minus the offline share (retention baselines)."""
-        n = job.rows_per_env_step(self.cfg)
+        n = self.plan.rows_per_env_step
         return n - (int(round(n * self.ratio)) if self.offline is not None else 0)
 
     def _with_offline(self, online: Batch) -> Batch:
         if self.offline is None:
             return online
-        off = self.offline.sample(job.rows_per_env_step(self.cfg) - self.online_rows)
+        off = self.offline.sample(self.plan.rows_per_env_step - self.online_rows)
         # online rows first, then offline rows: the reference's concatenation order (local.py);
         # mc_returns only where both sides have them (Cal-QL kept online)
         return Batch(*(None if a is None or b is None else torch.cat([a, b]) for a, b in zip(online, off)))
@@ -307,7 +306,7 @@ class Learner:
         return ReplayFeed(self.shards, self.online_rows, self.obs_dim, self.act_dim, self.device,
                           self.rng, bundles_per_request=rt.sample_bundles if rt.prefetch else 1,
                           depth=rt.prefetch_depth if rt.prefetch else 0, shard_sizes=sizes,
-                          mc_returns=self.online_loss == "calql")
+                          mc_returns=self.plan.mc_returns)
 
     def next_batch(self) -> Batch:
         """The next bundle's batch (online rows from the feed + offline rows for retention
@@ -430,7 +429,7 @@ class Learner:
             "time_split_s": dict(self.time_split),
             # assemble_to_device, in parts (runtime/feed.py ReplayFeed.split)
             "feed_split_s": dict(self.feed.split) if self.feed is not None else {},
-            "offline_rows_per_bundle": job.rows_per_env_step(self.cfg) - self.online_rows,
+            "offline_rows_per_bundle": self.plan.rows_per_env_step - self.online_rows,
             # device ms per bundle (sampled every 50); busy = that x bundles/s: ~1 means device-bound
             "bundle_device_ms": self.bundle_timer.mean_ms,
             "device_busy": self.bundle_timer.busy(),

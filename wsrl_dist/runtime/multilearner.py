@@ -22,6 +22,7 @@ import torch
 from wsrl_dist import job
 from wsrl_dist.algo.fast import make_multiseed_fn, offline_step_kind
 from wsrl_dist.algo.fused_offline import FUSED_OFFLINE_ALGOS
+from wsrl_dist.plan import RunPlan
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agents, training_arrays
 from wsrl_dist.runtime.grants import GRANTS
 from wsrl_dist.runtime.learner import Learner
@@ -34,15 +35,15 @@ class MultiSeedLearner:
     `cfgs[i]` is seed i's single-seed config dict (run.seed = that seed), `stores[i]` its WeightStore.
     """
 
-    def __init__(self, cfgs: list[dict], stores: list):
-        if len(cfgs) != len(stores) or not cfgs:
-            raise ValueError("one config and one weight store per seed")
+    def __init__(self, cfgs: list[dict], stores: list, plans: list[RunPlan] | None = None):
+        if len(cfgs) != len(stores) or not cfgs or (plans is not None and len(plans) != len(cfgs)):
+            raise ValueError("one config, one weight store (and one plan, if given) per seed")
         self.learners: list[Learner] = []
         self._rng: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-        for cfg, store in zip(cfgs, stores):
+        for cfg, store, plan in zip(cfgs, stores, plans or [None] * len(cfgs)):
             # Learner() seeds torch with its run.seed and builds that seed's agent: the same init a
             # single-seed job of this seed gets. Its RNG stream is kept for its own prepare().
-            lrn = Learner(cfg, store)
+            lrn = Learner(cfg, store, plan=plan)
             self.learners.append(lrn)
             self._rng.append(_rng_state(lrn.device))
         first = self.learners[0]
@@ -95,8 +96,8 @@ class MultiSeedLearner:
 
     def _together(self) -> bool:
         c = self.cfg
-        return (len(self.learners) > 1 and self.mode.startswith("fused") and job.uses_pretraining(c)
-                and c.pretrain.algo in FUSED_OFFLINE_ALGOS and not c.pretrain.checkpoint)
+        return (len(self.learners) > 1 and self.mode.startswith("fused") and self.learners[0].plan.pretrains
+                and c.pretrain.algo in FUSED_OFFLINE_ALGOS)
 
     def _pretrain_together(self, resume: bool) -> list[dict[str, Any]]:
         """Every seed's dataset and sampler as its Learner.prepare makes them, then

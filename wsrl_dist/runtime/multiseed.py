@@ -1,6 +1,6 @@
 """Multi-seed job (`run.seeds: [a, b, ...]`): S seeds of one config, ONE learner, S worker groups.
 
-Each seed is a SeedGroup: a driver.Job of that seed's single-seed config (run.seed = the seed) with
+Each seed is a SeedGroup: a seedjob.Job of that seed's single-seed config (run.seed = the seed) with
 its own WeightStore, replay shards, rollout Supervisor (runtime.num_workers workers, env seeds derived
 from the seed), Monitor, metrics.jsonl, evaluations and checkpoints, all under <run_dir>/seed-<s>/
 (the layout of a single-seed run dir, report included). Its learner is a LearnerView onto the shared
@@ -27,10 +27,11 @@ from ray.exceptions import RayActorError
 from wsrl_dist import job
 from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.ops.report import MetricsLog, write_report
+from wsrl_dist.plan import RunPlan
 from wsrl_dist.runtime import checkpoint as ckpt
 from wsrl_dist.runtime.control import controller_name, make_controller
-from wsrl_dist.runtime.driver import (
-    Job,
+from wsrl_dist.runtime.grants import learner_actor_class
+from wsrl_dist.runtime.jobtools import (
     _on_this_node,
     _port_note,
     _ray_address,
@@ -39,9 +40,9 @@ from wsrl_dist.runtime.driver import (
     learner_died,
     scale_requests,
 )
-from wsrl_dist.runtime.grants import learner_actor_class
 from wsrl_dist.runtime.multilearner import LearnerView, MultiSeedLearner
 from wsrl_dist.runtime.progress import announce_metrics
+from wsrl_dist.runtime.seedjob import Job
 from wsrl_dist.runtime.supervisor import Supervisor
 from wsrl_dist.runtime.weights import WeightStore
 
@@ -68,7 +69,8 @@ class SeedGroup(Job):
     methods it inherits (ticks, evaluations, checkpoints, final records) act on this seed only."""
 
     def __init__(self, cfg: RunConfig, command: str, parent: MultiSeedJob):
-        super().__init__(cfg, command, announce=False)  # seed-<s>/: config.yaml, run.json; monitor and counters
+        # seed-<s>/: config.yaml, run.json; monitor and counters; the job's plan for this seed
+        super().__init__(cfg, command, announce=False, plan=parent.plan.for_seed(cfg.run.seed))
         self.parent = parent
         self.status_dict: dict[str, Any] = {}
 
@@ -85,18 +87,19 @@ class SeedGroup(Job):
 
 
 class MultiSeedJob:
-    def __init__(self, cfg: RunConfig, command: str, resume: bool = False):
-        if job.online_loss(cfg) != "sac":
+    def __init__(self, cfg: RunConfig, command: str, resume: bool = False, plan: RunPlan | None = None):
+        self.plan = plan = plan if plan is not None else RunPlan.of(cfg)
+        if plan.online_loss != "sac":
             raise ValueError(f"finetune.method={cfg.finetune.method} keeps the pre-training loss online; "
                              "several seeds in one learner run SAC bundles only: launch one job per seed")
-        self.cfg, self.rt, self.seeds = cfg, cfg.runtime, list(cfg.run.seeds)
+        self.cfg, self.rt, self.seeds = cfg, cfg.runtime, list(plan.seeds)
         if cfg.run.run_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             seeds = "-".join(map(str, self.seeds))
             cfg.run.run_dir = job.default_run_dir(cfg, f"{cfg.task.name}-{cfg.finetune.method}-seeds{seeds}-{stamp}")
         self.run_dir = job.prepare_run_dir(cfg, command, extra={
-            "runtime": "ray", "utd_target": cfg.sac.utd, "seeds": self.seeds,
-            "seed_dirs": [seed_dir_name(s) for s in self.seeds]})
+            "runtime": "ray", "utd_target": plan.updates_per_env_step, "seeds": self.seeds,
+            "seed_dirs": [seed_dir_name(s) for s in self.seeds]}, plan=plan)
         job.update_run_json(self.run_dir, seed=None)  # run.seed is not one of the seeds trained
         with contextlib.suppress(OSError):  # each seed-<s>/ has its own checkpoints/; none at the top
             os.rmdir(self.run_dir / "checkpoints")
@@ -120,13 +123,13 @@ class MultiSeedJob:
         opts["max_concurrency"] = 4 + 4 * len(self.groups)  # every group's driver-side calls
         cls = learner_actor_class(MultiSeedLearner, self.groups[0].rt.num_workers, len(self.groups))
         self.learner = cls.options(**opts).remote(
-            [g.cfg_dict for g in self.groups], stores)
+            [g.cfg_dict for g in self.groups], stores, [g.plan for g in self.groups])
         self.learner_node = ray.get(self.learner.ping.remote())
         for i, (g, store) in enumerate(zip(self.groups, stores)):
             g.store, g.learner, g.learner_node = store, LearnerView(self.learner, i), self.learner_node
             g.shards = g._make_shards(self.learner_node)
             ray.get(g.learner.set_shards.remote(g.shards))
-            g.sup = Supervisor(g.cfg_dict, g.shards, g.store, g.learner, g.monitor)
+            g.sup = Supervisor(g.cfg_dict, g.shards, g.store, g.learner, g.monitor, g.plan)
         self.controller = make_controller(self.run_dir)
 
     def _teardown(self) -> None:
@@ -151,7 +154,7 @@ class MultiSeedJob:
         self.snapshot = {str(g.cfg.run.seed): g.snapshot for g in self.groups}
         self.controller.set_status.remote(self.status())
         steps = min(g.monitor.view.get("env_steps", 0) for g in self.groups)
-        every_s = self.rt.checkpoint_every_s  # also by time (driver.Job._maybe_checkpoint)
+        every_s = self.rt.checkpoint_every_s  # also by time (seedjob.Job._maybe_checkpoint)
         timed = every_s and time.time() - self.groups[0].last_checkpoint_t >= every_s
         if phase == "online" and (steps >= self.next_checkpoint or timed):
             while self.next_checkpoint <= steps:
@@ -182,8 +185,8 @@ class MultiSeedJob:
 
     def _warmup(self) -> None:
         """Every group collects exactly K env steps into its own shards, all groups at once; the
-        learner is idle. Per group this is driver.Job._warmup's loop."""
-        K, t0 = job.warmup_steps(self.cfg), time.time()
+        learner is idle. Per group this is seedjob.Job._warmup's loop."""
+        K, t0 = self.plan.warmup_steps, time.time()
         while True:  # process start-up: every worker of every group, or a minute
             ok = True
             for g in self.groups:
@@ -228,7 +231,7 @@ class MultiSeedJob:
                 g._start_eval("after_warmup")
 
     def _online(self) -> None:
-        total, t0 = self.cfg.finetune.online_steps, time.time()
+        total, t0 = self.plan.online_steps, time.time()
         for g in self.groups:  # rows lost in the warmup: counted, not handed out again
             g._count_shard_restarts(ray.get([s.stats.remote() for s in g.shards]), online=False)
             ray.get(g.learner.begin_online.remote(g._env_steps()))  # before any grant

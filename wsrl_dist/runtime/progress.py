@@ -22,11 +22,11 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from wsrl_dist.ops.bars import PLAIN_EVERY
 from wsrl_dist.ops.metrics import STAGES
 
 __all__ = ["PROGRESS", "STAGES", "StageLines", "StageProgress", "StageRecord", "announce_metrics", "format_status"]
 PROGRESS = "progress"  # Ray concurrency group of the learner's progress() (answers while prepare runs)
-PLAIN_EVERY = 15.0  # seconds between plain (non-terminal) progress lines of one stage
 RATE_WINDOW = 10.0  # seconds of recent counts the steps/s (and so the ETA) is measured over
 
 
@@ -294,17 +294,6 @@ class StageProgress:
 
 STAGE_KEYS = ("stage", "stage_part", "stage_done", "stage_total", "stage_progress",
               "stage_steps_per_second", "stage_eta_seconds", "pretrain_steps", "pretrain_losses")
-
-
-def bar_options(file: IO[str] | None = None) -> dict[str, Any]:
-    """tqdm options for a bar that is not a StageLines line (local.py): on a terminal the usual
-    refresh; elsewhere (a log file, `ray job submit`) a line every PLAIN_EVERY seconds, not 10 a second."""
-    out = file if file is not None else sys.stderr
-    tty = bool(getattr(out, "isatty", lambda: False)())
-    if not tty:
-        return {"file": out, "mininterval": PLAIN_EVERY}
-    size = shutil.get_terminal_size((100, 20))  # as StageLines: a terminal with no size shows no bar
-    return {"file": out, "mininterval": 0.1, "ncols": size.columns, "nrows": size.lines}
 
 
 def announce_metrics(metrics_url: str, file: IO[str] | None = None, note: str = "") -> None:

@@ -25,12 +25,12 @@ import numpy as np
 import ray
 import torch
 
-from wsrl_dist import job
 from wsrl_dist.algo.policy import Policy, pin_blas_threads
 from wsrl_dist.config import from_dict
 from wsrl_dist.data.returns import mc_returns_to_go
 from wsrl_dist.envs.make import make_vector_env, obs_act_dims, true_next_obs
 from wsrl_dist.ops.metrics import POLICY_LAG_BUCKETS, Histogram
+from wsrl_dist.plan import RunPlan
 from wsrl_dist.runtime.weights import WeightsClient
 from wsrl_dist.runtime.wire import encode_chunk
 
@@ -45,9 +45,11 @@ class RolloutWorker:
     """
 
     def __init__(self, cfg: dict, worker_id: int, shard: Any = None, store: Any = None,
-                 learner: Any = None, weights_timeout: float = 120.0, peers: str | None = None):
+                 learner: Any = None, weights_timeout: float = 120.0, peers: str | None = None,
+                 plan: RunPlan | None = None):
         """`peers`: the name of a peers.PeerDirectory to fetch (shard, store, learner) from instead
-        of taking them as arguments (the Supervisor's restartable workers: see peers.py)."""
+        of taking them as arguments (the Supervisor's restartable workers: see peers.py). `plan`:
+        the job's RunPlan (a worker built alone plans from its config)."""
         if peers is not None:
             from wsrl_dist.runtime.peers import lookup
 
@@ -55,6 +57,7 @@ class RolloutWorker:
         torch.set_num_threads(1)  # many workers share a node's cores
         pin_blas_threads(1)  # and numpy's OpenBLAS (the Policy's matmuls) would spread over them all
         self.cfg = from_dict(cfg)
+        plan = plan if plan is not None else RunPlan.of(self.cfg)
         rt = self.cfg.runtime
         self.worker_id, self.shard, self.learner = int(worker_id), shard, learner
         self.chunk_size, self.max_inflight = rt.chunk_size, rt.max_inflight_chunks
@@ -79,7 +82,7 @@ class RolloutWorker:
         self._rows: list[dict[str, np.ndarray]] = []  # per vector step, each [E, ...] (or fewer rows)
         # Cal-QL kept online: per env, its running episode's rows (one dict per step) until it ends
         self._episodes: list[list[dict]] | None = (
-            [[] for _ in range(self.num_envs)] if job.online_loss(self.cfg) == "calql" else None)
+            [[] for _ in range(self.num_envs)] if plan.mc_returns else None)
         self._since_pull = 0
         self._buffered = 0
         self._returns: list[float] = []  # episodes finished since the last chunk

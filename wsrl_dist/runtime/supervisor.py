@@ -18,6 +18,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from wsrl_dist.config import from_dict
+from wsrl_dist.plan import RunPlan
 from wsrl_dist.runtime.monitor import ALIVE_STATES
 from wsrl_dist.runtime.peers import make_directory
 from wsrl_dist.runtime.rollout import RolloutWorker
@@ -38,8 +39,9 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, cfg: dict, shards: list, store: Any, learner: Any, monitor: Any):
-        self.cfg, self.rt = cfg, from_dict(cfg).runtime
+    def __init__(self, cfg: dict, shards: list, store: Any, learner: Any, monitor: Any,
+                 plan: RunPlan | None = None):
+        self.cfg, self.rt, self.plan = cfg, from_dict(cfg).runtime, plan  # plan: handed to each worker
         self.shards, self.store, self.learner, self.monitor = shards, store, learner, monitor
         self.slots: dict[int, Slot] = {}
         self.next_wid = 0
@@ -55,7 +57,7 @@ class Supervisor:
         return ray.remote(RolloutWorker).options(
             num_cpus=rt.worker_cpus, max_restarts=rt.max_restarts, max_task_retries=0,
             max_concurrency=2,  # run() in one thread, stop()/stats() in the other
-        ).remote(self.cfg, wid, weights_timeout=rt.restart_timeout, peers=self.directory_name)
+        ).remote(self.cfg, wid, weights_timeout=rt.restart_timeout, peers=self.directory_name, plan=self.plan)
 
     def _await_start(self, slot: Slot, state: str) -> None:
         slot.state, slot.ping, slot.since, slot.ref = state, slot.handle.ping.remote(), time.time(), None

@@ -1,4 +1,8 @@
-"""RuntimeConfig: the distributed job's shape (workers, shards, chunking, limiter). No ray import."""
+"""RuntimeConfig: the distributed job's shape (workers, shards, chunking, limiter). No ray import.
+
+It configures wsrl_dist/runtime/ but lives beside config.py, which composes it: the config sits below
+the runtime that reads it (tests/test_architecture.py).
+"""
 
 from __future__ import annotations
 
