@@ -22,14 +22,6 @@ SPEC = dataclasses.replace(builder.BuildSpec(task="inverted-pendulum-v5", hidden
     builder.behaviour_sac_config(), batch_size=64)).resolved()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def transitions(n: int, seed: int) -> list[tuple]:
     """n real InvertedPendulum steps under uniform random actions (episodes end: terminals too)."""
     env, rng, out = make_env(SPEC.task, seed=seed), np.random.default_rng(seed), []

@@ -34,15 +34,6 @@ SPEC = BuildSpec(task="inverted-pendulum-v5", recipe="medium", transitions=2500,
                                                           critic_lr=1e-3, temperature_lr=1e-3))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on 2 shared cores: one thread is several times faster than two."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("builder_cache")

@@ -10,6 +10,7 @@ Issue 16 items 1, 2, 3 and 9 (no error line about restartable actors' constructo
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -98,15 +99,20 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@functools.cache
+def _status_has_json() -> bool:
+    """Asked once, not at every status poll: each poll is a process start, CPU the job needs."""
+    helptext = subprocess.run([str(BIN / "wsrl-dist"), "status", "--help"], env=_env(),
+                              capture_output=True, text=True, timeout=60).stdout
+    return "--json" in helptext
+
+
 def _cli(*args: str, address: str, timeout: float = 120) -> dict:
     """`wsrl-dist <args> --address A` from another process; its JSON (status: --json when the CLI
     has it, the plain output before)."""
     args = list(args)
-    if args[0] == "status":
-        helptext = subprocess.run([str(BIN / "wsrl-dist"), "status", "--help"], env=_env(),
-                                  capture_output=True, text=True, timeout=60).stdout
-        if "--json" in helptext:
-            args.append("--json")
+    if args[0] == "status" and _status_has_json():
+        args.append("--json")
     out = subprocess.run([str(BIN / "wsrl-dist"), *args, "--address", address], env=_env(), cwd=REPO,
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""Shared pieces of the runtime tests: a tiny job config, a module-scoped local Ray, and helpers to
+"""Shared pieces of the runtime tests: a tiny job config, a local Ray shared by the modules that ask for it, and helpers to
 drive a job from a background thread while the test pokes at it (scale, kill, status)."""
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ def tiny_config(run_dir: Path, *overrides: str) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray per test module (4 logical CPUs on the 2-core machine)."""
+    """A local Ray (4 logical CPUs on the 2-core machine) kept for the next module that asks for it:
+    a Ray start costs 5-15 s on 2 busy cores. tests/conftest.py stops it before any module that does
+    not ask for it (those start their own Ray, or check that none runs) and at the end of the session."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    return ray.get_runtime_context().gcs_address
 
 
 class BackgroundJob:

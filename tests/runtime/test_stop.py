@@ -16,7 +16,7 @@ from pathlib import Path
 from tests.runtime.conftest import TINY, read_records, run_json
 
 REPO = Path(__file__).resolve().parents[2]
-K, TOTAL = 100, 2500
+K, TOTAL = 100, 1200
 ARGS = [*TINY, f"finetune.warmup_steps={K}", f"finetune.online_steps={TOTAL}", "finetune.eval_every=100000",
         "run.checkpoint_every=100000", "runtime.num_workers=2", "runtime.num_shards=1"]
 

@@ -50,19 +50,10 @@ def behaviour_rate(spec: builder.BuildSpec, path: str, steps: int, random_rows: 
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        learning = i >= random_rows and path != "env"
-        if not learning:
-            action = rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
-        elif action is None:
-            action = learner.act(obs)
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        t = (obs, action, reward, next_obs, terminated, truncated)
-        obs = env.reset()[0] if (terminated or truncated) else next_obs
-        if learning:
-            action = learner.step(t, obs)
-        elif path != "env" or i < random_rows:
-            learner.insert(t)
-            action = None
+        # the "env" path: uniform-random actions throughout, stored only before the timed steps
+        obs, action = builder.behaviour_step(env, learner, rng, act_dim, obs, action,
+                                             learning=i >= random_rows and path != "env",
+                                             store=path != "env" or i < random_rows)
     if device.type == "cuda":
         torch.cuda.synchronize()
     env.close()

@@ -214,6 +214,28 @@ def _eval_return(policy: Policy, task: TaskSpec, episodes: int, seed: int) -> fl
     return float(evaluate(policy, task, episodes, seed)["return_mean"])
 
 
+def behaviour_step(env, learner, rng: np.random.Generator, act_dim: int, obs: np.ndarray,
+                   action: np.ndarray | None, learning: bool, store: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """One env step of the behaviour SAC's loop (the builder's, and `wsrl-dist bench builder`'s).
+
+    Before learning starts the action is uniform-random and the row is stored (`store`); once
+    learning, `action` is the policy's action for `obs` from the previous step (None: ask the policy)
+    and the learner inserts the row, makes one update and returns the next action. Returns the next
+    observation (after a reset where the episode ended) and the action for it (None when not learning)."""
+    if not learning:
+        action = rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
+    elif action is None:
+        action = learner.act(obs)
+    next_obs, reward, terminated, truncated, _ = env.step(action)
+    t = (obs, action, reward, next_obs, terminated, truncated)
+    obs = env.reset()[0] if (terminated or truncated) else next_obs
+    if learning:  # insert, one update, and the action for the next step
+        return obs, learner.step(t, obs)
+    if store:
+        learner.insert(t)
+    return obs, None
+
+
 def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: Path | None = None,
                            checkpoint_every: int = 50_000, report: BuildReport | None = None,
                            fast: bool | None = None) -> tuple[Agent, dict[str, np.ndarray], TrainHistory]:
@@ -261,19 +283,8 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: P
         try:
             while step < spec.train_steps:
                 step += 1
-                learning = step > spec.random_steps
-                if not learning:
-                    action = rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
-                elif action is None:
-                    action = learner.act(obs)
-                next_obs, reward, terminated, truncated, _ = env.step(action)
-                t = (obs, action, reward, next_obs, terminated, truncated)
-                obs = env.reset()[0] if (terminated or truncated) else next_obs
-                if learning:  # insert, one update, and the action for the next step
-                    action = learner.step(t, obs)
-                else:
-                    learner.insert(t)
-                    action = None
+                obs, action = behaviour_step(env, learner, rng, act_dim, obs, action,
+                                             learning=step > spec.random_steps)
                 bar.update(1)
                 evaluated = step % spec.eval_every == 0 or step == spec.train_steps
                 if evaluated:
