@@ -3,8 +3,9 @@
 The end-to-end test runs configs/studies/smoke.yaml exactly as README writes it, kills the study with
 SIGKILL (its whole process group: the driver and the Ray it started) once the first cell is done and
 the next one is running, reruns it, and checks that the finished work was left untouched, the killed
-cell resumed and completed, every pre-training ran once per seed and was loaded by every cell, and
-that the report re-renders the same table from its CSVs alone.
+cell resumed and completed, the seeds pre-trained once (together, in one loop: the fused path the
+GPU runs) and every cell loaded them, and that the report re-renders the same table from its CSVs
+alone.
 """
 
 from __future__ import annotations
@@ -56,14 +57,16 @@ def test_study_smoke_killed_and_resumed(tmp_path: Path) -> None:
     (tmp_path / "configs").symlink_to(REPO / "configs")  # the README command, from a scratch cwd
     study = tmp_path / "studies" / "smoke"
     task = "inverted-pendulum-v5"
-    # 1) run until wsrl (both seeds, one learner) is done and offline_continued/s0 has started, then kill
+    # 1) run until wsrl (both seeds, one learner) is done and offline_continued (both seeds, one
+    # learner, the CQL loss kept online) has checkpointed, then kill
     proc = _run(["study", "configs/studies/smoke.yaml"], tmp_path)
     deadline = time.time() + 1200
-    killed_dir = study / "runs" / task / "offline_continued" / "seed-0"
+    killed_cell = study / "runs" / task / "offline_continued"
     while time.time() < deadline and proc.poll() is None:
         cells = _manifest(study).get("cells", {})
         if (cells.get(f"{task}/wsrl", {}).get("status") == "done"
-                and list((killed_dir / "checkpoints").glob("step_*"))):  # mid-cell, after its first checkpoint
+                and all(list((killed_cell / f"seed-{s}" / "checkpoints").glob("step_*/DONE")) for s in (0, 1))):
+            # mid-cell, after its first multi-seed checkpoint
             break
         time.sleep(0.2)
     assert proc.poll() is None, f"the study ended before it could be killed:\n{proc.stdout.read()}"
@@ -71,8 +74,8 @@ def test_study_smoke_killed_and_resumed(tmp_path: Path) -> None:
     proc.wait(timeout=60)
     m = _manifest(study)
     assert m["cells"][f"{task}/wsrl"]["status"] == "done"
-    assert m["cells"][f"{task}/offline_continued/s0"]["status"] == "running"
-    assert "finished" not in json.loads((killed_dir / "run.json").read_text())
+    assert m["cells"][f"{task}/offline_continued"]["status"] == "running"
+    assert "finished" not in json.loads((killed_cell / "run.json").read_text())
     done_before = {p: _snapshot(study / p) for p in (f"runs/{task}/wsrl", "pretrain")}
 
     # 2) the same command again: skips the finished work, resumes the killed cell, runs the rest
@@ -83,22 +86,25 @@ def test_study_smoke_killed_and_resumed(tmp_path: Path) -> None:
         assert _snapshot(study / p) == snap, f"{p} was touched by the rerun"
     m = _manifest(study)
     assert {k: v["status"] for k, v in m["cells"].items()} == {
-        f"{task}/wsrl": "done", f"{task}/offline_continued/s0": "done", f"{task}/offline_continued/s1": "done"}
-    assert m["cells"][f"{task}/offline_continued/s0"]["attempts"] == 2
+        f"{task}/wsrl": "done", f"{task}/offline_continued": "done"}
+    assert m["cells"][f"{task}/offline_continued"]["attempts"] == 2
     assert m["cells"][f"{task}/wsrl"]["attempts"] == 1
-    run = json.loads((killed_dir / "run.json").read_text())
-    assert "resumed" in run and run["resumed_from"]["checkpoint"].startswith("step_")  # continued from its checkpoint
+    run = json.loads((killed_cell / "run.json").read_text())
+    # continued from the newest checkpoint step both seeds have
+    assert set(run["resumed_from"]) == {"0", "1"} and run["resumed_from"]["0"].startswith("step_")
 
-    # one pre-training per seed, loaded (not re-trained) by every cell of that seed
-    assert sorted(m["pretrain"]) == [f"{task}/s0", f"{task}/s1"]
-    assert all(v["attempts"] == 1 for v in m["pretrain"].values())
+    # the seeds pre-trained once, together, each into its own dir, and loaded (not re-trained) by
+    # every cell of that seed
+    assert sorted(m["pretrain"]) == [f"{task}/s0+1"] and m["pretrain"][f"{task}/s0+1"]["attempts"] == 1
     for seed in (0, 1):
         pre = study / "pretrain" / f"{task}-s{seed}" / "checkpoints" / "pretrained.pt"
+        info = json.loads((pre.parent.parent / "run.json").read_text())
+        assert info["pretrain_step"].startswith("fused") and info["pretrain_step"].endswith("2 seeds together")
         critic = torch.load(pre, weights_only=True)["agent"]["critic"]
         for method in ("wsrl", "offline_continued"):
             d = study / "runs" / task / method / f"seed-{seed}"
             run = json.loads((d / "run.json").read_text())
-            if d != killed_dir:  # a resumed job's run.json keeps the resumed attempt's stages only
+            if method != "offline_continued":  # a resumed job's run.json keeps the resumed attempt's stages only
                 assert (tmp_path / run["stages"]["pretrain"]["loaded"]).resolve() == pre.resolve()  # cwd-relative
                 assert run["stages"]["pretrain"]["pretrain_steps"] == 0
             start = torch.load(d / "checkpoints" / "pretrained.pt", weights_only=True)["agent"]["critic"]
@@ -196,24 +202,30 @@ def test_study_spec_errors(tmp_path: Path) -> None:
 
 def test_study_plan_shares_pretraining_and_filters(tmp_path: Path) -> None:
     """The locomotion grid: one pre-training per (task, seed) feeds wsrl, wsrl_no_warmup and
-    offline_continued ({seed} in the multi-seed path); SAC cells are multi-seed, offline_continued
-    one job per seed; --tasks / --methods keep only part of the grid."""
+    offline_continued ({seed} in the multi-seed path); every cell is one multi-seed job; a task's
+    seeds pre-train in one unit where the step is fused (the GPU default), one unit per seed where it
+    is not (CPU: eager); --tasks / --methods keep only part of the grid."""
     from wsrl_dist.study import Study
 
     spec = load_spec(REPO / "configs/studies/locomotion.yaml")
     study = Study(spec, tmp_path / "s")
     units = study.plan()
     pre = [u for u in units if u["kind"] == "pretrain"]
-    assert len(pre) == 3 * 4
+    assert len(pre) == 3 * 4  # eager here: each seed alone
     cells = {u["id"]: u for u in units if u["kind"] == "cell"}
-    assert len(cells) == 3 * (4 + 4)  # 4 multi-seed cells + offline_continued's 4 single-seed jobs
+    assert len(cells) == 3 * 5 and all(u["multiseed"] for u in cells.values())
     task = "hopper-medium-replay-v2"
     wsrl = study._cfg_for(cells[f"{task}/wsrl"])
     assert wsrl.run.seeds == [0, 1, 2, 3] and wsrl.pretrain.checkpoint.endswith(f"{task}-s{{seed}}/checkpoints/pretrained.pt")
-    oc = study._cfg_for(cells[f"{task}/offline_continued/s2"])
-    assert oc.run.seed == 2 and oc.pretrain.checkpoint == str(tmp_path / "s" / "pretrain" / f"{task}-s2" / "checkpoints" / "pretrained.pt")
+    oc = study._cfg_for(cells[f"{task}/offline_continued"])
+    assert oc.run.seeds == [0, 1, 2, 3] and oc.pretrain.checkpoint == str(
+        tmp_path / "s" / "pretrain" / f"{task}-s{{seed}}" / "checkpoints" / "pretrained.pt")
     assert study._cfg_for(cells[f"{task}/sac_scratch"]).pretrain.checkpoint is None
     assert wsrl.finetune.online_steps == 300_000 and wsrl.dataset.build_seed == 0
+    fused = Study(spec, tmp_path / "f", ["run.fast_path=fused"]).plan()
+    together = [u for u in fused if u["kind"] == "pretrain"]
+    assert [u["id"] for u in together][0] == "hopper-medium-replay-v2/s0+1+2+3" and len(together) == 3
+    assert all(u["seeds"] == [0, 1, 2, 3] for u in together)
     part = Study(spec, tmp_path / "s", tasks=[task], methods=["sac_scratch"]).plan()
     assert [u["id"] for u in part] == [f"{task}/sac_scratch"]  # no pre-training needed for it
     with pytest.raises(config.ConfigError, match="not in the study"):

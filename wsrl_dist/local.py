@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from wsrl_dist import job
 from wsrl_dist.algo.agent import Agent
-from wsrl_dist.algo.fast import make_bundle_fn, resolve_mode
+from wsrl_dist.algo.fast import make_bundle_fn, offline_step_kind, resolve_mode
 from wsrl_dist.algo.policy import Policy
 from wsrl_dist.algo.types import Batch, batch_from_numpy
 from wsrl_dist.algo.update import offline_step
@@ -33,7 +33,13 @@ from wsrl_dist.evaluation import evaluate
 from wsrl_dist.ops.bars import bar_options
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.plan import RunPlan
-from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
+from wsrl_dist.pretrain import (
+    PARTIAL,
+    DeviceSampler,
+    pretrain_agent,
+    pretrain_agents,
+    training_arrays,
+)
 
 
 @dataclass
@@ -266,3 +272,64 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     write_report(run_dir)
     job.sync_run_dir(cfg)
     return run_dir
+
+
+def pretrain_seeds(cfgs: list[RunConfig], command: str = "", resume: bool = False) -> list[Path]:
+    """`wsrl-dist pretrain` of several seeds in ONE process and one loop (the study's pre-training of
+    a task, study.py): cfgs[i] is seed i's pretrain-only config (finetune.online_steps=0, its own
+    run dir). Each seed gets what `run` gives it (its agent initialised from its run.seed, its
+    own sampler, pretrained.pt, an eval, run.json `finished`), but the steps are
+    pretrain.pretrain_agents': on the fused paths (the GPU default) ONE S-seed fused step per batch,
+    where S single-seed runs would pay S loops of latency-bound steps. The seeds' policy noise
+    comes from one stream, so a seed's weights differ from a run of that seed alone; the result is
+    still a function of the seeds. A killed run resumes from every seed's pretrain-partial.pt."""
+    first_cfg = cfgs[0]
+    shared = {k: v for k, v in first_cfg.to_dict().items() if k not in ("run",)}
+    for c in cfgs:
+        if {k: v for k, v in c.to_dict().items() if k not in ("run",)} != shared or RunPlan.of(c).online_steps:
+            raise ConfigError("pretrain_seeds: the seeds' configs must differ in run.* only, with "
+                              "finetune.online_steps=0 (a pre-training alone)")
+    device = job.resolve_device(first_cfg.run.device)
+    matmul_dtype = job.configure_matmul(first_cfg.run.matmul_precision, device)
+    job.configure_compile_cache(first_cfg.run.compile_cache)
+    mode = resolve_mode(first_cfg.run.fast_path, device, matmul_dtype)
+    task = first_cfg.task.spec()
+    obs_dim, act_dim = obs_act_dims(task)
+    t0 = time.time()
+    dirs, logs, agents, samplers = [], [], [], []
+    for cfg in cfgs:
+        plan = RunPlan.of(cfg)
+        run_dir = job.prepare_run_dir(cfg, command, plan=plan)
+        torch.manual_seed(cfg.run.seed)  # the agent `run` builds for this seed (same order of draws)
+        agents.append(job.build_agent(cfg, obs_dim, act_dim, device, capturable=mode.endswith("graph")))
+        dataset = job.load_offline_dataset(cfg, task, progress=cfg.run.progress)
+        job.update_run_json(run_dir, dataset=dataset.source, dataset_note=dataset.metadata.get(
+            "dataset_note", "D4RL/Minari dataset"))
+        samplers.append(DeviceSampler(training_arrays(dataset, task, cfg.sac.discount), device, cfg.run.seed))
+        dirs.append(run_dir)
+        logs.append(MetricsLog(run_dir))
+    pcfg = first_cfg.pretrain
+    bar = tqdm(total=pcfg.steps, desc=f"pretrain {pcfg.algo} x {len(cfgs)} seeds",
+               disable=not first_cfg.run.progress, **bar_options())
+
+    def on_log(step: int, infos: list[dict[str, float]]) -> None:
+        for log, info in zip(logs, infos):
+            log.write("pretrain", step=step, wall_time=time.time() - t0, **info)
+
+    t_loop = time.time()
+    first = pretrain_agents(agents, samplers, first_cfg, mode, partials=[d / "checkpoints" / PARTIAL for d in dirs],
+                            resume=resume, progress=bar.update, on_log=on_log)
+    bar.close()
+    loop_s = time.time() - t_loop
+    kind = f"{offline_step_kind(pcfg.algo, mode)}, {len(cfgs)} seeds together"
+    for cfg, run_dir, agent, log in zip(cfgs, dirs, agents, logs):
+        job.save_agent(run_dir / "checkpoints" / "pretrained.pt", agent, {"pretrain_steps": pcfg.steps})
+        _evaluate(agent, cfg, task, log, Counters(), "pretrained", t0)
+        job.update_run_json(run_dir, finished=time.strftime("%Y-%m-%dT%H:%M:%S"), env_steps=0, critic_updates=0,
+                            wall_time_s=time.time() - t0, pretrain_step=kind, pretrain_loop_s=loop_s,
+                            pretrain_steps_per_s=(pcfg.steps - first + 1) / max(loop_s, 1e-9),
+                            **({"pretrain_resumed_at_step": first} if first > 1 else {}))
+        log.close()
+        write_report(run_dir)
+        job.sync_run_dir(cfg)
+    return dirs

@@ -17,14 +17,15 @@ Study dir (default studies/<name>; `--dir`):
     manifest.json          every pre-training and cell: run dir, config hash, status, times
     pretrain/<task>-s<seed>/   ONE pre-training per (task, seed) (`wsrl-dist pretrain`'s run dir):
                            its checkpoints/pretrained.pt is `pretrain.checkpoint` of every method that
-                           starts from a pre-trained agent (wsrl, wsrl_no_warmup, offline_*)
+                           starts from a pre-trained agent (wsrl, wsrl_no_warmup, offline_*). Where the
+                           step is a fused CQL / Cal-QL one (the GPU default) a task's seeds pre-train
+                           in one process and loop (local.pretrain_seeds), each into its own dir
     runs/<task>/<method>/  a cell; seed-<s>/ holds each seed's single-seed run dir contents
     results/               CSVs, figures and table.md of `wsrl-dist report --study DIR`
 
-The seeds of a cell train in one multi-seed learner (`run.seeds`, runtime/multiseed.py) for the SAC
-methods (wsrl, wsrl_no_warmup, sac_scratch, rlpd); the methods that keep the pre-training loss online
-(offline_continued, offline_retained) are refused by the multi-seed learner, so their seeds run one
-`launch` after another, each into runs/<task>/<method>/seed-<s>/ (the same layout).
+The seeds of a cell train in one multi-seed learner (`run.seeds`, runtime/multiseed.py): SAC bundles
+for wsrl, wsrl_no_warmup, sac_scratch, rlpd, the pre-training loss kept online for offline_continued
+and offline_retained; each seed's run dir is runs/<task>/<method>/seed-<s>/.
 
 `--tasks T ...` / `--methods M ...` run part of the grid now; the rest can follow into the same dir.
 
@@ -107,11 +108,6 @@ def load_spec(path: str | Path) -> StudySpec:
     return spec
 
 
-def multiseed_ok(cfg: config.RunConfig) -> bool:
-    """The multi-seed learner runs SAC bundles only (runtime/multiseed.py MultiSeedJob refuses the rest)."""
-    return RunPlan.of(cfg).online_loss == "sac"
-
-
 class Study:
     def __init__(self, spec: StudySpec, study_dir: str | Path, extra: list[str] | None = None,
                  tasks: list[str] | None = None, methods: list[str] | None = None):
@@ -174,13 +170,17 @@ class Study:
         for task in [t for t in self.spec.tasks if t in self.only_tasks]:
             need_pre = [m for m in self.only_methods
                         if RunPlan.of(self.cell_config(task, m, [], Path("x"), None)).pretrained]
-            if need_pre:
+            if need_pre and self.pretrain_together(task):
+                seeds = list(self.spec.seeds)
+                units.append({"kind": "pretrain", "id": f"{task}/s{'+'.join(map(str, seeds))}", "task": task,
+                              "seeds": seeds})
+            elif need_pre:
                 for seed in self.spec.seeds:
                     units.append({"kind": "pretrain", "id": f"{task}/s{seed}", "task": task, "seed": seed})
             for method in [m for m in self.spec.methods if m in self.only_methods]:
                 probe = self.cell_config(task, method, [], Path("x"), None)
                 pre = RunPlan.of(probe).pretrained
-                multi = multiseed_ok(probe) and len(self.spec.seeds) > 1
+                multi = len(self.spec.seeds) > 1  # every method runs in the multi-seed learner
                 groups = [list(self.spec.seeds)] if multi else [[s] for s in self.spec.seeds]
                 for seeds in groups:
                     uid = f"{task}/{method}" + ("" if multi else f"/s{seeds[0]}")
@@ -188,11 +188,32 @@ class Study:
                                   "multiseed": multi, "pretrained": pre})
         return units
 
+    def pretrain_together(self, task: str) -> bool:
+        """Pre-train a task's seeds in one process and one loop (local.pretrain_seeds) where its step
+        is one S-seed fused step: CQL / Cal-QL on a fused fast path (the GPU default), as the
+        multi-seed learner does (runtime/multilearner.py). Elsewhere each seed runs alone, exactly as
+        `wsrl-dist pretrain` of that seed (no gain from one loop, and its own noise stream)."""
+        import torch
+
+        from wsrl_dist import job
+        from wsrl_dist.algo.fast import resolve_mode
+        from wsrl_dist.algo.fused_offline import FUSED_OFFLINE_ALGOS
+
+        cfg = self.cell_config(task, "wsrl", [], Path("x"), None)
+        device = job.resolve_device(cfg.run.device)
+        dtype = torch.bfloat16 if cfg.run.matmul_precision == "bf16" else torch.float32
+        return (len(self.spec.seeds) > 1 and cfg.pretrain.algo in FUSED_OFFLINE_ALGOS
+                and resolve_mode(cfg.run.fast_path, device, dtype).startswith("fused"))
+
+    def _pretrain_cfg(self, task: str, seed: int) -> config.RunConfig:
+        """What `wsrl-dist pretrain` runs for (task, seed): the stage alone, no online steps."""
+        cfg = self.cell_config(task, "wsrl", [seed], self.pretrain_dir(task, seed), None)
+        config.merge(cfg, {"finetune": {"online_steps": 0}})
+        return cfg.validate()
+
     def _cfg_for(self, u: dict[str, Any]) -> config.RunConfig:
-        if u["kind"] == "pretrain":  # what `wsrl-dist pretrain` runs: the stage alone, no online steps
-            cfg = self.cell_config(u["task"], "wsrl", [u["seed"]], self.pretrain_dir(u["task"], u["seed"]), None)
-            config.merge(cfg, {"finetune": {"online_steps": 0}})
-            return cfg.validate()
+        if u["kind"] == "pretrain":  # (the first seed's, for a unit of several: they differ in run.* only)
+            return self._pretrain_cfg(u["task"], u.get("seed", (u.get("seeds") or [None])[0]))
         cell = self.cell_dir(u["task"], u["method"])
         run_dir = cell if u["multiseed"] else cell / f"seed-{u['seeds'][0]}"
         pre = None
@@ -232,8 +253,14 @@ class Study:
             if u["kind"] == "pretrain":
                 from wsrl_dist import local
 
-                local.run(cfg, command or f"study {self.spec.name}: pretrain {u['id']}",
-                          resume=(run_dir / "config.yaml").is_file())
+                what = command or f"study {self.spec.name}: pretrain {u['id']}"
+                if "seeds" in u:  # the seeds not finished yet, in one loop
+                    todo = [s for s in u["seeds"] if not _finished(self.pretrain_dir(u["task"], s), {"kind": "pretrain"})]
+                    cfgs = [self._pretrain_cfg(u["task"], s) for s in todo]
+                    local.pretrain_seeds(cfgs, what, resume=all((Path(c.run.run_dir) / "config.yaml").is_file()
+                                                                  for c in cfgs))
+                else:
+                    local.run(cfg, what, resume=(run_dir / "config.yaml").is_file())
             else:
                 from wsrl_dist.runtime import driver
 
@@ -258,8 +285,9 @@ def _finished(run_dir: Path, u: dict[str, Any]) -> bool:
     """A pre-training is done when its pretrained.pt and run.json `finished` exist; a cell when its
     run.json and (multi-seed) every seed-<s>/run.json say `finished`."""
     if u["kind"] == "pretrain":
-        dirs = [run_dir]
-        if not (run_dir / "checkpoints" / "pretrained.pt").is_file():
+        # a unit of several seeds: every seed's pretrain/<task>-s<seed>/ (siblings of the first's)
+        dirs = [run_dir.parent / f"{u['task']}-s{s}" for s in u["seeds"]] if "seeds" in u else [run_dir]
+        if not all((d / "checkpoints" / "pretrained.pt").is_file() for d in dirs):
             return False
     else:
         # a multi-seed job marks its top dir last, after every seed-<s>/

@@ -177,7 +177,9 @@ def test_resume_picks_the_newest_checkpoint_step_every_seed_has(tmp_path):
 
     dirs = [tmp_path / "seed-0", tmp_path / "seed-1"]
     assert common_checkpoints(dirs) == [None, None]  # nothing saved: a fresh launch
-    a0, a1 = save(0, 300, 40), save(1, 310, 40)
+    a0 = save(0, 300, 40)
+    assert common_checkpoints(dirs) == [None, None]  # killed inside the first save: a fresh launch too
+    a1 = save(1, 310, 40)
     save(0, 450, 77)  # killed after seed 0's save of the next step, before seed 1's
     assert common_checkpoints(dirs) == [a0, a1]
     save(1, 470, 90)

@@ -90,3 +90,30 @@ def test_ctrl_c_and_sigterm_on_launch_checkpoint_say_how_to_resume_and_resume_fi
     assert third.wait(timeout=400) == 0, log3.read_text()[-3000:]
     info = run_json(run_dir)
     assert info["env_steps"] == TOTAL and info["resumed_from"]["saved"]["env_steps"] == step2
+
+
+def test_sigterm_on_a_multi_seed_launch_checkpoints_every_seed_at_one_step_and_resume_finishes(tmp_path):
+    """Two seeds in one learner (a study's cell): SIGTERM online checkpoints both seeds from the same
+    multi-seed step (what resume needs), prints the resume line, exits 143; the printed command
+    continues both seeds to their totals."""
+    from wsrl_dist.runtime import checkpoint
+
+    run_dir = tmp_path / "seeds"
+    log1 = tmp_path / "first.log"
+    args = [a for a in ARGS if not a.startswith("runtime.num_workers")]
+    first = _launch(*args, "runtime.num_workers=1", "run.seeds=[0,1]", f"run.run_dir={run_dir}", log=log1)
+    try:
+        assert _interrupt_online(first, run_dir / "seed-1", log1, signal.SIGTERM, group=False, past=K + 200) == 143
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    step = _stop_line(log1, run_dir)
+    saved = [json.loads((checkpoint.latest(run_dir / f"seed-{s}") / "meta.json").read_text())["counters"]
+             for s in (0, 1)]
+    assert saved[0]["bundles"] == saved[1]["bundles"] and saved[0]["env_steps"] == step and K < step < TOTAL
+    log2 = tmp_path / "second.log"
+    second = _launch("--resume", str(run_dir), log=log2)
+    assert second.wait(timeout=400) == 0, log2.read_text()[-3000:]
+    for s in (0, 1):
+        assert run_json(run_dir / f"seed-{s}")["env_steps"] == TOTAL
+    assert set(run_json(run_dir)["resumed_from"]) == {"0", "1"}

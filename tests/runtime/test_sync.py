@@ -6,6 +6,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from tests.runtime.conftest import read_records, run_json, tiny_config
 from wsrl_dist.runtime import checkpoint
@@ -106,13 +107,13 @@ def test_retention_baseline_samples_offline_rows_on_the_learner_never_in_the_sha
     assert shards[0]["ring"]["total_inserted"] == total  # the 400 offline rows never entered replay
 
 
-def kept_loss_config(tmp_path, name, method, algo, total=200, k=50):
+def kept_loss_config(tmp_path, name, method, algo, total=200, k=50, extra=()):
     write_d4rl_file(tmp_path / "data.hdf5")
     return tiny_config(tmp_path / name, f"finetune.method={method}", f"pretrain.algo={algo}",
                        "pretrain.steps=30", "pretrain.batch_size=32", f"finetune.warmup_steps={k}",
                        f"finetune.online_steps={total}", "finetune.eval_every=100000", "dataset.source=d4rl",
                        f"dataset.path={tmp_path / 'data.hdf5'}", "run.checkpoint_every=100000",
-                       "runtime.num_workers=1")
+                       "runtime.num_workers=1", *extra)
 
 
 def test_offline_continued_keeps_the_cql_loss_online_one_step_per_env_step_as_local_does(ray_local, tmp_path):
@@ -203,13 +204,25 @@ def test_replay_groups_are_refused_where_a_bundle_is_not_one_requests_rows():
             load(overrides=["runtime.replay_groups=true", *extra])
 
 
-def test_kept_losses_are_refused_by_the_multi_seed_learner(ray_local, tmp_path):
+def test_kept_losses_run_in_the_multi_seed_learner_one_step_per_seed_per_env_step(ray_local, tmp_path):
+    """offline_continued with Cal-QL kept online, 2 seeds in one learner on the fused path (as on a
+    GPU): both seeds pre-train together, then each takes exactly one Cal-QL step per env step after
+    its first update step (whole episodes with MC returns in each seed's shards), as the single-seed
+    job counts them; the seeds end with different critics."""
     from wsrl_dist.runtime import driver
 
-    cfg = tiny_config(tmp_path / "seeds", "finetune.method=offline_retained", "pretrain.algo=cql",
-                      "run.seeds=[0,1]")
-    with pytest.raises(ValueError, match="launch one job per seed"):
-        driver.launch(cfg, "pytest refused seeds")
+    cfg = kept_loss_config(tmp_path, "seeds", "offline_continued", "calql", extra=("run.seeds=[0,1]", "run.fast_path=fused"))
+    run_dir = driver.launch(cfg, "pytest kept loss seeds")
+    first = first_update_step(cfg)
+    critics = []
+    for seed in (0, 1):
+        info = run_json(run_dir / f"seed-{seed}")
+        assert info["utd_target"] == 1 and info["stages"]["pretrain"]["pretrain_step"].endswith("2 seeds together")
+        assert (info["env_steps"], info["critic_updates"]) == (200, 200 - first)
+        learner, shards, _ = checkpoint.load(checkpoint.latest(run_dir / f"seed-{seed}"))
+        assert shards[0]["ring"]["total_inserted"] == 200 and "mc_returns" in shards[0]["ring"]["arrays"]
+        critics.append(learner["agent"]["critic"])
+    assert any(not torch.equal(v, critics[1][k]) for k, v in critics[0].items())
 
 
 def test_learner_time_split_accounts_for_its_online_wall_time(sync_run):

@@ -57,9 +57,9 @@ def launch(cfg: RunConfig, command: str = "") -> Path:
     plan = RunPlan.of(cfg)  # the one derivation of stages, UTD and rows for this job (plan.py)
     started = _connect(cfg.runtime, len(plan.seeds))
     try:
-        if len(plan.seeds) > 1:
-            return MultiSeedJob(cfg, command, plan=plan).run()
         with stop.signals_raise():  # SIGTERM (`ray job stop`, kill) stops like Ctrl-C
+            if len(plan.seeds) > 1:
+                return MultiSeedJob(cfg, command, plan=plan).run()
             return Job(cfg, command, plan=plan).run()
     finally:
         if started:
@@ -79,7 +79,8 @@ def resume(run_dir: str | Path, command: str = "", force_config: bool = False) -
     started = _connect(cfg.runtime, len(plan.seeds))
     try:
         if len(plan.seeds) > 1:
-            return MultiSeedJob(cfg, command or f"resume {run_dir}", resume=True, plan=plan).run()
+            with stop.signals_raise():
+                return MultiSeedJob(cfg, command or f"resume {run_dir}", resume=True, plan=plan).run()
         loaded = ckpt.load_newest(run_dir, cfg.hash(), force_config)
         resumed = Job(cfg, command or f"resume {run_dir}", loaded.path if loaded else None, resuming=True,
                       plan=plan)

@@ -3,7 +3,8 @@
 Each seed keeps what a single-seed job's Learner has (agent, UTD limiter, replay shards, WeightStore,
 weight versions): it IS a `learner.Learner`, held as a plain object inside this actor. `train()` steps
 all agents together with `algo.fast.make_multiseed_fn` (one call per env step's worth of bundles, the
-seeds overlapping on a GPU). `LearnerView(handle, group)` is one seed's face of the actor, shaped like a
+seeds overlapping on a GPU), or, for the methods that keep the pre-training loss online, with
+`make_offline_multiseed_fn` (one step of that loss per seed per env step). `LearnerView(handle, group)` is one seed's face of the actor, shaped like a
 Learner handle, so rollout workers, the supervisor and the per-seed driver code run unchanged.
 """
 
@@ -20,7 +21,7 @@ import ray
 import torch
 
 from wsrl_dist import job
-from wsrl_dist.algo.fast import make_multiseed_fn, offline_step_kind
+from wsrl_dist.algo.fast import make_multiseed_fn, make_offline_multiseed_fn, offline_step_kind
 from wsrl_dist.algo.fused_offline import FUSED_OFFLINE_ALGOS
 from wsrl_dist.plan import RunPlan
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agents, training_arrays
@@ -207,8 +208,7 @@ class MultiSeedLearner:
                 for lrn in lrns:
                     held.enter_context(lrn._agent_lock)
                 if self._fn is None:
-                    self._fn = make_multiseed_fn([lrn.agent for lrn in lrns], self.cfg.sac, self.mode,
-                                                 examples=batches, matmul_dtype=lrns[0].matmul_dtype)
+                    self._fn = self._make_step_fn(batches)
                 for lrn in lrns:  # the step is shared: every seed times the same device work
                     lrn.bundle_timer.start()
                 infos = self._fn(batches)
@@ -237,6 +237,17 @@ class MultiSeedLearner:
                 lrn.drain_publishing()
             lrn.train_seconds += time.perf_counter() - t_start
         return [self.stats(i) for i in range(len(lrns))]
+
+    def _make_step_fn(self, examples: list) -> Any:
+        """One multi-seed step: every seed's SAC bundle, or every seed's step of the pre-training loss
+        kept online (offline_continued / offline_retained: CQL and Cal-QL as ONE S-seed fused step on
+        the fused paths, as pre-training runs them; otherwise the seeds' steps one after another)."""
+        agents, c, loss = [lrn.agent for lrn in self.learners], self.cfg, self.learners[0].online_loss
+        if loss == "sac":
+            return make_multiseed_fn(agents, c.sac, self.mode, examples=examples,
+                                     matmul_dtype=self.learners[0].matmul_dtype)
+        return make_offline_multiseed_fn(agents, loss, c.sac, c.pretrain.cql, c.pretrain.iql, self.mode,
+                                         examples)
 
     def ping(self) -> str:
         return ray.get_runtime_context().get_node_id()

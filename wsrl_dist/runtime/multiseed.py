@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError
 
 from wsrl_dist import job
 from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.plan import RunPlan
 from wsrl_dist.runtime import checkpoint as ckpt
+from wsrl_dist.runtime import stop
 from wsrl_dist.runtime.control import controller_name, make_controller
 from wsrl_dist.runtime.grants import learner_actor_class
 from wsrl_dist.runtime.jobtools import (
@@ -45,6 +47,8 @@ from wsrl_dist.runtime.progress import announce_metrics
 from wsrl_dist.runtime.seedjob import Job
 from wsrl_dist.runtime.supervisor import Supervisor
 from wsrl_dist.runtime.weights import WeightStore
+
+log = logging.getLogger(__name__)
 
 
 def seed_dir_name(seed: int) -> str:
@@ -89,9 +93,6 @@ class SeedGroup(Job):
 class MultiSeedJob:
     def __init__(self, cfg: RunConfig, command: str, resume: bool = False, plan: RunPlan | None = None):
         self.plan = plan = plan if plan is not None else RunPlan.of(cfg)
-        if plan.online_loss != "sac":
-            raise ValueError(f"finetune.method={cfg.finetune.method} keeps the pre-training loss online; "
-                             "several seeds in one learner run SAC bundles only: launch one job per seed")
         self.cfg, self.rt, self.seeds = cfg, cfg.runtime, list(plan.seeds)
         if cfg.run.run_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -168,6 +169,26 @@ class MultiSeedJob:
         for g, state in zip(self.groups, states):
             g.c["next_checkpoint"] = self.next_checkpoint
             g._checkpoint(state)
+
+    def _stopped(self, exc: KeyboardInterrupt) -> stop.JobStopped:
+        """Interrupted: online, every seed's checkpoint from the same multi-seed step (what resume
+        continues from; chunks in flight are lost and handed out again); earlier, the newest
+        checkpoints stand (pre-training: its partial checkpoint; warmup: warms up again)."""
+        first = self.groups[0]
+        with stop.shielded():
+            try:
+                if self.phase == "online":
+                    self._checkpoint()
+                    latest = ckpt.latest(first.run_dir)
+                    step = json.loads((latest / "meta.json").read_text())["counters"]["env_steps"]
+                elif self.phase == "warmup":
+                    step = min(g.monitor.view.get("env_steps", 0) for g in self.groups)
+                else:
+                    step = stop.pretrain_step(first.run_dir)
+            except (RayError, OSError) as e:  # actors already gone: the newest checkpoints stand
+                log.error("no checkpoint written at the stop: %s", e)
+                step = 0
+        return stop.JobStopped(self.phase, step, self.run_dir, stop.signum_of(exc))
 
     def status(self) -> dict[str, Any]:
         """What `wsrl-dist status` prints: totals over the seeds plus each seed's own status."""
@@ -287,6 +308,8 @@ class MultiSeedJob:
             self._tick("done")
             job.update_run_json(self.run_dir, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                                 per_seed={str(g.cfg.run.seed): _summary(g.run_dir) for g in self.groups})
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through stop.signals_raise (driver)
+            raise self._stopped(e) from None
         except RayActorError:
             if getattr(self, "learner", None) is None:
                 raise
@@ -312,7 +335,7 @@ class MultiSeedJob:
 
 def common_checkpoints(run_dirs: list[Path]) -> list[Path | None]:
     """Per seed run dir, its newest checkpoint of the newest multi-seed step every seed has one of
-    (all None when none has any). Raises when the seeds share no step."""
+    (all None when a seed has none). Raises when every seed has some but they share no step."""
     found = []
     for d in run_dirs:
         points = {}
@@ -320,8 +343,8 @@ def common_checkpoints(run_dirs: list[Path]) -> list[Path | None]:
             if ckpt.problem(path) is None:  # complete: DONE marker and file sizes
                 points[json.loads((path / "meta.json").read_text())["counters"]["bundles"]] = path
         found.append(points)
-    if not any(found):
-        return [None] * len(run_dirs)
+    if not all(found):  # nothing saved, or killed inside the first multi-seed checkpoint (some seeds
+        return [None] * len(run_dirs)  # saved, not all): a fresh launch, as with none at all
     common = set.intersection(*(set(p) for p in found))
     if not common:
         raise RuntimeError(f"the seeds of {Path(run_dirs[0]).parent} have no checkpoint of the same "
