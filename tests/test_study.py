@@ -230,3 +230,22 @@ def test_study_plan_shares_pretraining_and_filters(tmp_path: Path) -> None:
     assert [u["id"] for u in part] == [f"{task}/sac_scratch"]  # no pre-training needed for it
     with pytest.raises(config.ConfigError, match="not in the study"):
         Study(spec, tmp_path / "s", tasks=["hopper-medium-v2"])
+
+
+def test_study_overrides_may_follow_tasks_and_methods(tmp_path: Path, monkeypatch) -> None:
+    """`wsrl-dist study SPEC --tasks T k=v` (as a user types it; argparse would give k=v to --tasks):
+    the k=v reaches every run's config, the task list keeps only tasks."""
+    from wsrl_dist import study as study_mod
+
+    seen = {}
+
+    def fake_run(self):
+        seen.update(extra=self.extra, tasks=self.only_tasks, methods=self.only_methods)
+        return {}
+
+    monkeypatch.setattr(study_mod.Study, "run", fake_run)
+    monkeypatch.setattr("wsrl_dist.ops.study_report.write_study_report", lambda d: {})
+    study_mod.main([str(REPO / "configs/studies/locomotion.yaml"), "--dir", str(tmp_path / "s"), "--tasks",
+                    "hopper-medium-replay-v2", "finetune.online_steps=100000", "--methods", "wsrl", "run.seed=1"])
+    assert seen == {"extra": ["finetune.online_steps=100000", "run.seed=1"],
+                    "tasks": ["hopper-medium-replay-v2"], "methods": ["wsrl"]}

@@ -308,6 +308,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--tasks", nargs="+", help="run only these of the study's tasks now")
     p.add_argument("--methods", nargs="+", help="run only these of the study's methods now")
     args = p.parse_args(argv)
+    # `--tasks T k=v`: argparse hands the k=v to --tasks (nargs="+"); a task name never has "="
+    for name in ("tasks", "methods"):
+        vals = getattr(args, name)
+        if vals:
+            args.items += [v for v in vals if "=" in v]
+            setattr(args, name, [v for v in vals if "=" not in v] or None)
     bad = [a for a in args.items if "=" not in a]
     if bad:
         raise config.ConfigError(f"study: expected key.sub=value overrides, got {bad}")

@@ -117,3 +117,24 @@ def test_sigterm_on_a_multi_seed_launch_checkpoints_every_seed_at_one_step_and_r
     for s in (0, 1):
         assert run_json(run_dir / f"seed-{s}")["env_steps"] == TOTAL
     assert set(run_json(run_dir)["resumed_from"]) == {"0", "1"}
+
+
+def test_a_second_sigterm_during_the_stop_is_ignored_and_handlers_come_back():
+    """The first SIGTERM raises Interrupted; one more arriving before the stop path is shielded (the
+    GPU machine delivered two) must not abort the stop checkpoint; afterwards the handlers are
+    the ones from before."""
+    from wsrl_dist.runtime import stop
+
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    caught = []
+    with stop.signals_raise():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except stop.Interrupted as e:
+            caught.append(stop.signum_of(e))
+            os.kill(os.getpid(), signal.SIGTERM)  # ignored: no second Interrupted here
+            time.sleep(0.2)
+            caught.append("survived")
+    assert caught == [int(signal.SIGTERM), "survived"]
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

@@ -43,6 +43,11 @@ def signum_of(exc: KeyboardInterrupt) -> int:
 
 
 def _raise(signum: int, frame) -> None:
+    # from here until signals_raise() exits, a repeated SIGTERM / Ctrl-C is ignored: a second
+    # SIGTERM that landed before the stop path entered shielded() aborted the stop checkpoint
+    # (seen on the GPU machine: `timeout` + Ray's shutdown delivered two)
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
     raise Interrupted(signum)
 
 
@@ -52,11 +57,13 @@ def signals_raise() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    old_int = signal.getsignal(signal.SIGINT)
     old = signal.signal(signal.SIGTERM, _raise)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
 
 
 @contextlib.contextmanager
