@@ -96,6 +96,19 @@ def test_learner_table_has_bundle_and_pretraining_rows(capsys):
     assert abs(bundle[1] - 4 * bundle[0]) <= 0.25  # one bundle is UTD = 4 critic updates (printed .1f)
 
 
+def test_learner_multi_seed_pretraining_rows_count_every_seeds_steps(capsys):
+    """--seeds with --pretrain: an S-seed fused pre-training row (one call steps both seeds) whose
+    rate is seed-steps/s, its ratio taken against the one-seed eager row."""
+    from wsrl_dist.bench import learner
+
+    assert learner.main(["--variants", "", "--pretrain", "cql", "--seeds", "2", "--seed-modes", "fused",
+                         "--seconds", "0.05", "--sizes", "tiny"]) == 0
+    rows = {w[1]: nums for w, nums in table_rows(capsys.readouterr().out, r"^tiny\s")}
+    assert list(rows) == ["pretrain-cql-eager", "pretrain-cql-fused", "pretrain-cql-fused-S2", "seeds-fused-S2"]
+    eager, s2 = rows["pretrain-cql-eager"], rows["pretrain-cql-fused-S2"]
+    assert s2[0] > 0 and s2[2] == pytest.approx(s2[0] / eager[0], rel=0.05, abs=0.02)
+
+
 def test_learner_pretrain_rows_compare_graph_with_their_eager_row(capsys, monkeypatch):
     """The GPU layout (eager and graph rows per algorithm) printed with fixed rates: each graph row
     is divided by its own algorithm's eager row (a KeyError here once lost a device run's table)."""

@@ -11,7 +11,9 @@ Inductor's fused Triton kernels, copies, other) and the costliest kernels (ops o
 algo.fast.make_offline_step_fn), each with its ratio to the same algorithm's eager row of this run:
 `pretrain-<algo>-eager` (update.offline_step), `-eager-graph` (it, captured in one CUDA graph; GPU),
 `-fused` (algo/fused_offline.py) and `-fused-compile-graph` (compiled + one CUDA graph, the GPU
-default; GPU). IQL has no fused step: its rows are eager and eager-graph only.
+default; GPU). IQL has no fused step: its rows are eager and eager-graph only. With `--seeds` too,
+`-fused*-S<n>` rows time n seeds' steps as ONE call (what a study's pre-training of a task runs,
+local.pretrain_seeds): seed-steps/s of the n seeds together, against the one-seed eager row.
 `--precision fp32|tf32|bf16` sets the matmuls (`--tf32` = `--precision tf32`); bf16 exists in the
 fused variants and fused `--seed-modes` only (bf16 GEMM inputs, fp32 sums and state; algo/fused.py).
 With `--anchor PATH` the reference anchor (../shared/anchors/learner_bench.py: PyTorch variants and a
@@ -271,23 +273,32 @@ def pretrain_modes(device: torch.device, algo: str = "cql") -> tuple[str, ...]:
 
 
 def time_pretrain(size: str, algo: str, mode: str, device: torch.device, sac: SACConfig,
-                  seconds: float) -> float:
-    """Offline pre-training steps/s (batch 256) of make_offline_step_fn in `mode`."""
+                  seconds: float, seeds: int = 0) -> float:
+    """Offline pre-training steps/s (batch 256) of make_offline_step_fn in `mode`; with `seeds` S >= 1,
+    make_offline_multiseed_fn over S agents (one S-seed fused step in the fused modes, as a study
+    pre-trains a task's seeds): S x its calls/s, the seed-steps/s of all seeds together."""
     from wsrl_dist.algo.cql import CQLConfig
-    from wsrl_dist.algo.fast import make_offline_step_fn
+    from wsrl_dist.algo.fast import make_offline_multiseed_fn, make_offline_step_fn
     from wsrl_dist.algo.iql import IQLConfig
 
     obs, act, actor_h, critic_h, _ = SIZES[size]
     # antmaze pre-trains with the Lagrange multiplier (configs/tasks/antmaze.yaml)
     cql = CQLConfig(use_calql=algo == "calql", cql_autotune_alpha=size == "antmaze")
-    agent = make_agent(obs, act, NetConfig(actor_hidden=actor_h, critic_hidden=critic_h), sac,
-                       with_value=algo == "iql", device=device, capturable=mode.endswith("graph"),
-                       lagrange_init=1.0 if (cql.cql_autotune_alpha and algo != "iql") else None)
-    batch = _batch(size, 256, device)
-    batch = Batch(*batch[:5], torch.zeros(256, device=device))  # + MC returns (Cal-QL's bound)
+    agents = [make_agent(obs, act, NetConfig(actor_hidden=actor_h, critic_hidden=critic_h), sac,
+                         with_value=algo == "iql", device=device, capturable=mode.endswith("graph"),
+                         lagrange_init=1.0 if (cql.cql_autotune_alpha and algo != "iql") else None)
+              for _ in range(max(1, seeds))]
+    batches = []
+    for _ in agents:
+        b = _batch(size, 256, device)
+        batches.append(Batch(*b[:5], torch.zeros(256, device=device)))  # + MC returns (Cal-QL's bound)
+    key = (size, f"pretrain-{algo}-{mode}" + (f"-S{seeds}" if seeds else ""))
     t_setup = time.perf_counter()
-    fn = make_offline_step_fn(agent, algo, sac, cql, IQLConfig(), mode, batch)
-    return _calls_per_second(lambda: [fn(batch)], device, seconds, (size, f"pretrain-{algo}-{mode}"), t_setup)
+    if not seeds:
+        fn = make_offline_step_fn(agents[0], algo, sac, cql, IQLConfig(), mode, batches[0])
+        return _calls_per_second(lambda: [fn(batches[0])], device, seconds, key, t_setup)
+    multi = make_offline_multiseed_fn(agents, algo, sac, cql, IQLConfig(), mode, batches)
+    return seeds * _calls_per_second(lambda: multi(batches), device, seconds, key, t_setup)
 
 
 def run_anchor(path: str) -> dict[str, float]:
@@ -315,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="fp32 (default, like the anchor) | tf32 | bf16 (fused variants and seed modes only; "
                          "their fp32 head GEMMs on bf16 values run as TF32, which holds bf16 exactly)")
     ap.add_argument("--tf32", action="store_true", help="same as --precision tf32")
-    ap.add_argument("--seeds", default="", help="multi-seed rows on GPU, e.g. 1,2,4,8 (aggregate rate)")
+    ap.add_argument("--seeds", default="", help="multi-seed rows on GPU, e.g. 1,2,4,8 (aggregate rate; with "
+                    "--pretrain also S-seed pre-training rows in the fused modes)")
     ap.add_argument("--pretrain", default="", help="offline rows, e.g. cql,calql,iql (eager, and graph on GPU)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="after timing each row, profile N calls and print kernels (ops on CPU) by time")
@@ -369,6 +381,18 @@ def main(argv: list[str] | None = None) -> int:
                     SETUP_S[(size, name)] = SETUP_S.pop((size, f"pretrain-{algo}-{mode}"))
                 except Exception as e:
                     print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
+            # --seeds with --pretrain: S seeds' steps in one call (fused modes: one S-seed step)
+            for n in [int(x) for x in args.seeds.split(",") if x]:
+                for mode in [m for m in pretrain_modes(device, algo) if m.startswith("fused")]:
+                    name = f"pretrain-{algo}-{PRETRAIN_LABELS[mode]}-S{n}"
+                    pre_algo[name] = f"pretrain-{algo}-eager"
+                    try:
+                        if "compile" in mode:
+                            _fresh_compile()
+                        rates[name], per_call[name] = time_pretrain(size, algo, mode, device, sac, args.seconds, n), 1
+                        SETUP_S[(size, name)] = SETUP_S.pop((size, f"pretrain-{algo}-{mode}-S{n}"))
+                    except Exception as e:
+                        print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
         for v in variants:
             for label, opts in inductor_sets(args.inductor, "compile" in v):
                 name = v + label
