@@ -150,6 +150,18 @@ def test_study_smoke_killed_and_resumed(tmp_path: Path) -> None:
     assert (alone / "results" / "table.md").read_text() == table
     assert (alone / "results" / "onset.png").stat().st_size > 0
 
+    # 5) a copy as results/<name>/ keeps it (run.json and config.yaml per run, metrics as CSVs only):
+    # the report keeps those runs' rows, so a later session can continue the study from the copy
+    kept = tmp_path / "kept"
+    shutil.copytree(study, kept, ignore=shutil.ignore_patterns("metrics.jsonl", "checkpoints", "replay"))
+    (kept / "results" / "table.md").unlink()
+    proc = _run(["report", "--study", str(kept)], tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert (kept / "results" / "table.md").read_text() == table
+    for name in ("evals", "q_probe", "train"):
+        assert (kept / "results" / f"{name}.csv").read_text() == (res / f"{name}.csv").read_text()
+
 
 def test_q_probe_against_closed_form() -> None:
     """InvertedPendulum-v5 pays 1 per step and 0 on the step it falls: with a random-init policy every

@@ -69,16 +69,20 @@ def _seed_dirs(study_dir: Path) -> list[tuple[str, str, int, Path]]:
 
 def reduce_runs(study_dir: str | Path) -> dict[str, Path]:
     """Rewrite results/*.csv from the run dirs present; rows of runs whose dirs are gone are kept
-    from the CSVs already there."""
+    from the CSVs already there, and so are the metric rows of a run dir without its metrics.jsonl
+    (a study dir restored from its committed copy, results/<name>/: run.json and config.yaml kept,
+    metrics reduced to the CSVs; a later session's `wsrl-dist study` continues it)."""
     study_dir = Path(study_dir)
     res = study_dir / "results"
     res.mkdir(parents=True, exist_ok=True)
     found = _seed_dirs(study_dir)
     present = {(t, m, str(s)) for t, m, s, _ in found}
+    measured = {(t, m, str(s)) for t, m, s, d in found if (d / "metrics.jsonl").is_file()}
     tables: dict[str, list[dict[str, Any]]] = {}
     for name in ("runs", "evals", "train", "q_probe"):
         old = _read_csv(res / f"{name}.csv")
-        tables[name] = [r for r in old if (r["task"], r["method"], str(r["seed"])) not in present]
+        gone = present if name == "runs" else measured
+        tables[name] = [r for r in old if (r["task"], r["method"], str(r["seed"])) not in gone]
     for task, method, seed, d in found:
         cfg = yaml.safe_load((d / "config.yaml").read_text())
         run = json.loads((d / "run.json").read_text()) if (d / "run.json").is_file() else {}
@@ -91,7 +95,9 @@ def reduce_runs(study_dir: str | Path) -> dict[str, Path]:
                                "q_probe_every": ft.get("q_probe_every", 0),
                                "q_probe_until": ft.get("q_probe_until", 0),
                                "finished": int("finished" in run)})
-        metrics = read_metrics(d / "metrics.jsonl") if (d / "metrics.jsonl").is_file() else []
+        if (task, method, str(seed)) not in measured:
+            continue  # its metric rows stay as the CSVs hold them
+        metrics = read_metrics(d / "metrics.jsonl")
         by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in metrics:
             by_kind[r.get("kind", "")].append(r)
