@@ -226,11 +226,11 @@ def test_job_table_runs_the_same_job_under_each_variant(capsys):
         if cells[0].startswith("runtime.grant_wait_s="):
             rows[cells[0]] = cells[1:]
     assert set(rows) == {"runtime.grant_wait_s=0 (baseline)", "runtime.grant_wait_s=0.1"}
-    assert float(rows["runtime.grant_wait_s=0 (baseline)"][1]) == 1.0  # x base: itself
-    for cells in rows.values():  # env steps/s, x base, updates/s, 4 x ms, grant calls/s, refused %, cores
+    assert float(rows["runtime.grant_wait_s=0 (baseline)"][2]) == 1.0  # x base: itself
+    for cells in rows.values():  # seeds, env steps/s, x base, updates/s, 4 x ms, grant calls/s, refused %, cores
         nums = [float(c.replace(",", "").rstrip("%")) for c in cells]
-        assert len(nums) == 10 and all(math.isfinite(x) and x >= 0 for x in nums), cells
-        assert all(nums[i] > 0 for i in (0, 2, 3, 5, 7, 9)), cells  # the job ran, the loop took time
+        assert len(nums) == 11 and all(math.isfinite(x) and x >= 0 for x in nums), cells
+        assert nums[0] == 1 and all(nums[i] > 0 for i in (1, 3, 4, 6, 8, 10)), cells  # ran, the loop took time
     assert out.count("# measured [") == 2
 
 
