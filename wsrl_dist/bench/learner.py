@@ -156,7 +156,7 @@ def time_group(size: str, variant: str, device: torch.device, sac: SACConfig, se
                matmul_dtype: torch.dtype = torch.float32, key: str | None = None,
                inductor: dict | None = None) -> float:
     """Bundles per second with `group` bundles per call (runtime.replay_groups: on a GPU one CUDA
-    graph of `group` bundles reading its batches in place, algo/fast.py FusedBundles.group)."""
+    graph of `group` bundles reading its batches in place, algo/fused_bundles.py FusedBundles.group)."""
     agent, sac = _agent(size, variant, device, sac)
     batches = [_batch(size, sac.utd * sac.batch_size, device) for _ in range(group)]
     t_setup = time.perf_counter()

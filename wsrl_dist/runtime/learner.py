@@ -295,7 +295,7 @@ class Learner(LearnerOutputs):
     def train(self) -> dict[str, Any]:
         """Run bundles within the limiter until finish() and every owed update is done. With
         runtime.replay_groups each whole sample request's G bundles run as one call (one CUDA
-        graph replay on a GPU: algo/fast.py FusedBundles.group) whenever the limiter allows all G."""
+        graph replay on a GPU: algo/fused_bundles.py FusedBundles.group) whenever the limiter allows all G."""
         t_start = time.perf_counter()
         self._train_start = (t_start, self.limiter.updates)
         self.feed = self.make_feed()
