@@ -30,7 +30,7 @@ from wsrl_dist.algo.fast import (
 from wsrl_dist.algo.types import Batch
 from wsrl_dist.config import from_dict
 from wsrl_dist.envs.make import obs_act_dims
-from wsrl_dist.ops.metrics import SECONDS_BUCKETS, Histogram
+from wsrl_dist.ops.histogram import SECONDS_BUCKETS, Histogram
 from wsrl_dist.plan import RunPlan
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
 from wsrl_dist.runtime.bundletimer import BundleTimer
