@@ -205,7 +205,6 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: P
     return agent, replay, hist
 
 
-
 def rollout_dataset(policy: Policy, task: str | TaskSpec, n_transitions: int, seed: int,
                     deterministic: bool = False, *, progress: bool = False,
                     report: BuildReport | None = None) -> OfflineDataset:

@@ -83,6 +83,8 @@ log = logging.getLogger(__name__)
 PHASES: tuple[str, ...] = ("pretrain", "warmup", "online", "done")
 # finer than PHASES: the "pretrain" phase is the learner's prepare, which builds a dataset and pre-trains
 STAGES: tuple[str, ...] = ("prepare", "build", "pretrain", "warmup", "online", "done")
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """One exported metric. `name` is the name PromQL sees (counters end in `_total`).
