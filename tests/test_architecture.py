@@ -153,3 +153,14 @@ def test_the_library_side_imports_no_runtime_module():
     bad = [f"{m} (line {line}) imports {t}" for m in below for t, line in graph[m].items()
            if (t == "wsrl_dist.runtime" or t.startswith("wsrl_dist.runtime.")) and (m, t) not in UPWARD_EXCEPTIONS]
     assert not bad, "\n".join(bad)
+
+
+MAX_MODULE_LINES = 420  # issue 18: modules <= ~400 lines, split along real seams past that
+
+
+def test_every_module_is_at_most_max_module_lines_long():
+    sizes = {_module_name(p): len(p.read_text().splitlines()) for p in _modules().values()}
+    assert len(sizes) > 50 and max(sizes.values()) > 100  # the walk saw the real package
+    long = sorted((n, m) for m, n in sizes.items() if n > MAX_MODULE_LINES)
+    assert not long, (f"modules over {MAX_MODULE_LINES} lines (split them along a seam, issue 18): "
+                      + ", ".join(f"{m} ({n})" for n, m in reversed(long)))

@@ -2,18 +2,15 @@
 
 Layering: dataclass defaults -> configs/wsrl.yaml -> configs/tasks/<family>.yaml (picked from the task
 name) -> user YAML files -> `--set a.b=c` overrides. Unknown keys and wrong types fail naming the dotted
-key (and the nearest valid name). Section dataclasses live beside the code they configure.
+key (and the nearest valid name). Section dataclasses live beside the code they configure. The strict
+merge of layers and overrides (and ConfigError) is in config_merge.py, re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,12 @@ from wsrl_dist.algo.fast import MODES as FAST_MODES
 from wsrl_dist.algo.iql import IQLConfig
 from wsrl_dist.algo.nets import NetConfig
 from wsrl_dist.algo.sac import SACConfig
+from wsrl_dist.config_merge import (  # callers import them here
+    ConfigError,
+    _read_yaml,
+    merge,
+    parse_override,
+)
 from wsrl_dist.envs.tasks import TaskConfig
 from wsrl_dist.runtime_config import RuntimeConfig
 
@@ -38,10 +41,6 @@ FINETUNE_METHODS = (
     "offline_continued",  # keep the pre-training loss online, no offline data (no retention)
     "offline_retained",  # keep the pre-training loss online with offline data retained
 )
-
-
-class ConfigError(ValueError):
-    """A config problem, naming the dotted key."""
 
 
 @dataclass
@@ -281,97 +280,6 @@ def _check_bf16(fast_path: str, method: str) -> None:
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
-
-
-_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the annotation `tp`; return it converted (int -> float only)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, value, arg)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: cannot be None")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        raise ConfigError(f"{key}: expected a mapping for section, got {value!r}")
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str) and _FLOAT_RE.match(value):
-            return float(value)  # PyYAML (YAML 1.1) reads 1e-4 (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported config type {tp}")
-
-
-def merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
-    """Apply a nested mapping onto dataclass `obj` in place, strictly."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            near = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {names}"
-            raise ConfigError(f"unknown config key '{dotted}'{hint}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            merge(current, value, f"{dotted}.")
-        else:
-            setattr(obj, key, _coerce(dotted, value, hints[key]))
-
-
-def parse_override(text: str) -> dict[str, Any]:
-    """'a.b.c=value' -> {'a': {'b': {'c': value}}}; the value is parsed as YAML (1e-4, true, [1,2])."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.sub=value")
-    key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    out: dict[str, Any] = {}
-    node = out
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return data
 
 
 def family_config_path(task_name: str) -> Path:

@@ -126,7 +126,7 @@ def test_compiled_bundle_falls_back_when_default_combo_kernels_fail(monkeypatch)
     again without them (a warning, not a failed job). Asked for explicitly, the failure is raised."""
     from torch._dynamo.exc import BackendCompilerFailed
 
-    from wsrl_dist.algo import fast
+    from wsrl_dist.algo import fast, fused_bundles
 
     seen = []
 
@@ -139,7 +139,7 @@ def test_compiled_bundle_falls_back_when_default_combo_kernels_fail(monkeypatch)
         return fn
 
     monkeypatch.setattr(fast.torch, "compile", fake_compile)
-    monkeypatch.setattr(fast, "inductor_options", lambda seeds, device, dtype, over: {"combo_kernels": True, **(over or {})})
+    monkeypatch.setattr(fused_bundles, "inductor_options", lambda seeds, device, dtype, over: {"combo_kernels": True, **(over or {})})
     fn = fast.make_bundle_fn(_agent("cpu", capturable=False), SAC, "fused_compile")
     with pytest.warns(RuntimeWarning, match="combo kernels"):
         info = fn(_batches(1, "cpu")[0])

@@ -20,11 +20,12 @@ This version cuts kernels without changing the math:
 All randomness (policy noise, target-member draws) is drawn in `draw_noise` and passed in, so the
 bundle itself is a pure function of (state, batch, noise): testable against the eager bundle with
 pinned noise, and compilable / capturable whole.
+Here: Adam, the noise, the bundle's update math and the flat state; the flat-buffer layouts are in
+algo/fused_layout.py and the batched networks in algo/fused_nets.py (both re-exported here).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -33,238 +34,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wsrl_dist.algo.agent import Agent
-from wsrl_dist.algo.nets import LN_EPS, LOG_STD_MAX, LOG_STD_MIN, tanh_log_det
+from wsrl_dist.algo.fused_layout import _ALIGN, CriticLayout, FlatLayout, Tensors
+from wsrl_dist.algo.fused_nets import (  # noqa: F401 (re-exported: tests and fused_offline.py use them here)
+    ActorPlan,
+    _linear_t,
+    _mm,
+    actor_sample,
+    critic_q,
+)
 from wsrl_dist.algo.sac import SACConfig
 from wsrl_dist.algo.types import Batch
 
-Tensors = dict[str, torch.Tensor]
 # fp16 would need loss scaling (its range is too small for unscaled gradients): not offered
 MATMUL_DTYPES = (torch.float32, torch.bfloat16)
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-_ALIGN = 8  # flat-buffer alignment in elements: 32 bytes of fp32 (FlatLayout)
-
-
-class FlatLayout:
-    """Named per-unit shapes packed along one flat last dim; `views` unpacks without copying.
-
-    `align`: every slice starts, and the unit's row ends, at a multiple of `align` elements. cuBLAS
-    runs its vectorised tensor-core GEMMs only on 16-byte-aligned matrices: with one 1-wide Q-head
-    bias in the middle, an unaligned member size (73,217 floats at locomotion sizes) put every other
-    ensemble member at a 4-byte offset and sent the batched GEMMs to scalar align1 kernels.
-    `stored`: a larger shape to keep for a name (more leading rows, the extra ones zero), so that a
-    GEMM can read the parameter padded to an aligned width without a copy; `views` gives the stored
-    shapes, `param_views` the parameters' own (the leading rows of the stored ones).
-    """
-
-    def __init__(self, shapes: dict[str, tuple[int, ...]], align: int = 1,
-                 stored: dict[str, tuple[int, ...]] | None = None):
-        self.param_shapes = shapes
-        self.shapes = {n: (stored or {}).get(n, shape) for n, shape in shapes.items()}
-        for n, shape in (stored or {}).items():
-            if len(shape) != len(shapes[n]) or shape[1:] != shapes[n][1:] or shape[0] < shapes[n][0]:
-                raise ValueError(f"stored shape {shape} of {n} does not extend {shapes[n]} by leading rows")
-        self.slices: dict[str, tuple[int, int]] = {}
-        offset = 0
-        for name, shape in self.shapes.items():
-            n = math.prod(shape)
-            self.slices[name] = (offset, offset + n)
-            offset = -(-(offset + n) // align) * align
-        self.size = offset
-
-    def views(self, flat: torch.Tensor) -> Tensors:
-        lead = flat.shape[:-1]
-        return {n: flat[..., a:b].view((*lead, *self.shapes[n])) for n, (a, b) in self.slices.items()}
-
-    def param_views(self, flat: torch.Tensor) -> Tensors:
-        """The parameters' own shapes: the leading rows of each stored view."""
-        lead = len(flat.shape[:-1])
-        return {n: v[(slice(None),) * lead + (slice(0, self.param_shapes[n][0]),)] if v.dim() > lead else v
-                for n, v in self.views(flat).items()}
-
-    def flatten(self, parts: Tensors, lead: int) -> torch.Tensor:
-        """Inverse of views for tensors with `lead` leading dims (one concatenation kernel; the
-        alignment gaps are zeros)."""
-        pieces, end = [], 0
-        for n, (a, b) in self.slices.items():
-            x = parts[n]
-            if a > end:
-                pieces.append(x.new_zeros(*x.shape[:lead], a - end))
-            pieces.append(x.reshape(*x.shape[:lead], -1))
-            end = b
-        if self.size > end:
-            pieces.append(pieces[-1].new_zeros(*pieces[-1].shape[:lead], self.size - end))
-        return torch.cat(pieces, -1)
-
-
-class CriticLayout:
-    """The critic's flat row [..., size]: E per-member trunks (a FlatLayout `trunk` each, packed as
-    [..., E, trunk.size]), then the one Q head all members share (`head`, official layout; empty
-    with per-member heads, net.shared_q_head=false, whose heads are in the trunk). One buffer per
-    role still takes one Adam or Polyak update.
-
-    `views` / `param_views`: trunk tensors [..., E, ...], head tensors [..., ...]; `gather`: views
-    with only the chosen members' trunks [S, k, ...] (the target critic's sampled subset) and the
-    shared head; `flatten`: inverse of `views` for S seeds."""
-
-    def __init__(self, trunk: FlatLayout, head: FlatLayout, ensemble: int):
-        self.trunk, self.head, self.ensemble = trunk, head, ensemble
-        self.trunk_size = ensemble * trunk.size  # a multiple of the alignment, so the head is aligned
-        self.size = self.trunk_size + head.size
-
-    def _split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lead = flat.shape[:-1]
-        return flat[..., :self.trunk_size].view(*lead, self.ensemble, self.trunk.size), flat[..., self.trunk_size:]
-
-    def views(self, flat: torch.Tensor) -> Tensors:
-        trunk, head = self._split(flat)
-        return {**self.trunk.views(trunk), **self.head.views(head)}
-
-    def param_views(self, flat: torch.Tensor) -> Tensors:
-        trunk, head = self._split(flat)
-        return {**self.trunk.param_views(trunk), **self.head.param_views(head)}
-
-    def gather(self, flat: torch.Tensor, members: torch.Tensor) -> Tensors:
-        """flat [S, size], members [S, k] -> views of a copy holding the k members' trunks and the head."""
-        trunk, head = self._split(flat)
-        chosen = torch.gather(trunk, 1, members.unsqueeze(-1).expand(-1, -1, trunk.shape[-1]))
-        return {**self.trunk.views(chosen), **self.head.views(head)}
-
-    def flatten(self, parts: Tensors, lead: int = 1) -> torch.Tensor:
-        """parts with `lead` seed dims ([S, E, ...] trunk, [S, ...] head) -> [S, size]."""
-        if lead != 1:
-            raise ValueError("CriticLayout.flatten: lead counts the seed dims only (one): the critic "
-                             "buffer is [S, size] since the Q head is shared")
-        trunk = self.trunk.flatten({n: parts[n] for n in self.trunk.slices}, 2)
-        pieces = [trunk.reshape(trunk.shape[0], -1)]
-        if self.head.size:
-            pieces.append(self.head.flatten({n: parts[n] for n in self.head.slices}, 1))
-        return torch.cat(pieces, -1)
-
-
-# ---------------------------------------------------------------------------------------- networks
-# Both take weights with arbitrary leading dims L (seeds, actor versions, ensemble members) and
-# inputs with the same leading dims; every layer is one batched matmul over all of L.
-#
-# Matmul precision (`Spec.matmul_dtype`, run.matmul_precision=bf16): GEMM inputs (activations and
-# weights) are rounded to bf16 and the GEMM sums in fp32; parameters, biases, LayerNorm, log-probs,
-# losses, Adam and Polyak stay fp32 (weight gradients leave their GEMMs in bf16, as under autocast).
-# A hidden layer's GEMM also writes bf16 (half its output traffic, the point of bf16); bias,
-# LayerNorm and ReLU then run in fp32 before the next GEMM rounds again. That output rounding is one
-# more 2^-9 relative error, the size of the next input rounding unless LayerNorm removes a large
-# common offset (then scaled by offset / std). Heads (Q, action mean, log-std) are not rounded on
-# output: TD errors of 1e-2 on Q ~ 1e2 are the signal and bf16 spaces values near 300 by 2. A head
-# is an fp32 GEMM on bf16-rounded inputs: exactly bf16 products summed in fp32 (the products are
-# exact in fp32, and TF32 holds bf16 values exactly); at <= act_dim columns it costs little.
-
-def _mm(b: torch.Tensor, x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype, head: bool) -> torch.Tensor:
-    """b + x @ w -> float32: b [N, 1, out], x [N, R, in], w [N, in, out] -> [N, R, out].
-    The bias is added after the GEMM, not through baddbmm: baddbmm with a broadcast bias first
-    copies it into the whole [N, R, out] output (one extra pass over the activations per layer,
-    ~30 copy kernels per bundle), while a separate add is fused by Inductor into the LayerNorm /
-    ReLU that follows."""
-    if dtype == torch.float32:
-        return torch.bmm(x, w) + b
-    if head:
-        return torch.bmm(x.to(dtype).float(), w.to(dtype).float()) + b
-    return torch.bmm(x.to(dtype), w.to(dtype)) + b  # bf16 GEMM output, bias added in fp32
-
-
-def _linear_t(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32,
-              head: bool = False) -> torch.Tensor:
-    """torch.nn.Linear layout: w [*L, out, in], b [*L, out], x [*L, R, in] -> [*L, R, out] (float32)."""
-    out, inp = w.shape[-2:]
-    rows = x.shape[-2]
-    y = _mm(b.reshape(-1, 1, out), x.reshape(-1, rows, inp), w.reshape(-1, out, inp).transpose(1, 2), dtype, head)
-    return y.view(*w.shape[:-2], rows, out)
-
-
-@dataclass(frozen=True)
-class ActorPlan:
-    """The actor's layers as (kind, parameter names) read from a TanhGaussianActor's modules."""
-
-    trunk: tuple[tuple, ...]  # ("linear", w, b) | ("ln", w, b, eps) | ("relu",)
-    uniform_std: bool
-
-    @staticmethod
-    def of(actor: nn.Module) -> ActorPlan:
-        steps: list[tuple] = []
-        for i, layer in enumerate(actor.trunk.net):
-            name = f"trunk.net.{i}"
-            if isinstance(layer, nn.Linear):
-                steps.append(("linear", f"{name}.weight", f"{name}.bias"))
-            elif isinstance(layer, nn.LayerNorm):
-                steps.append(("ln", f"{name}.weight", f"{name}.bias", layer.eps))
-            elif isinstance(layer, nn.ReLU):
-                steps.append(("relu",))
-            else:
-                raise TypeError(f"fused actor: unsupported trunk layer {type(layer).__name__}")
-        return ActorPlan(tuple(steps), actor.std_parameterization != "exp")
-
-
-def actor_sample(plan: ActorPlan, p: Tensors, obs: torch.Tensor, eps: torch.Tensor,
-                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """TanhGaussianActor.forward with given noise. obs [*L, R, O]; eps [*L, R, A] or [*L, R, n, A]
-    (n actions per state) -> (action like eps, log_prob like eps without its last dim).
-    `dtype`: the matmuls' input dtype (see above)."""
-    h = obs
-    for step in plan.trunk:
-        if step[0] == "linear":
-            h = _linear_t(h, p[step[1]], p[step[2]], dtype)
-        elif step[0] == "ln":
-            h = F.layer_norm(h, h.shape[-1:], eps=step[3]) * p[step[1]].unsqueeze(-2) + p[step[2]].unsqueeze(-2)
-        else:
-            h = F.relu(h)
-    mean = _linear_t(h, p["mean.weight"], p["mean.bias"], dtype, head=True)
-    if plan.uniform_std:
-        log_std = p["log_std"].unsqueeze(-2).expand_as(mean)
-    else:
-        log_std = _linear_t(h, p["log_std_head.weight"], p["log_std_head.bias"], dtype, head=True)
-    log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-    if eps.dim() == mean.dim() + 1:  # n samples per state
-        mean, log_std = mean.unsqueeze(-2), log_std.unsqueeze(-2)
-    pre = mean + log_std.exp() * eps
-    log_prob = (-0.5 * eps.pow(2) - log_std - _HALF_LOG_2PI).sum(-1)
-    return torch.tanh(pre), log_prob - tanh_log_det(pre)
-
-
-def critic_q(p: Tensors, n_layers: int, layer_norm: bool, obs: torch.Tensor, act: torch.Tensor,
-             dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """EnsembleCritic.forward for weights [S, M, ...] (M members) on inputs [S, R, .] -> Q [S, M, R].
-    `n_layers`: len(EnsembleCritic.weights). With a shared Q head (`head_weight` [S, H, 1] and
-    `head_bias` [S, 1] in p, CriticLayout) all n_layers are hidden; without, the last one is the
-    per-member head. `dtype`: the matmuls' input dtype (see above)."""
-    s, m, k_in = p["weights.0"].shape[:3]
-    shared = "head_weight" in p
-    n_hidden = n_layers if shared else n_layers - 1
-    in_width = obs.shape[-1] + act.shape[-1]
-    # the layout may store the first weight with zero rows below it (make_spec: aligned GEMM rows);
-    # matching zero input columns leave Q unchanged and give those rows zero gradients
-    pad = [obs.new_zeros(*obs.shape[:-1], k_in - in_width)] if k_in > in_width else []
-    x = torch.cat([obs, act, *pad], -1).to(dtype)  # rounded once, before the copy per member
-    rows = x.shape[-2]
-    h = x.unsqueeze(1).expand(s, m, rows, x.shape[-1]).reshape(s * m, rows, x.shape[-1])
-    for i in range(n_hidden):
-        w, b = p[f"weights.{i}"], p[f"biases.{i}"]
-        h = _mm(b.reshape(s * m, 1, -1), h, w.reshape(s * m, *w.shape[-2:]), dtype, head=False)
-        if layer_norm:
-            width = h.shape[-1]
-            h = (F.layer_norm(h, (width,), eps=LN_EPS) * p[f"ln_scales.{i}"].reshape(s * m, 1, width)
-                 + p[f"ln_biases.{i}"].reshape(s * m, 1, width))
-        h = F.relu(h)
-    # the 1-wide Q head as a row dot product, not a GEMM with one output column: Inductor folds it
-    # (and its backward, a broadcast multiply and a row sum) into the LayerNorm / ReLU kernels
-    # around it, saving a kernel and a full read of the widest activation per forward. Same sums:
-    # fp32 products of the (bf16-rounded, see _mm) inputs. A shared head broadcasts over members,
-    # so its gradient is the sum over them, as the official head outside the vmap.
-    width = h.shape[-1]
-    h = h.view(s, m, rows, width)
-    if shared:
-        wv, b = p["head_weight"].reshape(s, 1, 1, width), p["head_bias"].reshape(s, 1, 1)
-    else:
-        wv, b = p[f"weights.{n_hidden}"].reshape(s, m, 1, width), p[f"biases.{n_hidden}"].reshape(s, m, 1)
-    if dtype != torch.float32:
-        h, wv = h.to(dtype).float(), wv.to(dtype).float()
-    return (h * wv).sum(-1) + b
 
 
 # ---------------------------------------------------------------------------------------- Adam

@@ -6,7 +6,7 @@ loop over E separate critics (the baseline); `stacked-eager`, `stacked-compile` 
 and `fused-*` (algo/fused.py: flat buffers, batched actor versions; eager / compiled / captured).
 `--seeds 1,2,4,8` adds multi-seed rows (aggregate bundles/s over S seeds in one process).
 `--profile N` then profiles N calls of every row and prints the time per call by category (GEMMs,
-Inductor's fused Triton kernels, copies, other) and the costliest kernels (ops on CPU).
+Inductor's fused Triton kernels, copies, other) and the costliest kernels (ops on CPU): bench/kernel_profile.py.
 `--pretrain cql,calql,iql` adds offline pre-training rows (one step = 1 critic update on 256 rows,
 algo.fast.make_offline_step_fn), each with its ratio to the same algorithm's eager row of this run:
 `pretrain-<algo>-eager` (update.offline_step), `-eager-graph` (it, captured in one CUDA graph; GPU),
@@ -40,6 +40,7 @@ from wsrl_dist.algo.fast import make_bundle_fn
 from wsrl_dist.algo.nets import EnsembleCritic, NetConfig
 from wsrl_dist.algo.sac import SACConfig
 from wsrl_dist.algo.types import Batch
+from wsrl_dist.bench.kernel_profile import _sync, kernel_category, print_profile, profile_calls  # noqa: F401 (kernel_category: re-exported)
 
 # (obs_dim, act_dim, actor hidden, critic hidden, max_target_backup): the reference's family sizes
 SIZES = {
@@ -103,11 +104,6 @@ def _batch(size: str, n: int, device: torch.device) -> Batch:
                  (torch.rand(n, device=device, generator=g) > 0.01).float())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _fresh_compile() -> None:
     """Forget Dynamo's compiled code before a row. Every row builds the same bundle function (one
     code object), so without this a row could reuse an earlier row's compiled code when its guards
@@ -158,7 +154,7 @@ def time_group(size: str, variant: str, device: torch.device, sac: SACConfig, se
                matmul_dtype: torch.dtype = torch.float32, key: str | None = None,
                inductor: dict | None = None) -> float:
     """Bundles per second with `group` bundles per call (runtime.replay_groups: on a GPU one CUDA
-    graph of `group` bundles reading its batches in place, algo/fast.py FusedBundles.group)."""
+    graph of `group` bundles reading its batches in place, algo/fused_bundles.py FusedBundles.group)."""
     agent, sac = _agent(size, variant, device, sac)
     batches = [_batch(size, sac.utd * sac.batch_size, device) for _ in range(group)]
     t_setup = time.perf_counter()
@@ -189,59 +185,6 @@ def _calls_per_second(call, device: torch.device, seconds: float, key: tuple[str
         print_profile(profile_calls(call, device, PROFILE_CALLS), f"{key[0]}/{key[1]}",
                       "kernels" if device.type == "cuda" else "ops", wall_us=1e6 / rate)
     return rate
-
-
-# kernel-name patterns of matrix multiplies: cuBLAS (incl. Hopper's nvjet), CUTLASS, xmma
-_GEMM = re.compile(r"gemm|cutlass|xmma|nvjet|cublas|ampere_|sm90_|sm80_|^aten::(bmm|baddbmm|mm|addmm|matmul)$",
-                   re.IGNORECASE)
-
-
-def kernel_category(name: str) -> str:
-    """gemm | fused (Inductor-generated Triton kernels) | copy | other."""
-    if _GEMM.search(name):
-        return "gemm"
-    if name.startswith("triton"):
-        return "fused"
-    if re.search(r"memcpy|memset|copy|CatArray|aten::(cat|clone|contiguous|copy_)$", name, re.IGNORECASE):
-        return "copy"
-    return "other"
-
-
-def profile_calls(call, device: torch.device, n: int) -> list[tuple[str, float, float]]:
-    """(kernel or op name, launches per call, microseconds per call) over `n` profiled calls, most
-    time first: GPU kernels' device time on CUDA (graph replays included), ops' self CPU time on CPU."""
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = device.type == "cuda"
-    _sync(device)
-    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
-        for _ in range(n):
-            call()
-        _sync(device)
-    rows = []
-    for ev in prof.key_averages():
-        us = ev.self_device_time_total if cuda else ev.self_cpu_time_total
-        if us > 0 and (not cuda or ev.device_type == torch.autograd.DeviceType.CUDA):
-            rows.append((ev.key, ev.count / n, us / n))
-    return sorted(rows, key=lambda r: -r[2])
-
-
-def print_profile(rows: list[tuple[str, float, float]], label: str, unit: str, top: int = 12,
-                  wall_us: float | None = None) -> None:
-    """`wall_us`: the timed wall time per call; on a GPU, wall minus kernel time is what the host
-    (Python, launches, input copies) adds on top of the device's work."""
-    total_n, total_us = sum(r[1] for r in rows), sum(r[2] for r in rows)
-    by_cat: dict[str, list[float]] = {}
-    for name, cnt, us in rows:
-        acc = by_cat.setdefault(kernel_category(name), [0.0, 0.0])
-        acc[0] += cnt
-        acc[1] += us
-    cats = ", ".join(f"{c} {v[1]:.0f} us / {v[0]:.0f}" for c, v in sorted(by_cat.items(), key=lambda kv: -kv[1][1]))
-    print(f"# profile {label}: {total_n:.0f} {unit}, {total_us:.0f} us per call ({cats})")
-    if wall_us is not None and unit == "kernels":
-        print(f"#   wall {wall_us:.0f} us per call: device busy {min(total_us / wall_us, 1.0):.0%}")
-    for name, cnt, us in rows[:top]:
-        print(f"#   {us:>9.1f} us {cnt:>6.1f}x  {kernel_category(name):<6} {name[:90]}")
 
 
 def time_multiseed(size: str, seeds: int, device: torch.device, sac: SACConfig, seconds: float,

@@ -7,7 +7,7 @@ during the uniform-random phase, then `step` = insert + one plain-SAC update (UT
 - `EagerLearner`: replay in a host RingBuffer, numpy-drawn batch copied to the device per update,
   the update run op by op (the loop as D4RL's rlkit runs it; the CPU path).
 - `FastLearner`: replay rows also kept on the device, batch indices drawn there, and on a GPU two
-  CUDA graphs per env step (algo/fast.py `capture`, capturable Adam): (insert + next action), then
+  CUDA graphs per env step (algo/graph_capture.py `capture`, capturable Adam): (insert + next action), then
   (draw + update). Per env step the host does one 4*(W+O)-byte copy in, two graph replays and one
   A-float copy out, and waits only for the first graph: the update runs on the GPU while the host
   steps the env. The eager loop's ~5.7 ms per step on an H100 (176 env steps/s) was almost all
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from wsrl_dist.algo.agent import Agent
-from wsrl_dist.algo.fast import _init_adam_state, _optimizers, _state_tensors, capture
+from wsrl_dist.algo.graph_capture import _init_adam_state, _optimizers, _state_tensors, capture
 from wsrl_dist.algo.sac import SACConfig
 from wsrl_dist.algo.types import Batch, batch_from_numpy
 from wsrl_dist.data.ring import RingBuffer

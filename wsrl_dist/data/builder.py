@@ -4,20 +4,16 @@ Source of offline files where D4RL/Minari data cannot be downloaded: `build_data
 -> `load_d4rl_hdf5` -> pre-training. Rewards are stored raw (docs/CONVENTIONS.md). The behaviour run
 (the long part) checkpoints as it goes and a killed build resumes it (`train_behaviour_policy`).
 Its per-step learners (host-replay reference, CUDA-graph fast path) are in data/behaviour.py; the
-rollouts as parallel env streams in data/parallel_rollout.py.
+rollouts as parallel env streams in data/parallel_rollout.py; recipes, BuildSpec and the run's key
+in data/buildspec.py (re-exported here); the behaviour run's checkpoint file in data/buildpartial.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
-import re
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +29,24 @@ from wsrl_dist.algo.sac import SACConfig
 from wsrl_dist.algo.types import Batch
 from wsrl_dist.algo.update import polyak, sac_actor_temperature_step
 from wsrl_dist.data.behaviour import make_learner
+from wsrl_dist.data.buildpartial import _end_last_episode, _load_build_partial, _save_build_partial
+from wsrl_dist.data.buildspec import (  # noqa: F401 (the builder's API: callers and tests import it here)
+    BUILDABLE_FAMILIES,
+    BUILDER_VERSION,
+    DATASET_NOTE,
+    DEFAULT_MEDIUM_TARGETS,
+    RECIPES,
+    REPORT_EVERY,
+    BuildReport,
+    BuildSpec,
+    TrainHistory,
+    _report,
+    _run_hash,
+    _run_mode,
+    behaviour_sac_config,
+    medium_target,
+    recipe_from_task,
+)
 from wsrl_dist.data.d4rl import load_d4rl_hdf5, write_d4rl_hdf5
 from wsrl_dist.data.parallel_rollout import env_stream, init_actor_weights, rollout_parallel
 from wsrl_dist.data.ring import RingBuffer
@@ -40,131 +54,6 @@ from wsrl_dist.data.schema import COLUMN_NAMES, OfflineDataset, episode_bounds
 from wsrl_dist.envs.make import make_env, obs_act_dims
 from wsrl_dist.envs.tasks import TaskSpec, get_task
 from wsrl_dist.evaluation import evaluate
-
-RECIPES = ("random", "medium", "medium-replay", "expert", "medium-expert")
-# 2: dataset rollouts from `rollout_envs` env streams (BuildSpec.rollout_envs)
-BUILDER_VERSION = 2
-DATASET_NOTE = "built by wsrl_dist's D4RL-recipe builder, not the original D4RL data"
-# Families where "SAC to a return target" makes sense: dense rewards. AntMaze/Kitchen/Adroit data came
-# from planners, demos and BC rollouts, which SAC from scratch on a sparse reward cannot stand in for.
-BUILDABLE_FAMILIES = ("locomotion", "classic")
-# Medium targets for tasks without D4RL reference scores: 1/3 of the way from a random policy's return
-# to a solved one's. Pendulum-v1: random ~ -1230, solved ~ -150 (200-step episodes) -> -870.
-DEFAULT_MEDIUM_TARGETS: dict[str, float] = {"pendulum-v1": -870.0}
-# Progress events for callers that show or export build progress (the Ray learner, `launch`): called
-# with {"stage": "build", "part": "behaviour" | "rollout", "done", "total", "eval_return",
-# "target_return"} about every REPORT_EVERY steps or rows, at each behaviour eval and at each part's end.
-BuildReport = Callable[[dict[str, Any]], None]
-REPORT_EVERY = 1_000
-
-
-def recipe_from_task(task_name: str) -> str:
-    """The recipe word in a D4RL-style name ('hopper-medium-replay-v2' -> 'medium-replay'); 'medium'
-    when there is none ('inverted-pendulum-v5'). Two-word recipes are matched before one-word ones."""
-    padded = f"-{re.sub(r'-v[0-9]+$', '', task_name)}-"
-    for recipe in sorted(RECIPES, key=len, reverse=True):
-        if f"-{recipe}-" in padded:
-            return recipe
-    return "medium"
-
-
-def behaviour_sac_config() -> SACConfig:
-    """Plain SAC as D4RL's behaviour learner (rlkit SAC): clipped double Q (2 critics, target = min of
-    both), entropy in the backup, lr 3e-4 everywhere, UTD 1, batch 256. WSRL's 10-member ensemble,
-    LayerNorm and 1e-4 actor lr are fine-tuning choices (wsrl-reference), not needed to make data."""
-    return SACConfig(critic_ensemble_size=2, critic_subsample_size=2, backup_entropy=True,
-                     actor_lr=3e-4, critic_lr=3e-4, temperature_lr=3e-4, utd=1, batch_size=256,
-                     ghost_adam_steps=False)
-
-
-@dataclass
-class BuildSpec:
-    """What to build. None fields are filled by `resolved()`; `device` does not enter the cache key."""
-
-    task: str
-    recipe: str | None = None  # None -> recipe_from_task(task)
-    # Rows written. medium-replay writes the whole buffer, capped to its last `transitions` rows.
-    transitions: int = 1_000_000
-    train_steps: int = 1_000_000  # SAC env-step budget of the behaviour run
-    # medium / medium-replay stop here; medium-expert snapshots its medium half here; expert ignores it
-    # (trains the whole budget). None -> ref_max_score / 3 (D4RL: 1/3 of expert), else DEFAULT_MEDIUM_TARGETS.
-    target_return: float | None = None
-    seed: int = 0
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    sac: SACConfig = field(default_factory=behaviour_sac_config)
-    random_steps: int = 5_000  # uniform random actions, no updates, before SAC starts (as CleanRL's SAC)
-    eval_every: int = 10_000
-    eval_episodes: int = 10
-    # Deviation: D4RL rolled its policy out in one env; here `rollout_envs` seeded envs each write a
-    # contiguous stream (data/parallel_rollout.py), so the rows end in that many partial episodes
-    # (timeouts) instead of one. The data depends on this number, not on the processes running it.
-    rollout_envs: int = 16
-    device: str = "cpu"
-
-    def resolved(self) -> BuildSpec:
-        """A validated copy with recipe and target_return filled in."""
-        task = get_task(self.task)
-        if task.family not in BUILDABLE_FAMILIES:
-            raise ValueError(f"task {self.task!r}: family {task.family!r} cannot be built by SAC rollouts "
-                             f"(buildable families: {BUILDABLE_FAMILIES})")
-        recipe = self.recipe or recipe_from_task(self.task)
-        if recipe not in RECIPES:
-            raise ValueError(f"recipe {recipe!r} not in {RECIPES}")
-        for name in ("transitions", "eval_every", "eval_episodes", "rollout_envs"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if recipe != "random" and self.train_steps <= self.random_steps:
-            raise ValueError(f"train_steps ({self.train_steps}) must exceed random_steps ({self.random_steps})")
-        self.sac.validate()
-        target = self.target_return
-        if target is None and recipe != "random":
-            target = medium_target(task)
-        return dataclasses.replace(self, recipe=recipe, target_return=target, hidden=list(self.hidden),
-                                   sac=dataclasses.replace(self.sac))
-
-    def net_config(self) -> NetConfig:
-        # Plain rlkit-style SAC nets, not WSRL's: no LayerNorm (the fine-tuning nets use it,
-        # wsrl-reference "Networks"), two separate critics each with its own head, and the default
-        # init on the critic's last hidden layer. Same initial weights as before the shared head.
-        return NetConfig(actor_hidden=list(self.hidden), critic_hidden=list(self.hidden), layer_norm=False,
-                         shared_q_head=False, critic_kernel_scale_final=None)
-
-    def key(self) -> dict[str, Any]:
-        """The fields that decide the file's content (device excluded; no training fields for random)."""
-        d = dataclasses.asdict(self)
-        d.pop("device")
-        if d["recipe"] == "random":
-            for k in ("train_steps", "target_return", "sac", "random_steps", "eval_every"):
-                d.pop(k)
-        return {"builder_version": BUILDER_VERSION, **d}
-
-    def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:10]
-
-
-def medium_target(task: TaskSpec) -> float:
-    if task.ref_max_score is not None and task.ref_max_score > 0:
-        return task.ref_max_score / 3.0
-    if task.name in DEFAULT_MEDIUM_TARGETS:
-        return DEFAULT_MEDIUM_TARGETS[task.name]
-    raise ValueError(f"task {task.name!r} has no reference score: set BuildSpec.target_return")
-
-
-@dataclass
-class TrainHistory:
-    """One behaviour run: periodic deterministic eval returns and the policies the recipes need."""
-
-    env_steps: list[int] = field(default_factory=list)
-    eval_returns: list[float] = field(default_factory=list)
-    train_steps_used: int = 0
-    target_return: float | None = None
-    target_reached_at: int | None = None  # env steps at the first eval >= target_return
-    wall_s: float = 0.0
-    medium_weights: dict[str, np.ndarray] | None = None  # actor at target_reached_at (exported)
-    final_weights: dict[str, np.ndarray] | None = None  # actor at the end of the run
-
-    def scalars(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if not k.endswith("_weights")}
 
 
 def _critic_target(agent: Agent, batch: Batch, cfg: SACConfig) -> torch.Tensor:
@@ -314,83 +203,6 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: P
     replay = learner.replay().export()
     _end_last_episode(replay)
     return agent, replay, hist
-
-
-def _report(report: BuildReport | None, part: str, done: int, total: int,
-            hist: TrainHistory | None = None) -> None:
-    if report is None:
-        return
-    report({"stage": "build", "part": part, "done": int(done), "total": int(total),
-            "eval_return": hist.eval_returns[-1] if hist is not None and hist.eval_returns else None,
-            "target_return": hist.target_return if hist is not None else None})
-
-
-def _run_mode(spec: BuildSpec) -> str:
-    return "to-target" if spec.recipe in ("medium", "medium-replay") else "full-budget"
-
-
-def _run_hash(spec: BuildSpec) -> str:
-    """What decides a behaviour run (not the rows later written): recipes that share a run share it."""
-    key = {**spec.key(), "recipe": _run_mode(spec), "transitions": None}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def _save_build_partial(path: Path, spec: BuildSpec, agent: Agent, buf: RingBuffer, hist: TrainHistory,
-                        rng: np.random.Generator, step: int, wall_s: float) -> None:
-    """Atomically (temp file + rename): a kill while writing leaves the previous checkpoint. Tensors
-    and plain types only, so it loads with torch.load(weights_only=True)."""
-    ring = buf.state_dict()
-    state = {
-        "run_hash": _run_hash(spec), "step": step, "wall_s": wall_s, "agent": agent.state_dict(),
-        "ring": {**{k: v for k, v in ring.items() if k != "arrays"},
-                 "extra_fields": json.dumps(ring["extra_fields"]),
-                 "arrays": {k: torch.from_numpy(v) for k, v in ring["arrays"].items()}},
-        "history": json.dumps(hist.scalars()),
-        "medium_weights": {k: torch.from_numpy(np.asarray(v)) for k, v in (hist.medium_weights or {}).items()},
-        "rng": json.dumps(rng.bit_generator.state), "torch_cpu": torch.get_rng_state(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _load_build_partial(path: Path, spec: BuildSpec, agent: Agent, buf: RingBuffer, hist: TrainHistory,
-                        rng: np.random.Generator) -> tuple[int, float]:
-    """Restore a _save_build_partial checkpoint into fresh objects; returns (step, wall seconds so far)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: the dataset builder's checkpoint does not load ({type(e).__name__}: {e}); "
-                         "remove it to train the behaviour policy from scratch") from e
-    # the run's key, not the dataset's: medium and medium-replay resume the same interrupted run
-    if state.get("run_hash") != _run_hash(spec):
-        raise ValueError(f"{path}: written for behaviour run {state.get('run_hash')}, this build's is "
-                         f"{_run_hash(spec)}; remove it to train the behaviour policy from scratch")
-    step = int(state["step"])
-    if not 0 < step < spec.train_steps:
-        raise ValueError(f"{path}: step {step} is outside this build's 1..{spec.train_steps - 1}")
-    ring = dict(state["ring"])
-    ring["extra_fields"] = json.loads(ring["extra_fields"])
-    ring["arrays"] = {k: v.numpy() for k, v in ring["arrays"].items()}
-    cols = ring["arrays"]
-    if len(cols["terminals"]) != step:
-        raise ValueError(f"{path}: {len(cols['terminals'])} replay rows for step {step}")
-    _end_last_episode(cols)  # the episode it was in cannot be continued (see train_behaviour_policy)
-    buf.load_state_dict(ring)
-    agent.load_state_dict(state["agent"])
-    for k, v in json.loads(state["history"]).items():
-        setattr(hist, k, v)
-    hist.medium_weights = {k: v.numpy() for k, v in state["medium_weights"].items()} or None
-    rng.bit_generator.state = json.loads(state["rng"])
-    torch.set_rng_state(state["torch_cpu"])
-    return step, float(state["wall_s"])
-
-
-def _end_last_episode(cols: dict[str, np.ndarray]) -> None:
-    """Mark the final row a timeout unless it terminated: the data stops mid-episode there (D4RL)."""
-    if len(cols["terminals"]) and not cols["terminals"][-1]:
-        cols["timeouts"][-1] = 1.0
 
 
 def rollout_dataset(policy: Policy, task: str | TaskSpec, n_transitions: int, seed: int,

@@ -4,12 +4,12 @@ Hosts the UTD limiter (limiter.py): its own side is checked locally before every
 workers ask it for env steps through `wait_for_env_steps` (or `acquire_env_steps`, which never
 waits). driver.py runs it as a threaded Ray actor (train() in one thread; stats and checkpoints answer
 from others, grant calls from the GRANTS concurrency group's threads, so that workers waiting there
-never take the threads the driver's calls need).
+never take the threads the driver's calls need). Publishing, stats and checkpoint state are
+LearnerOutputs (runtime/learneroutputs.py).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -30,13 +30,14 @@ from wsrl_dist.algo.fast import (
 from wsrl_dist.algo.types import Batch
 from wsrl_dist.config import from_dict
 from wsrl_dist.envs.make import obs_act_dims
-from wsrl_dist.ops.metrics import SECONDS_BUCKETS, Histogram
+from wsrl_dist.ops.histogram import SECONDS_BUCKETS, Histogram
 from wsrl_dist.plan import RunPlan
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
 from wsrl_dist.runtime.bundletimer import BundleTimer
 from wsrl_dist.runtime.feed import ReplayFeed
 from wsrl_dist.runtime.grants import GRANTS, GrantDesk, rollout_slack
 from wsrl_dist.runtime.hostcopy import HostCopy
+from wsrl_dist.runtime.learneroutputs import LearnerOutputs
 from wsrl_dist.runtime.limiter import UtdLimiter
 from wsrl_dist.runtime.procstats import ProcessStats
 from wsrl_dist.runtime.progress import PROGRESS, StageRecord
@@ -49,18 +50,7 @@ def first_update_step(cfg) -> int:
     return RunPlan.of(cfg).first_update_step
 
 
-def to_cpu(obj: Any) -> Any:
-    """Nested containers with every tensor moved to the CPU (state leaving a GPU actor)."""
-    if torch.is_tensor(obj):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(v) for v in obj)
-    return obj
-
-
-class Learner:
+class Learner(LearnerOutputs):
     def __init__(self, cfg: dict, store: Any, shards: list | None = None, plan: RunPlan | None = None):
         self.cfg = from_dict(cfg)
         c = self.cfg
@@ -166,56 +156,6 @@ class Learner:
             out["loaded"] = c.pretrain.checkpoint
         out["seconds"] = time.time() - t0
         return out
-
-    def save_agent(self, path: str) -> None:
-        with self._agent_lock:
-            job.save_agent(path, self.agent, {"version": self.version})
-
-    def critic_state(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of the critic for a Q-vs-MC probe (driver, finetune.q_probe_every): taken
-        between two bundles, one device sync per probe, none in the training loop."""
-        with self._agent_lock:
-            return to_cpu(self.agent.critic.state_dict())
-
-    # ------------------------------------------------------------------ weights
-    def publish(self, bump: bool = True, wait: bool = False) -> int:
-        """Export the actor, ray.put it once, hand the store [ref]; returns the version published
-        (a new one, or with bump=False the current one again: a resumed job's fresh store), once it
-        is put. `wait` returns only once the store holds it. The training loop uses _publish_async."""
-        self._collect_copies(block=True)  # a version still on its way out goes first
-        self.version += int(bump)
-        self._publisher.submit(self.agent.export_policy(), self.version, self.limiter.updates)
-        self._publisher.flush(wait_store=wait)
-        return self.version
-
-    def drain_publishing(self) -> None:
-        """Every weight version started so far handed to the store (end of training)."""
-        self._collect_copies(block=True)
-        self._publisher.flush()
-
-    def _publish_async(self) -> None:
-        """Start a new weight version's copy to the host; it reaches the store in _collect_copies
-        once it has landed. Skipped (no new version) while the previous one is still in flight: on
-        a GPU running behind the loop, versions then follow the GPU's pace instead of stalling it."""
-        params = list(self.agent.actor.state_dict().values())
-        if self._weights_copy.start(params, tag=self.version + 1):
-            self.version += 1
-
-    def _collect_copies(self, block: bool = False) -> None:
-        """Publish a weight copy and read a loss copy that have landed (block: wait for them)."""
-        got = self._weights_copy.poll(block)
-        if got is not None:
-            version, flat = got
-            flat = flat.copy()  # the pinned buffer is reused by the next copy; the put comes later
-            out, offset = {}, 0
-            for k, v in self.agent.actor.state_dict().items():
-                out[k] = flat[offset: offset + v.numel()].reshape(v.shape)
-                offset += v.numel()
-            self._publisher.submit(out, version, self.limiter.updates)
-        got = self._info_copy.poll(block)
-        if got is not None:
-            keys, vals = got
-            self.last_info = {k: float(v) for k, v in zip(keys, vals)}
 
     # ------------------------------------------------------------------ limiter
     @ray.method(concurrency_group=GRANTS)
@@ -343,15 +283,6 @@ class Learner:
             self.limiter.record_updates(self.per_step * n)
             self.grants.wake()
 
-    def publish_due(self, n: int = 1) -> None:
-        """A weight version every `publish_every` bundles (started async; one for the last `n`
-        bundles however many multiples they crossed), and whatever copies have landed since the
-        last call go out (caller holds the agent lock)."""
-        every = self.cfg.runtime.publish_every
-        if any(b % every == 0 for b in range(self.bundles - n + 1, self.bundles + 1)):
-            self._publish_async()
-        self._collect_copies()
-
     def _make_update_fn(self, example: Batch):
         """One env step's update: a SAC bundle, or a step of the kept pre-training loss (the
         offline_* baselines: CQL / IQL / Cal-QL, as local.py runs them online)."""
@@ -364,7 +295,7 @@ class Learner:
     def train(self) -> dict[str, Any]:
         """Run bundles within the limiter until finish() and every owed update is done. With
         runtime.replay_groups each whole sample request's G bundles run as one call (one CUDA
-        graph replay on a GPU: algo/fast.py FusedBundles.group) whenever the limiter allows all G."""
+        graph replay on a GPU: algo/fused_bundles.py FusedBundles.group) whenever the limiter allows all G."""
         t_start = time.perf_counter()
         self._train_start = (t_start, self.limiter.updates)
         self.feed = self.make_feed()
@@ -404,60 +335,6 @@ class Learner:
             self.drain_publishing()
         self.train_seconds += time.perf_counter() - t_start
         return self.stats()
-
-    # ------------------------------------------------------------------ reporting and state
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            lim = self.limiter.state_dict()
-            env_steps = self.env_steps
-        t0, u0 = self._train_start
-        elapsed = time.perf_counter() - t0 if t0 else 0.0
-        self.bundle_timer.poll()
-        pub = self._publisher.stats()
-        out = {
-            "critic_updates": lim["updates"], "bundles": self.bundles, "env_steps": env_steps,
-            "bundle_groups": self.bundle_groups,
-            "critic_updates_per_second": (lim["updates"] - u0) / elapsed if elapsed > 0 else 0.0,
-            "granted_env_steps": lim["granted"], "version": self.version,
-            "limiter_blocked_seconds": lim["blocked_seconds"], "losses": dict(self.last_info),
-            "train_seconds": self.train_seconds, "step_hist": self.step_hist.to_dict(),
-            # seconds per ray.put + store call, on the publisher's thread (weights.WeightPublisher);
-            # superseded: versions replaced by a newer one before their put started
-            "publish_hist": pub["put_hist"], "weights_superseded": pub["superseded"],
-            "device": str(self.device),
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],  # GPUs Ray gave this learner (placement)
-            "time_split_s": dict(self.time_split),
-            # assemble_to_device, in parts (runtime/feed.py ReplayFeed.split)
-            "feed_split_s": dict(self.feed.split) if self.feed is not None else {},
-            "offline_rows_per_bundle": self.plan.rows_per_env_step - self.online_rows,
-            # device ms per bundle (sampled every 50); busy = that x bundles/s: ~1 means device-bound
-            "bundle_device_ms": self.bundle_timer.mean_ms,
-            "device_busy": self.bundle_timer.busy(),
-            "process": self.process_stats.snapshot(),  # CPU, GC pauses, grant calls (procstats.py)
-            "pid": os.getpid(),
-        }
-        # 0 on a CPU learner: the series always exists, so the dashboard panel never goes blank
-        out["gpu_memory_bytes"] = (int(torch.cuda.memory_allocated(self.device))
-                                   if self.device.type == "cuda" else 0)
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        """Agent (+ Adam, temperature), limiter counters, weight version: CPU tensors and numbers."""
-        with self._agent_lock, self._lock:
-            return {"agent": to_cpu(self.agent.state_dict()), "limiter": self.limiter.state_dict(),
-                    "version": self.version, "bundles": self.bundles, "env_steps": self.env_steps,
-                    "torch_rng": torch.get_rng_state(), "rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        with self._agent_lock, self._lock:
-            self.agent.load_state_dict(state["agent"])
-            self.limiter.load_state_dict(state["limiter"])
-            self.version, self.bundles = int(state["version"]), int(state["bundles"])
-            self.env_steps = int(state["env_steps"])
-            torch.set_rng_state(state["torch_rng"])
-            self.rng.bit_generator.state = state["rng"]
-            self._bundle = self._group = None
-            self.grants.wake_all()
 
     def ping(self) -> str:
         return ray.get_runtime_context().get_node_id()

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from wsrl_dist.ops.metrics import POLICY_LAG_BUCKETS, SECONDS_BUCKETS, Histogram
+from wsrl_dist.ops.histogram import POLICY_LAG_BUCKETS, SECONDS_BUCKETS, Histogram
 from wsrl_dist.runtime.progress import STAGE_KEYS
 
 WINDOW_SECONDS = 5.0

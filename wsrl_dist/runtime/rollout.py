@@ -29,7 +29,7 @@ from wsrl_dist.algo.policy import Policy, pin_blas_threads
 from wsrl_dist.config import from_dict
 from wsrl_dist.data.returns import mc_returns_to_go
 from wsrl_dist.envs.make import make_vector_env, obs_act_dims, true_next_obs
-from wsrl_dist.ops.metrics import POLICY_LAG_BUCKETS, Histogram
+from wsrl_dist.ops.histogram import POLICY_LAG_BUCKETS, Histogram
 from wsrl_dist.plan import RunPlan
 from wsrl_dist.runtime.weights import WeightsClient
 from wsrl_dist.runtime.wire import encode_chunk
