@@ -262,3 +262,18 @@ def test_fused_pretraining_steps_every_seed_together_each_on_its_own_sampler(tmp
         assert {float(st["step"]) for st in have["critic_opt"]["state"].values()} == {6.0}
     a, b = (lrn.agent.state_dict()["critic"] for lrn in multi.learners)
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_learner_state_is_a_snapshot_not_views_of_the_live_agent(tmp_path):
+    """state_dict() copies every tensor under the learner's locks, also on CPU: Ray serializes it
+    after they are released, and views of the live agent came out torn by the steps in between (a
+    2-seed CPU checkpoint whose actor Adam steps read 243 and 244 was refused at resume)."""
+    from wsrl_dist.runtime.learner import Learner
+
+    lrn = Learner(tiny_config(tmp_path / "s", "run.fast_path=fused").to_dict(), None)
+    state = lrn.state_dict()
+    before = {k: v.clone() for k, v in state["agent"]["actor"].items()}
+    with torch.no_grad():
+        for p in lrn.agent.actor.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(v, state["agent"]["actor"][k]) for k, v in before.items())

@@ -22,9 +22,13 @@ from wsrl_dist import job
 
 
 def to_cpu(obj: Any) -> Any:
-    """Nested containers with every tensor moved to the CPU (state leaving a GPU actor)."""
+    """Nested containers with every tensor copied to the CPU: a snapshot taken under the caller's
+    locks. Always a copy, also of a CPU tensor (`.cpu()` returns a CPU tensor itself): Ray serializes
+    the return value after the locks are released, and a learner stepping on meanwhile tore the state
+    (a CPU checkpoint whose actor Adam step views read 243 and 244: the fused state shares one step
+    tensor per network, and the resume refused it)."""
     if torch.is_tensor(obj):
-        return obj.detach().cpu()
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
