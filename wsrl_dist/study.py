@@ -211,6 +211,12 @@ class Study:
         config.merge(cfg, {"finetune": {"online_steps": 0}})
         return cfg.validate()
 
+    def _unit_finished(self, u: dict[str, Any], run_dir: Path) -> bool:
+        """A pre-training of several seeds is done when every seed's is (each its own dir)."""
+        if u["kind"] == "pretrain" and "seeds" in u:
+            return all(_finished(self.pretrain_dir(u["task"], s), u) for s in u["seeds"])
+        return _finished(run_dir, u)
+
     def _cfg_for(self, u: dict[str, Any]) -> config.RunConfig:
         if u["kind"] == "pretrain":  # (the first seed's, for a unit of several: they differ in run.* only)
             return self._pretrain_cfg(u["task"], u.get("seed", (u.get("seeds") or [None])[0]))
@@ -238,7 +244,7 @@ class Study:
                 raise config.ConfigError(
                     f"{u['id']} in {self.dir} was run with config {rec.get('config_hash')}, this study now "
                     f"makes {cfg.hash()} (changed overrides?): use a new --dir")
-            if _finished(run_dir, u):
+            if self._unit_finished(u, run_dir):
                 if not rec or rec.get("status") != "done":  # finished, but the manifest missed it
                     table[u["id"]] = {**(rec or {}), **_record(u, run_dir, cfg), "status": "done"}
                     self._save_manifest(m)
@@ -255,7 +261,7 @@ class Study:
 
                 what = command or f"study {self.spec.name}: pretrain {u['id']}"
                 if "seeds" in u:  # the seeds not finished yet, in one loop
-                    todo = [s for s in u["seeds"] if not _finished(self.pretrain_dir(u["task"], s), {"kind": "pretrain"})]
+                    todo = [s for s in u["seeds"] if not _finished(self.pretrain_dir(u["task"], s), u)]
                     cfgs = [self._pretrain_cfg(u["task"], s) for s in todo]
                     local.pretrain_seeds(cfgs, what, resume=all((Path(c.run.run_dir) / "config.yaml").is_file()
                                                                   for c in cfgs))
@@ -284,10 +290,9 @@ def _record(u: dict[str, Any], run_dir: Path, cfg: config.RunConfig) -> dict[str
 def _finished(run_dir: Path, u: dict[str, Any]) -> bool:
     """A pre-training is done when its pretrained.pt and run.json `finished` exist; a cell when its
     run.json and (multi-seed) every seed-<s>/run.json say `finished`."""
-    if u["kind"] == "pretrain":
-        # a unit of several seeds: every seed's pretrain/<task>-s<seed>/ (siblings of the first's)
-        dirs = [run_dir.parent / f"{u['task']}-s{s}" for s in u["seeds"]] if "seeds" in u else [run_dir]
-        if not all((d / "checkpoints" / "pretrained.pt").is_file() for d in dirs):
+    if u["kind"] == "pretrain":  # one seed's dir (Study._unit_finished asks for each seed of a unit)
+        dirs = [run_dir]
+        if not (run_dir / "checkpoints" / "pretrained.pt").is_file():
             return False
     else:
         # a multi-seed job marks its top dir last, after every seed-<s>/
