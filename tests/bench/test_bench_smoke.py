@@ -263,7 +263,7 @@ def test_builder_table_times_behaviour_paths_and_rollouts_against_their_baseline
     assert out.startswith("# command: wsrl-dist bench builder --task inverted-pendulum-v5")
     behaviour = {w[1]: nums for w, nums in table_rows(out, r"^behaviour\s")}
     rollout = {w[1]: nums for w, nums in table_rows(out, r"^rollout\s")}
-    assert list(behaviour) == ["env", "eager", "fast"] and list(rollout) == ["serial", "2envs/1w"]
+    assert list(behaviour) == ["env", "eager", "ops", "fused"] and list(rollout) == ["serial", "2envs/1w"]
     assert_finite_positive(table_rows(out, r"^(behaviour|rollout)\s"))
     assert behaviour["eager"][2] == 1.0 and rollout["serial"][2] == 1.0  # the baselines against themselves
     assert rollout["2envs/1w"][0] == 600  # rows, rows/s, x serial, s per 1M

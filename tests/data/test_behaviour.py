@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from wsrl_dist.algo import fused as fused_lib
 from wsrl_dist.algo.agent import make_agent
 from wsrl_dist.algo.types import batch_from_numpy
 from wsrl_dist.data import builder
@@ -74,11 +75,47 @@ def test_fast_learner_step_is_sac_update_on_uniformly_drawn_stored_rows():
         np.testing.assert_array_equal(v, ref.export()[k], err_msg=k)
 
 
+def test_fused_fast_learner_is_sac_update_with_the_min_over_both_critics(monkeypatch):
+    """FastLearner(fused=True), the GPU default, eagerly on CPU: the fused formulation of the plain-SAC
+    step (flat buffers, Spec.full_min) leaves the weights sac_update leaves on the same drawn rows, with
+    the policy noise pinned to zero on both sides (the fused path draws its noise in one place:
+    tests/algo/test_fused.py checks that part). Checked on a 2-critic ensemble where a with-
+    replacement subsample (WSRL's rule) would differ from the builder's clipped double Q."""
+    monkeypatch.setattr(torch, "randn_like", lambda t, **kw: torch.zeros_like(t))
+    draw = fused_lib.draw_noise
+    monkeypatch.setattr(fused_lib, "draw_noise", lambda spec, seeds, device: fused_lib.Noise(
+        *(torch.zeros_like(x) if x.is_floating_point() else x for x in draw(spec, seeds, device))))
+    rows, cfg = transitions(140, seed=3), SPEC.sac
+    assert cfg.critic_subsample_size == cfg.critic_ensemble_size == 2
+    fast_agent, ref_agent = agent(), agent()
+    fast = FastLearner(fast_agent, cfg, RingBuffer(200, 4, 1), builder.sac_update, graph=False, fused=True)
+    ref = RingBuffer(200, 4, 1)
+    for t in rows[:100]:
+        fast.insert(t)
+        ref.insert(transition_row(t))
+    for k, t in enumerate(rows[100:]):
+        torch.manual_seed(100 + k)
+        fast.step(t, t[3])
+        ref.insert(transition_row(t))
+        torch.manual_seed(100 + k)
+        idx = (torch.rand(cfg.batch_size, dtype=torch.float64) * len(ref)).long().numpy()
+        builder.sac_update(ref_agent, batch_from_numpy(ref.gather(idx)), cfg)
+    assert fast._bundle is not None and fast._bundle.spec.full_min
+    for (name, p), q in zip(fast_agent.critic.named_parameters(), ref_agent.critic.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    for (name, p), q in zip(fast_agent.actor.named_parameters(), ref_agent.actor.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(fast_agent.temperature(), ref_agent.temperature())
+    assert not torch.equal(fast_agent.actor.mean.weight, agent().actor.mean.weight)  # it did learn
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_fast_learner_cuda_graph_matches_its_eager_step():
+@pytest.mark.parametrize("fused", [False, True], ids=["ops", "fused"])
+def test_fast_learner_cuda_graph_matches_its_eager_step(fused):
+    """The captured step (fused: compiled too) against the same step run eagerly on the GPU."""
     rows, cfg = transitions(400, seed=2), SPEC.sac
-    learners = [FastLearner(agent("cuda", capturable=True), cfg, RingBuffer(400, 4, 1), builder.sac_update, graph=g)
-                for g in (True, False)]
+    learners = [FastLearner(agent("cuda", capturable=True), cfg, RingBuffer(400, 4, 1), builder.sac_update, graph=g,
+                            fused=fused) for g in (True, False)]
     actions = [[], []]
     for li, learner in enumerate(learners):
         for t in rows[:100]:

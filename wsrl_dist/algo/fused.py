@@ -89,6 +89,10 @@ class Spec:
     target_entropy: float
     act_dim: int
     matmul_dtype: torch.dtype = torch.float32  # float32 | bfloat16: the GEMMs' input dtype (see _mm)
+    # target = min over EVERY member (clipped double Q, the dataset builder's plain SAC:
+    # data/builder._critic_target) instead of over critic_subsample_size members drawn with
+    # replacement (WSRL's rule, which for 2 of 2 would use one critic half of the time)
+    full_min: bool = False
 
 
 def draw_noise(spec: Spec, seeds: int, device: torch.device) -> Noise:
@@ -144,8 +148,11 @@ def fused_bundle(spec: Spec, st: Tensors, batch: Batch, noise: Noise) -> tuple[T
     critic_losses, q_means = [], []
     for k in range(u):
         with torch.no_grad():
-            members = noise.members[:, k]  # [S, k]
-            chosen = spec.critic_layout.gather(target, members)  # k trunks + the shared target head
+            if spec.full_min:
+                chosen = spec.critic_layout.views(target)
+            else:
+                members = noise.members[:, k]  # [S, k]
+                chosen = spec.critic_layout.gather(target, members)  # k trunks + the shared target head
             s2, a2, logp2 = obs2[:, k], next_a[:, k], next_logp[:, k]
             if c.max_target_backup:  # max over n sampled next actions of the subset min
                 n = a2.shape[-2]
@@ -203,9 +210,12 @@ def fused_bundle(spec: Spec, st: Tensors, batch: Batch, noise: Noise) -> tuple[T
 
 
 # ---------------------------------------------------------------------------------------- state
-def make_spec(agent: Agent, sac: SACConfig, matmul_dtype: torch.dtype = torch.float32) -> Spec:
+def make_spec(agent: Agent, sac: SACConfig, matmul_dtype: torch.dtype = torch.float32,
+              full_min: bool = False) -> Spec:
     if matmul_dtype not in MATMUL_DTYPES:
         raise ValueError(f"fused bundle: matmul dtype {matmul_dtype} is not one of {MATMUL_DTYPES}")
+    if matmul_dtype == torch.float32 and next(agent.actor.parameters()).dtype == torch.float64:
+        matmul_dtype = torch.float64  # a double-precision agent (tests) is not rounded to float32 anywhere
     actor_shapes = {n: tuple(p.shape) for n, p in agent.actor.named_parameters()}
     # per-member parameters carry the ensemble as their leading dim; the shared Q head does not
     critic_params = dict(agent.critic.named_parameters())
@@ -220,7 +230,7 @@ def make_spec(agent: Agent, sac: SACConfig, matmul_dtype: torch.dtype = torch.fl
     return Spec(sac=sac, actor=ActorPlan.of(agent.actor), actor_layout=FlatLayout(actor_shapes, _ALIGN),
                 critic_layout=critic_layout, critic_layers=len(agent.critic.weights),
                 layer_norm=agent.critic.layer_norm, target_entropy=agent.target_entropy,
-                act_dim=agent.act_dim, matmul_dtype=matmul_dtype)
+                act_dim=agent.act_dim, matmul_dtype=matmul_dtype, full_min=full_min)
 
 
 def _adam_state(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict:

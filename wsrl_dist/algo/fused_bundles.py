@@ -77,10 +77,11 @@ class FusedBundles:
     fp32 sums, everything else fp32 (algo/fused.py `_mm`)."""
 
     def __init__(self, agents: list[Agent], cfg: SACConfig, mode: str, examples: list[Batch] | None = None,
-                 matmul_dtype: torch.dtype = torch.float32, inductor: dict | None = None):
+                 matmul_dtype: torch.dtype = torch.float32, inductor: dict | None = None,
+                 full_min: bool = False):
         mode = resolve_mode(mode, agents[0].device, matmul_dtype)
         self.device = agents[0].device
-        self.spec = fused_lib.make_spec(agents[0], cfg, matmul_dtype)
+        self.spec = fused_lib.make_spec(agents[0], cfg, matmul_dtype, full_min)
         self.state = fused_lib.FusedState(agents, self.spec)
         self.seeds = len(agents)
         spec, state = self.spec, self.state

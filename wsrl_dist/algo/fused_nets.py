@@ -36,13 +36,18 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # is an fp32 GEMM on bf16-rounded inputs: exactly bf16 products summed in fp32 (the products are
 # exact in fp32, and TF32 holds bf16 values exactly); at <= act_dim columns it costs little.
 
+# no rounding of GEMM inputs: float32, or float64 for a double-precision agent (make_spec: the
+# tests check the fused bundle against the eager one in float64, free of float32 round-off)
+_FULL = (torch.float32, torch.float64)
+
+
 def _mm(b: torch.Tensor, x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype, head: bool) -> torch.Tensor:
     """b + x @ w -> float32: b [N, 1, out], x [N, R, in], w [N, in, out] -> [N, R, out].
     The bias is added after the GEMM, not through baddbmm: baddbmm with a broadcast bias first
     copies it into the whole [N, R, out] output (one extra pass over the activations per layer,
     ~30 copy kernels per bundle), while a separate add is fused by Inductor into the LayerNorm /
     ReLU that follows."""
-    if dtype == torch.float32:
+    if dtype in _FULL:
         return torch.bmm(x, w) + b
     if head:
         return torch.bmm(x.to(dtype).float(), w.to(dtype).float()) + b
@@ -142,6 +147,6 @@ def critic_q(p: Tensors, n_layers: int, layer_norm: bool, obs: torch.Tensor, act
         wv, b = p["head_weight"].reshape(s, 1, 1, width), p["head_bias"].reshape(s, 1, 1)
     else:
         wv, b = p[f"weights.{n_hidden}"].reshape(s, m, 1, width), p[f"biases.{n_hidden}"].reshape(s, m, 1)
-    if dtype != torch.float32:
+    if dtype not in _FULL:
         h, wv = h.to(dtype).float(), wv.to(dtype).float()
     return (h * wv).sum(-1) + b

@@ -243,7 +243,7 @@ class Scalar(nn.Module):
     def __init__(self, init: float):
         super().__init__()
         # raw = softplus^-1(init) = log(e^init - 1), the reference's parameterisation
-        self.raw = nn.Parameter(torch.tensor(math.log(math.expm1(init)), dtype=torch.float32))
+        self.raw = nn.Parameter(torch.tensor(math.log(math.expm1(init))))  # the default dtype: float32
 
     def forward(self) -> torch.Tensor:
         return F.softplus(self.raw)

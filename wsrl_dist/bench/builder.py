@@ -2,8 +2,9 @@
 
 behaviour  one env, UTD 1 (the builder's loop: env step, insert, one update, next action) after
            `--random` uniform-random rows, eager (data/behaviour.py EagerLearner: host replay,
-           op-by-op update, the baseline) vs fast (FastLearner: device replay, one CUDA graph per
-           step on a GPU; eager ops on CPU). `env` is the env step alone, the ceiling.
+           op-by-op update, the baseline) vs FastLearner (device replay, one CUDA graph per step on
+           a GPU; eager ops on CPU) with the update as sac_update's ops (`ops`) or as the fused
+           compiled step (`fused`, the GPU default). `env` is the env step alone, the ceiling.
 rollout    rows/s of the dataset rollout: one env stream in this process (builder.rollout_dataset,
            the baseline) vs `--envs` streams over `--workers` processes (parallel_rollout), with
            the time that rate gives for 1M rows. Parallel includes starting the workers.
@@ -38,11 +39,11 @@ def behaviour_rate(spec: builder.BuildSpec, path: str, steps: int, random_rows: 
     obs_dim, act_dim = obs_act_dims(task)
     env, rng = make_env(task, seed=spec.seed), np.random.default_rng(spec.seed)
     torch.manual_seed(spec.seed)
-    fast = path == "fast"
+    fast = path in ("ops", "fused")
     agent = make_agent(obs_dim, act_dim, spec.net_config(), spec.sac, device=device,
                        capturable=fast and device.type == "cuda")
     learner = make_learner(agent, spec.sac, RingBuffer(random_rows + warmup + steps, obs_dim, act_dim), rng,
-                           builder.sac_update, fast)
+                           builder.sac_update, fast, fused=path == "fused")
     obs, _ = env.reset()
     action, t0 = None, 0.0
     for i in range(random_rows + warmup + steps):
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# host: {os.cpu_count()} cores visible, torch {torch.__version__}, device {device}{gpu}; "
           f"task {args.task}, nets {hidden}, batch {spec.sac.batch_size}, UTD 1")
     if "behaviour" in parts:
-        rates = {p: behaviour_rate(spec, p, args.steps, args.random, args.warmup) for p in ("env", "eager", "fast")}
+        rates = {p: behaviour_rate(spec, p, args.steps, args.random, args.warmup) for p in ("env", "eager", "ops", "fused")}
         print(f"{'part':<10}{'path':<8}{'steps/s':>10}{'ms/step':>10}{'x eager':>9}")
         for p, r in rates.items():
             print(f"{'behaviour':<10}{p:<8}{r:>10.1f}{1e3 / r:>10.3f}{r / rates['eager']:>9.2f}")
