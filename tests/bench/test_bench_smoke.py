@@ -117,19 +117,21 @@ def test_learner_pretrain_rows_compare_graph_with_their_eager_row(capsys, monkey
     rates = {("cql", "eager"): 50.0, ("cql", "cuda_graph"): 400.0, ("cql", "fused"): 100.0,
              ("cql", "fused_compile_graph"): 2500.0, ("iql", "eager"): 100.0, ("iql", "cuda_graph"): 300.0}
 
-    def fake_time(size, algo, mode, device, sac, seconds):
-        learner.SETUP_S[(size, f"pretrain-{algo}-{mode}")] = 1.0
-        return rates[(algo, mode)]
+    def fake_time(size, algo, mode, device, sac, seconds, key=None, inductor=None):
+        learner.SETUP_S[(size, key)] = 1.0
+        return rates[(algo, mode)] * (2 if inductor else 1)  # an --inductor set: its own row
 
     real = learner.pretrain_modes  # the GPU's rows
     monkeypatch.setattr(learner, "pretrain_modes", lambda device, algo: real(torch.device("cuda"), algo))
     monkeypatch.setattr(learner, "time_pretrain", fake_time)
-    assert learner.main(["--variants", "", "--pretrain", "cql,iql", "--seconds", "0.01"]) == 0
+    assert learner.main(["--variants", "", "--pretrain", "cql,iql", "--seconds", "0.01",
+                         "--inductor", "default;max_autotune=1"]) == 0
     rows = {w[1]: nums for w, nums in table_rows(capsys.readouterr().out, r"^locomotion\s")}
     assert rows == {"pretrain-cql-eager": [50.0, 50.0, 1.0, 1.0],
                     "pretrain-cql-eager-graph": [400.0, 400.0, 8.0, 1.0],
                     "pretrain-cql-fused": [100.0, 100.0, 2.0, 1.0],
                     "pretrain-cql-fused-compile-graph": [2500.0, 2500.0, 50.0, 1.0],
+                    "pretrain-cql-fused-compile-graph+max_autotune=1": [5000.0, 5000.0, 100.0, 1.0],
                     "pretrain-iql-eager": [100.0, 100.0, 1.0, 1.0], "pretrain-iql-eager-graph": [300.0, 300.0, 3.0, 1.0]}
 
 

@@ -216,7 +216,7 @@ def pretrain_modes(device: torch.device, algo: str = "cql") -> tuple[str, ...]:
 
 
 def time_pretrain(size: str, algo: str, mode: str, device: torch.device, sac: SACConfig,
-                  seconds: float, seeds: int = 0) -> float:
+                  seconds: float, seeds: int = 0, key: str | None = None, inductor: dict | None = None) -> float:
     """Offline pre-training steps/s (batch 256) of make_offline_step_fn in `mode`; with `seeds` S >= 1,
     make_offline_multiseed_fn over S agents (one S-seed fused step in the fused modes, as a study
     pre-trains a task's seeds): S x its calls/s, the seed-steps/s of all seeds together."""
@@ -235,12 +235,12 @@ def time_pretrain(size: str, algo: str, mode: str, device: torch.device, sac: SA
     for _ in agents:
         b = _batch(size, 256, device)
         batches.append(Batch(*b[:5], torch.zeros(256, device=device)))  # + MC returns (Cal-QL's bound)
-    key = (size, f"pretrain-{algo}-{mode}" + (f"-S{seeds}" if seeds else ""))
+    key = (size, key or f"pretrain-{algo}-{mode}" + (f"-S{seeds}" if seeds else ""))
     t_setup = time.perf_counter()
     if not seeds:
-        fn = make_offline_step_fn(agents[0], algo, sac, cql, IQLConfig(), mode, batches[0])
+        fn = make_offline_step_fn(agents[0], algo, sac, cql, IQLConfig(), mode, batches[0], inductor)
         return _calls_per_second(lambda: [fn(batches[0])], device, seconds, key, t_setup)
-    multi = make_offline_multiseed_fn(agents, algo, sac, cql, IQLConfig(), mode, batches)
+    multi = make_offline_multiseed_fn(agents, algo, sac, cql, IQLConfig(), mode, batches, inductor)
     return seeds * _calls_per_second(lambda: multi(batches), device, seconds, key, t_setup)
 
 
@@ -315,15 +315,17 @@ def main(argv: list[str] | None = None) -> int:
         pre_algo: dict[str, str] = {}  # pre-training row -> its algorithm's eager row
         for algo in [a for a in args.pretrain.split(",") if a]:
             for mode in pretrain_modes(device, algo):
-                name = f"pretrain-{algo}-{PRETRAIN_LABELS[mode]}"
-                pre_algo[name] = f"pretrain-{algo}-eager"
-                try:
-                    if "compile" in mode:
-                        _fresh_compile()
-                    rates[name], per_call[name] = time_pretrain(size, algo, mode, device, sac, args.seconds), 1
-                    SETUP_S[(size, name)] = SETUP_S.pop((size, f"pretrain-{algo}-{mode}"))
-                except Exception as e:
-                    print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
+                for label, opts in inductor_sets(args.inductor, "compile" in mode):
+                    name = f"pretrain-{algo}-{PRETRAIN_LABELS[mode]}{label}"
+                    pre_algo[name] = f"pretrain-{algo}-eager"
+                    try:
+                        if "compile" in mode:
+                            _fresh_compile()
+                        rates[name] = time_pretrain(size, algo, mode, device, sac, args.seconds, key=name,
+                                                    inductor=opts)
+                        per_call[name] = 1
+                    except Exception as e:
+                        print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
             # --seeds with --pretrain: S seeds' steps in one call (fused modes: one S-seed step)
             for n in [int(x) for x in args.seeds.split(",") if x]:
                 for mode in [m for m in pretrain_modes(device, algo) if m.startswith("fused")]:
