@@ -82,6 +82,26 @@ def test_feed_hands_out_whole_rows_mixed_over_shards_one_request_per_group(ray_l
     feed.close()
 
 
+def test_one_shard_feed_hands_out_its_answer_in_order_and_whole(ray_local):
+    """One shard (the study's per-seed setting): its uniform draws are i.i.d., so the feed copies them
+    in the order they came instead of scattering them through a permutation; rows stay whole, and
+    successive bundles are fresh draws covering the shard."""
+    import ray
+
+    shards = make_shards(ray, [range(0, 500)])
+    feed = ReplayFeed(shards, rows=64, obs_dim=O, act_dim=A, device=torch.device("cpu"),
+                      rng=np.random.default_rng(0), bundles_per_request=2, shard_sizes=[500])
+    answer_rng = np.random.default_rng(0)  # the shard actor's sampling stream (seed=0)
+    drawn = []
+    for _ in range(6):
+        ids = check_rows(feed.next())
+        drawn.append(ids.copy())
+    expected = np.concatenate([answer_rng.integers(0, 500, 128) for _ in range(3)])
+    np.testing.assert_array_equal(np.concatenate(drawn), expected)  # the shard's draws, in order
+    assert len(np.unique(np.concatenate(drawn))) > 250 and feed.requests == 3
+    feed.close()
+
+
 def test_next_group_hands_out_a_whole_request_and_only_at_its_start(ray_local):
     """runtime.replay_groups takes a request's bundles at once; mid-request it must not."""
     import ray

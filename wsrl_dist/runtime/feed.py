@@ -171,16 +171,24 @@ class ReplayFeed:
         t1 = time.perf_counter()
         stage.wait_reusable()
         t2 = time.perf_counter()
-        # a random permutation of the concatenated rows, written in place: row i of part k goes to
-        # position perm[offset + i] (mixes shards inside every critic minibatch)
-        perm, offset = self.rng.permutation(n), 0
         dst = stage.host_fields()
-        for part in rows:
-            k = len(part["rewards"])
-            where = perm[offset: offset + k]
+        if len(rows) == 1:
+            # one shard's answer: rows drawn uniformly with replacement, i.e. i.i.d., so their order
+            # is already random and a permutation would not change the batch's distribution; plain
+            # copies cost ~4 us a bundle where the scatter below measured ~150 us on the GPU host
+            # (14 s of a 4-seed study cell's 380 s host loop, per seed: BENCHMARKS.md "A study cell")
             for (name, _), view in zip(self.fields, dst):
-                view[where] = part[name]
-            offset += k
+                view[:] = rows[0][name]
+        else:
+            # a random permutation of the concatenated rows, written in place: row i of part k goes
+            # to position perm[offset + i] (mixes shards inside every critic minibatch)
+            perm, offset = self.rng.permutation(n), 0
+            for part in rows:
+                k = len(part["rewards"])
+                where = perm[offset: offset + k]
+                for (name, _), view in zip(self.fields, dst):
+                    view[where] = part[name]
+                offset += k
         t3 = time.perf_counter()
         if self._device_flat is None:
             flat = stage.host
