@@ -4,6 +4,7 @@ run directory, device, offline dataset resolution, agent construction, checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -188,6 +189,37 @@ def _load_minari(cfg: RunConfig, task: TaskSpec, obs_dim: int, act_dim: int) -> 
         cols["rewards"] = antmaze_reward(cols["next_observations"][:, :2], task.make_kwargs()["maze_map"])
     return Dataset.from_columns(cols, metadata={**parts[0].metadata, "minari_ids": ",".join(ids)},
                                 source=",".join(p.source for p in parts))
+
+
+def dataset_key(cfg: RunConfig, task: TaskSpec) -> tuple:
+    """What decides the dataset load_offline_dataset(cfg, task) returns: the task and cfg.dataset, and
+    run.seed where a built dataset takes its seed from it (dataset.build_seed unset)."""
+    d = cfg.dataset
+    seeded = d.source in ("auto", "built") and d.build_seed is None
+    return task.name, json.dumps(dataclasses.asdict(d), sort_keys=True, default=str), cfg.run.seed if seeded else None
+
+
+def seed_samplers(cfgs: list[RunConfig], task: TaskSpec, device: torch.device,
+                  report: Callable[[int], Callable[[dict[str, Any]], None] | None] = lambda i: None,
+                  progress: bool = False) -> list[tuple[Any, OfflineDataset]]:
+    """(DeviceSampler seeded with run.seed, dataset) per config, for S seeds pre-training together:
+    seeds whose dataset_key and discount agree (a study's, one dataset per task) share ONE load, one
+    training_arrays and one device copy of the columns (S reads of a 1M-row file and S device copies
+    before); each sampler keeps its own generator. `report(i)`: config i's builder progress callback."""
+    from wsrl_dist.pretrain import DeviceSampler, training_arrays
+
+    loaded: dict[tuple, tuple[Any, OfflineDataset]] = {}  # key -> (columns, dataset)
+    out = []
+    for i, cfg in enumerate(cfgs):
+        key = (*dataset_key(cfg, task), cfg.sac.discount)
+        if key not in loaded:
+            dataset = load_offline_dataset(cfg, task, progress=progress, report=report(i))
+            loaded[key] = (training_arrays(dataset, task, cfg.sac.discount), dataset)
+        cols, dataset = loaded[key]
+        sampler = DeviceSampler(cols, device, cfg.run.seed)
+        loaded[key] = (sampler.cols, dataset)  # the next seed's sampler reuses these device tensors
+        out.append((sampler, dataset))
+    return out
 
 
 def build_spec(cfg: RunConfig, task_name: str):

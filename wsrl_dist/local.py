@@ -296,18 +296,19 @@ def pretrain_seeds(cfgs: list[RunConfig], command: str = "", resume: bool = Fals
     task = first_cfg.task.spec()
     obs_dim, act_dim = obs_act_dims(task)
     t0 = time.time()
-    dirs, logs, agents, samplers = [], [], [], []
+    dirs, logs, agents = [], [], []
     for cfg in cfgs:
         plan = RunPlan.of(cfg)
         run_dir = job.prepare_run_dir(cfg, command, plan=plan)
         torch.manual_seed(cfg.run.seed)  # the agent `run` builds for this seed (same order of draws)
         agents.append(job.build_agent(cfg, obs_dim, act_dim, device, capturable=mode.endswith("graph")))
-        dataset = job.load_offline_dataset(cfg, task, progress=cfg.run.progress)
-        job.update_run_json(run_dir, dataset=dataset.source, dataset_note=dataset.metadata.get(
-            "dataset_note", "D4RL/Minari dataset"))
-        samplers.append(DeviceSampler(training_arrays(dataset, task, cfg.sac.discount), device, cfg.run.seed))
         dirs.append(run_dir)
         logs.append(MetricsLog(run_dir))
+    pairs = job.seed_samplers(cfgs, task, device, progress=first_cfg.run.progress)  # one load per dataset
+    samplers = [sampler for sampler, _ in pairs]
+    for run_dir, (_, dataset) in zip(dirs, pairs):
+        job.update_run_json(run_dir, dataset=dataset.source, dataset_note=dataset.metadata.get(
+            "dataset_note", "D4RL/Minari dataset"))
     pcfg = first_cfg.pretrain
     bar = tqdm(total=pcfg.steps, desc=f"pretrain {pcfg.algo} x {len(cfgs)} seeds",
                disable=not first_cfg.run.progress, **bar_options())

@@ -43,7 +43,8 @@ def training_arrays(dataset: OfflineDataset, task, discount: float) -> dict[str,
 class DeviceSampler:
     """Uniform sampling with replacement from arrays kept on the learner's device (no host copies)."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], device: torch.device, seed: int):
+    def __init__(self, arrays: dict[str, np.ndarray | torch.Tensor], device: torch.device, seed: int):
+        # tensors already on `device` (another seed's sampler's cols) are shared, not copied
         self.cols = {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
         self.n = int(self.cols["rewards"].shape[0])
         self.gen = torch.Generator(device=device).manual_seed(seed)

@@ -24,7 +24,7 @@ from wsrl_dist import job
 from wsrl_dist.algo.fast import make_multiseed_fn, make_offline_multiseed_fn, offline_step_kind
 from wsrl_dist.algo.fused_offline import FUSED_OFFLINE_ALGOS
 from wsrl_dist.plan import RunPlan
-from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agents, training_arrays
+from wsrl_dist.pretrain import PARTIAL, pretrain_agents
 from wsrl_dist.runtime.grants import GRANTS
 from wsrl_dist.runtime.learner import Learner
 from wsrl_dist.runtime.progress import PROGRESS
@@ -111,13 +111,11 @@ class MultiSeedLearner:
             for lrn, d in zip(lrns, ckpts):
                 job.load_agent(d / "pretrained.pt", lrn.agent)
             return [{"loaded": str(d / "pretrained.pt"), "pretrain_steps": 0} for d in ckpts]
-        samplers, sources = [], []
-        for lrn in lrns:
-            c = lrn.cfg
-            dataset = job.load_offline_dataset(c, lrn.task, progress=False, report=lrn.stage.build_event)
-            samplers.append(DeviceSampler(training_arrays(dataset, lrn.task, c.sac.discount), lrn.device,
-                                          c.run.seed))
-            sources.append(dataset.source)
+        # one load (and one device copy) of the dataset the seeds share
+        pairs = job.seed_samplers([lrn.cfg for lrn in lrns], lrns[0].task, self.device,
+                                  report=lambda i: lrns[i].stage.build_event)
+        samplers = [sampler for sampler, _ in pairs]
+        sources = [dataset.source for _, dataset in pairs]
         for lrn in lrns:  # every seed's progress shows the shared loop's steps
             lrn.stage.start("pretrain", self.cfg.pretrain.steps)
 
