@@ -1,11 +1,12 @@
-"""Learner: replay shards -> update bundles (algo/update.py) -> versioned weights (weights.py).
+"""Learner: one seed's replay shards -> update bundles (algo/update.py) -> versioned weights (weights.py).
 
-Hosts the UTD limiter (limiter.py): its own side is checked locally before every bundle, and rollout
-workers ask it for env steps through `wait_for_env_steps` (or `acquire_env_steps`, which never
-waits). driver.py runs it as a threaded Ray actor (train() in one thread; stats and checkpoints answer
-from others, grant calls from the GRANTS concurrency group's threads, so that workers waiting there
-never take the threads the driver's calls need). Publishing, stats and checkpoint state are
-LearnerOutputs (runtime/learneroutputs.py).
+Not an actor itself: runtime/learneractor.py's LearnerActor (the one learner actor of every job) holds
+one Learner per seed and calls it from its threads. Hosts the seed's UTD limiter (limiter.py): its own
+side is checked locally before every bundle, and rollout workers ask it for env steps through
+`wait_for_env_steps` (or `acquire_env_steps`, which never waits), on the actor's GRANTS concurrency
+group's threads, so that workers waiting there never take the threads the driver's calls need.
+train() is the one-seed training loop. Publishing, stats and checkpoint state are LearnerOutputs
+(runtime/learneroutputs.py).
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ from wsrl_dist.plan import RunPlan
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
 from wsrl_dist.runtime.bundletimer import BundleTimer
 from wsrl_dist.runtime.feed import ReplayFeed
-from wsrl_dist.runtime.grants import GRANTS, GrantDesk, rollout_slack
+from wsrl_dist.runtime.grants import GrantDesk, rollout_slack
 from wsrl_dist.runtime.hostcopy import HostCopy
 from wsrl_dist.runtime.learneroutputs import LearnerOutputs
 from wsrl_dist.runtime.limiter import UtdLimiter
 from wsrl_dist.runtime.procstats import ProcessStats
-from wsrl_dist.runtime.progress import PROGRESS, StageRecord
+from wsrl_dist.runtime.progress import StageRecord
 from wsrl_dist.runtime.weights import WeightPublisher
 
 
@@ -107,7 +108,6 @@ class Learner(LearnerOutputs):
         self.stage = StageRecord()  # build / pre-training progress, read by progress() during prepare
         self.set_shards(shards or [])
 
-    @ray.method(concurrency_group=PROGRESS)
     def progress(self) -> dict[str, Any]:
         """The build / pre-training progress of a prepare() that may still be running (progress.py)."""
         return self.stage.read()
@@ -158,14 +158,12 @@ class Learner(LearnerOutputs):
         return out
 
     # ------------------------------------------------------------------ limiter
-    @ray.method(concurrency_group=GRANTS)
     def acquire_env_steps(self, n: int, multiple: int = 1, blocked_s: float = 0.0) -> int:
         """Rollout side, never waits: env steps a worker may take now (0 = wait, -1 = budget spent)."""
         granted = self.grants.acquire(n, multiple, blocked_s)
         self.process_stats.count_grant(granted)
         return granted
 
-    @ray.method(concurrency_group=GRANTS)
     def wait_for_env_steps(self, n: int, multiple: int = 1, wait_s: float = 0.1) -> list:
         """Rollout side, waits (runtime.grant_wait_s > 0): a refused call sleeps here until this
         learner's updates make room or `wait_s` passes (grants.GrantDesk). Returns [granted (0
@@ -335,6 +333,3 @@ class Learner(LearnerOutputs):
             self.drain_publishing()
         self.train_seconds += time.perf_counter() - t_start
         return self.stats()
-
-    def ping(self) -> str:
-        return ray.get_runtime_context().get_node_id()

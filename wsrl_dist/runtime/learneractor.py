@@ -1,11 +1,13 @@
-"""MultiSeedLearner: ONE learner process training S seeds of one config (learner box of the data path, x S).
+"""LearnerActor: THE learner actor of every job, holding S >= 1 seeds' learner state (one seed: S = 1).
 
-Each seed keeps what a single-seed job's Learner has (agent, UTD limiter, replay shards, WeightStore,
-weight versions): it IS a `learner.Learner`, held as a plain object inside this actor. `train()` steps
-all agents together with `algo.fast.make_multiseed_fn` (one call per env step's worth of bundles, the
-seeds overlapping on a GPU), or, for the methods that keep the pre-training loss online, with
-`make_offline_multiseed_fn` (one step of that loss per seed per env step). `LearnerView(handle, group)` is one seed's face of the actor, shaped like a
-Learner handle, so rollout workers, the supervisor and the per-seed driver code run unchanged.
+Each seed keeps what it needs alone (agent, UTD limiter, replay shards, WeightStore, weight versions):
+a `learner.Learner`, held as a plain object inside this actor. `train()` with one seed runs that
+Learner's own loop (its update fn, runtime.replay_groups); with several it steps all agents together
+with `algo.fast.make_multiseed_fn` (one call per env step's worth of bundles, the seeds overlapping on
+a GPU), or, for the methods that keep the pre-training loss online, with `make_offline_multiseed_fn`
+(one step of that loss per seed per env step). `LearnerView(handle, group)` is one seed's face of the
+actor, shaped like a Learner handle, so rollout workers, the supervisor and the per-seed driver code
+(runtime/seedgroup.py) run the same for any S.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from wsrl_dist.runtime.learner import Learner
 from wsrl_dist.runtime.progress import PROGRESS
 
 
-class MultiSeedLearner:
-    """Learner actor for S seeds; per-seed methods take the seed's group index (0..S-1) first.
+class LearnerActor:
+    """Learner actor for S >= 1 seeds; per-seed methods take the seed's group index (0..S-1) first.
 
     `cfgs[i]` is seed i's single-seed config dict (run.seed = that seed), `stores[i]` its WeightStore.
     """
@@ -52,7 +54,7 @@ class MultiSeedLearner:
         self._fn = None  # make_multiseed_fn, built on the first step (graph capture needs batches)
         self._together_out: list[dict[str, Any]] | None = None  # _pretrain_together's, per seed
         self._step_lock = threading.Lock()  # one whole multi-seed step, or one state_dicts() call
-        self.steps = 0  # multi-seed bundles (each = one bundle per seed)
+        self.steps = 0  # lock-step multi-seed steps (each = one bundle per seed; 0 with one seed)
 
     def _one(self, group: int) -> Learner:
         return self.learners[int(group)]
@@ -165,7 +167,7 @@ class MultiSeedLearner:
 
     def stats(self, group: int) -> dict[str, Any]:
         out = self._one(group).stats()
-        out.update(seed=self._one(group).cfg.run.seed, multiseed_steps=self.steps)
+        out.update(seed=self._one(group).cfg.run.seed, lockstep_steps=self.steps)
         return out
 
     def state_dict(self, group: int) -> dict[str, Any]:
@@ -188,10 +190,15 @@ class MultiSeedLearner:
             lrn.finish()
 
     def train(self) -> list[dict[str, Any]]:
-        """Lock-step: one multi-seed step runs a bundle for EVERY seed, and only once every seed's
-        own limiter allows one. The slowest worker group therefore gates the others (each seed still
-        stays inside its own UTD band; none runs ahead of its data). Returns stats per seed."""
+        """Run bundles within every seed's limiter until finish(); returns stats per seed. One seed:
+        its Learner's own loop (the single-seed update fn, runtime.replay_groups: speed and counters
+        of a one-seed learner). Several: lock-step, one multi-seed step runs a bundle for EVERY seed,
+        and only once every seed's own limiter allows one. The slowest worker group therefore gates
+        the others (each seed still stays inside its own UTD band; none runs ahead of its data)."""
         lrns = self.learners
+        if len(lrns) == 1:
+            lrns[0].train()
+            return [self.stats(0)]
         t_start = time.perf_counter()
         for lrn in lrns:
             lrn._train_start = (t_start, lrn.limiter.updates)
@@ -259,7 +266,7 @@ def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]
 
 
 class LearnerView:
-    """Seed group `group`'s handle on a MultiSeedLearner actor: `view.m.remote(*a)` calls
+    """Seed group `group`'s handle on a LearnerActor: `view.m.remote(*a)` calls
     `actor.m.remote(group, *a)`. Picklable (it travels to rollout workers inside their arguments)."""
 
     def __init__(self, handle: Any, group: int):
