@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 
 class SeedGroup(SeedRecords):
-    """One seed of a job (module docstring). `job` (stages.Job) creates its actors, runs its stages
-    and ticks it; `label` names the seed on its stage lines ("" with one seed)."""
+    """One seed of a job (module docstring). `job_` (stages.Job) creates its actors, runs its stages
+    and ticks it; `label` names the seed on its stage lines ("" with one seed); `announce` prints
+    the run dir (one seed: it is the job's)."""
 
     def __init__(self, cfg: RunConfig, command: str, job_: Any, plan: RunPlan, label: str = "",
                  announce: bool = False):
@@ -239,6 +240,8 @@ class SeedGroup(SeedRecords):
 
 
 # ---------------------------------------------------------------------- seed run dirs
+
+
 def seed_dir_name(seed: int) -> str:
     return f"seed-{seed}"
 

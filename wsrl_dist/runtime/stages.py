@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 
 
 class Job:
+    """The job of a config, any number of seeds (module docstring); driver.launch / resume run it."""
+
     def __init__(self, cfg: RunConfig, command: str, resume: bool = False, force_config: bool = False,
                  plan: RunPlan | None = None):
         """`resume`: continue cfg.run.run_dir from its newest checkpoint(s) (resume_points; none at
