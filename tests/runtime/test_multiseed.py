@@ -188,6 +188,25 @@ def test_resume_picks_the_newest_checkpoint_step_every_seed_has(tmp_path):
         common_checkpoints(dirs)
 
 
+def test_a_multi_seed_resume_checks_each_seeds_config_hash_like_a_single_seed_resume(tmp_path):
+    """resume_points: the common step's checkpoints are refused by name when a seed's was written
+    by a config hashing differently (what checkpoint.load_newest does for one seed), and
+    --force-config takes them anyway."""
+    from wsrl_dist.errors import CheckpointError
+    from wsrl_dist.runtime.seedgroup import resume_points, seed_configs
+
+    cfg = tiny_config(tmp_path / "run", "run.seeds=[0,1]")
+    hashes = [c.hash() for c in seed_configs(cfg)]
+    assert hashes[0] != hashes[1]  # run.seed is part of each seed's config
+    for seed, h in zip((0, 1), (hashes[0], "0123abcd")):
+        path = tmp_path / "run" / f"seed-{seed}" / "checkpoints" / "step_0000000300"
+        path.mkdir(parents=True)
+        (path / "meta.json").write_text(json.dumps({"counters": {"bundles": 40, "config_hash": h}}))
+    with pytest.raises(CheckpointError, match="seed-1/checkpoints/step_0000000300: written by config 0123abcd"):
+        resume_points(cfg, [0, 1], force_config=False)
+    assert [p.parent.parent.name for p in resume_points(cfg, [0, 1], force_config=True)] == ["seed-0", "seed-1"]
+
+
 def test_each_seed_starts_from_the_agent_a_single_seed_learner_of_that_seed_builds(tmp_path):
     from wsrl_dist.runtime.learner import Learner
     from wsrl_dist.runtime.learneractor import LearnerActor

@@ -260,12 +260,20 @@ def seed_configs(cfg: RunConfig) -> list[RunConfig]:
 
 
 def resume_points(cfg: RunConfig, seeds: list[int], force_config: bool) -> list[Any]:
-    """Per seed, what a resume continues from. One seed: checkpoint.load_newest's Loaded (the newest
-    checkpoint that loads, its config hash checked unless `force_config`) or None. Several: the
-    paths of common_checkpoints (read by each group's restore, one at a time)."""
+    """Per seed, what a resume continues from; each checkpoint's config hash is checked unless
+    `force_config` (checkpoint.check_config). One seed: checkpoint.load_newest's Loaded (the newest
+    checkpoint that loads; a broken newer one is skipped) or None. Several: the paths of
+    common_checkpoints (the newest step every seed has; read by each group's restore, one at a time:
+    S seeds' replay snapshots are not held at once)."""
     if len(seeds) == 1:
         return [ckpt.load_newest(cfg.run.run_dir, cfg.hash(), force_config)]
-    return common_checkpoints([Path(cfg.run.run_dir) / seed_dir_name(s) for s in seeds])
+    configs = seed_configs(cfg)
+    paths = common_checkpoints([c.run.run_dir for c in configs])
+    for c, path in zip(configs, paths):
+        if path is not None:
+            ckpt.check_config(path, json.loads((path / "meta.json").read_text())["counters"], c.hash(),
+                              force_config)
+    return paths
 
 
 def common_checkpoints(run_dirs: list[Path]) -> list[Path | None]:
