@@ -5,10 +5,9 @@ one Learner per seed and calls it from its threads. Hosts the seed's UTD limiter
 side is checked locally before every bundle, and rollout workers ask it for env steps through
 `wait_for_env_steps` (or `acquire_env_steps`, which never waits), on the actor's GRANTS concurrency
 group's threads, so that workers waiting there never take the threads the driver's calls need.
-LearnerActor.train runs the training loop over its
-seeds' Learners (begin_train, next_batch / next_group, update_fn / run_group, after_bundle, publish_due,
-end_train). Publishing, stats and checkpoint state are LearnerOutputs
-(runtime/learneroutputs.py).
+LearnerActor.train runs the one training loop over its seeds' Learners (begin_train, next_batch /
+next_group, update_fn / run_group, after_bundle, publish_due, end_train). Publishing, stats and
+checkpoint state are LearnerOutputs (runtime/learneroutputs.py).
 """
 
 from __future__ import annotations
