@@ -65,16 +65,7 @@ def test_a_stopped_worker_in_the_warmup_ends_the_job_naming_it(ray_local, tmp_pa
     st = bg.wait_for(lambda s: s["phase"] == "warmup" and s["env_steps"] > 0 and any(
         w.get("pid") for w in s["workers"]), timeout=180)
     pid = next(w["pid"] for w in st["workers"] if w.get("pid"))
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        with pytest.raises(StallError) as err:
-            bg.join(timeout=120)
-    finally:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-    msg = str(err.value)
+    msg = _stop_and_expect_stall(bg, pid)
     assert "no progress for" in msg and "warmup stage" in msg and "runtime.stall_timeout_s" in msg
     assert "rollout worker 0" in msg and "(no answer)" in msg and "\n" not in msg
 
@@ -94,6 +85,12 @@ def test_a_stopped_worker_of_one_seed_ends_a_multi_seed_warmup_naming_it(ray_loc
 
     st = bg.wait_for(seed_1_stepping, timeout=180)
     pid = next(w["pid"] for w in st["seeds"]["1"]["workers"] if w.get("pid"))
+    msg = _stop_and_expect_stall(bg, pid)
+    assert "no progress for" in msg and "warmup stage" in msg and "rollout worker 0" in msg and "(no answer)" in msg
+
+
+def _stop_and_expect_stall(bg, pid: int) -> str:
+    """SIGSTOP worker `pid`; the job must end with a StallError (its message is returned)."""
     os.kill(pid, signal.SIGSTOP)
     try:
         with pytest.raises(StallError) as err:
@@ -103,5 +100,4 @@ def test_a_stopped_worker_of_one_seed_ends_a_multi_seed_warmup_naming_it(ray_loc
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
-    msg = str(err.value)
-    assert "no progress for" in msg and "warmup stage" in msg and "rollout worker 0" in msg and "(no answer)" in msg
+    return str(err.value)
