@@ -167,7 +167,7 @@ def test_scaling_applies_to_every_group_and_metrics_carry_a_seed_label(multi):
 
 
 def test_resume_picks_the_newest_checkpoint_step_every_seed_has(tmp_path):
-    from wsrl_dist.runtime.multiseed import common_checkpoints
+    from wsrl_dist.runtime.seedgroup import common_checkpoints
 
     def save(seed: int, env_steps: int, bundles: int) -> Path:
         path = tmp_path / f"seed-{seed}" / "checkpoints" / f"step_{env_steps:010d}"
@@ -188,12 +188,31 @@ def test_resume_picks_the_newest_checkpoint_step_every_seed_has(tmp_path):
         common_checkpoints(dirs)
 
 
+def test_a_multi_seed_resume_checks_each_seeds_config_hash_like_a_single_seed_resume(tmp_path):
+    """resume_points: the common step's checkpoints are refused by name when a seed's was written
+    by a config hashing differently (what checkpoint.load_newest does for one seed), and
+    --force-config takes them anyway."""
+    from wsrl_dist.errors import CheckpointError
+    from wsrl_dist.runtime.seedgroup import resume_points, seed_configs
+
+    cfg = tiny_config(tmp_path / "run", "run.seeds=[0,1]")
+    hashes = [c.hash() for c in seed_configs(cfg)]
+    assert hashes[0] != hashes[1]  # run.seed is part of each seed's config
+    for seed, h in zip((0, 1), (hashes[0], "0123abcd")):
+        path = tmp_path / "run" / f"seed-{seed}" / "checkpoints" / "step_0000000300"
+        path.mkdir(parents=True)
+        (path / "meta.json").write_text(json.dumps({"counters": {"bundles": 40, "config_hash": h}}))
+    with pytest.raises(CheckpointError, match="seed-1/checkpoints/step_0000000300: written by config 0123abcd"):
+        resume_points(cfg, [0, 1], force_config=False)
+    assert [p.parent.parent.name for p in resume_points(cfg, [0, 1], force_config=True)] == ["seed-0", "seed-1"]
+
+
 def test_each_seed_starts_from_the_agent_a_single_seed_learner_of_that_seed_builds(tmp_path):
     from wsrl_dist.runtime.learner import Learner
-    from wsrl_dist.runtime.multilearner import MultiSeedLearner
+    from wsrl_dist.runtime.learneractor import LearnerActor
 
     cfgs = [tiny_config(tmp_path / f"s{s}", f"run.seed={s}").to_dict() for s in (3, 8)]
-    multi = MultiSeedLearner(cfgs, [None, None])  # no Ray needed until the shards are used
+    multi = LearnerActor(cfgs, [None, None])  # no Ray needed until the shards are used
     for cfg, agent in zip(cfgs, (lrn.agent for lrn in multi.learners)):
         alone = Learner(cfg, None).agent.state_dict()["actor"]
         assert all(torch.equal(v, agent.state_dict()["actor"][k]) for k, v in alone.items())
@@ -204,13 +223,13 @@ def test_each_seed_starts_from_the_agent_a_single_seed_learner_of_that_seed_buil
 def test_each_seed_is_pre_trained_exactly_as_a_single_seed_learner_of_that_seed(tmp_path):
     from tests.runtime.test_sync import write_d4rl_file
     from wsrl_dist.runtime.learner import Learner
-    from wsrl_dist.runtime.multilearner import MultiSeedLearner
+    from wsrl_dist.runtime.learneractor import LearnerActor
 
     write_d4rl_file(tmp_path / "data.hdf5")
     pre = ["finetune.method=wsrl", "pretrain.algo=cql", "pretrain.steps=20", "pretrain.batch_size=32",
            "dataset.source=d4rl", f"dataset.path={tmp_path / 'data.hdf5'}"]
     cfgs = [tiny_config(tmp_path / f"s{s}", f"run.seed={s}", *pre).to_dict() for s in (0, 5)]
-    multi = MultiSeedLearner(cfgs, [None, None])
+    multi = LearnerActor(cfgs, [None, None])
     assert multi.prepare(1)["pretrain_steps"] == 20  # seed 5 first: each seed draws from its own stream
     alone = Learner(cfgs[0], None)  # re-seeds the process-wide torch RNG in between
     alone.prepare()
@@ -235,18 +254,18 @@ def test_fused_pretraining_steps_every_seed_together_each_on_its_own_sampler(tmp
     from wsrl_dist import job
     from wsrl_dist.pretrain import DeviceSampler, pretrain_agents, training_arrays
     from wsrl_dist.runtime.learner import Learner
-    from wsrl_dist.runtime.multilearner import MultiSeedLearner
+    from wsrl_dist.runtime.learneractor import LearnerActor
 
     write_d4rl_file(tmp_path / "data.hdf5")
     pre = ["finetune.method=wsrl", "pretrain.algo=calql", "pretrain.steps=6", "pretrain.batch_size=32",
            "dataset.source=d4rl", f"dataset.path={tmp_path / 'data.hdf5'}", "run.fast_path=fused"]
     cfgs = [tiny_config(tmp_path / f"s{s}", f"run.seed={s}", *pre).to_dict() for s in (0, 5)]
-    multi = MultiSeedLearner(cfgs, [None, None])
+    multi = LearnerActor(cfgs, [None, None])
     out = multi.prepare(1)
     assert out["pretrain_steps"] == 6 and out["pretrain_step"].endswith("2 seeds together")
     assert multi.prepare(0)["pretrain_steps"] == 6
     refs = [Learner(cfgs[0], None)]
-    stream = torch.get_rng_state()  # seed group 0's stream, as MultiSeedLearner keeps it
+    stream = torch.get_rng_state()  # seed group 0's stream, as LearnerActor keeps it
     refs.append(Learner(cfgs[1], None))
     samplers = []
     for lrn in refs:

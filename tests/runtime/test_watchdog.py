@@ -65,6 +65,32 @@ def test_a_stopped_worker_in_the_warmup_ends_the_job_naming_it(ray_local, tmp_pa
     st = bg.wait_for(lambda s: s["phase"] == "warmup" and s["env_steps"] > 0 and any(
         w.get("pid") for w in s["workers"]), timeout=180)
     pid = next(w["pid"] for w in st["workers"] if w.get("pid"))
+    msg = _stop_and_expect_stall(bg, pid)
+    assert "no progress for" in msg and "warmup stage" in msg and "runtime.stall_timeout_s" in msg
+    assert "rollout worker 0" in msg and "(no answer)" in msg and "\n" not in msg
+
+
+def test_a_stopped_worker_of_one_seed_ends_a_multi_seed_warmup_naming_it(ray_local, tmp_path):
+    """Two seeds run the same job code as one (runtime/stages.py), watchdog included: a stopped
+    worker of seed 1 ends the warmup while seed 0's group still makes progress."""
+    cfg = tiny_config(tmp_path / "stuck-seeds", "run.seeds=[0,1]", "finetune.warmup_steps=20000",
+                      "finetune.online_steps=20100", "runtime.num_workers=1", "runtime.stall_timeout_s=6",
+                      "runtime.restart_timeout=600")
+    bg = BackgroundJob(cfg)
+
+    def seed_1_stepping(s):
+        st = s.get("seeds", {}).get("1") or {}
+        return st.get("phase") == "warmup" and (st.get("env_steps") or 0) > 0 and any(
+            w.get("pid") for w in st.get("workers", []))
+
+    st = bg.wait_for(seed_1_stepping, timeout=180)
+    pid = next(w["pid"] for w in st["seeds"]["1"]["workers"] if w.get("pid"))
+    msg = _stop_and_expect_stall(bg, pid)
+    assert "no progress for" in msg and "warmup stage" in msg and "rollout worker 0" in msg and "(no answer)" in msg
+
+
+def _stop_and_expect_stall(bg, pid: int) -> str:
+    """SIGSTOP worker `pid`; the job must end with a StallError (its message is returned)."""
     os.kill(pid, signal.SIGSTOP)
     try:
         with pytest.raises(StallError) as err:
@@ -74,6 +100,4 @@ def test_a_stopped_worker_in_the_warmup_ends_the_job_naming_it(ray_local, tmp_pa
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
-    msg = str(err.value)
-    assert "no progress for" in msg and "warmup stage" in msg and "runtime.stall_timeout_s" in msg
-    assert "rollout worker 0" in msg and "(no answer)" in msg and "\n" not in msg
+    return str(err.value)

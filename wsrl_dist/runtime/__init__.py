@@ -16,8 +16,9 @@ asynchronously with weights a few versions old (policy lag is measured and expor
 runtime.utd_slack=0, runtime.rollout_slack=1, runtime.prefetch=false gives the lock-step schedule
 (tests/runtime/test_sync.py).
 
-seedjob.py (Job) owns the stages (pretrain -> warmup -> online), scaling and restarts; driver.py
-starts it (launch, resume). With run.seeds (two or more), multiseed.py runs one such data path per
-seed around ONE learner process (multilearner.py: the seeds' agents stepped together, lock-step).
+stages.py (Job) owns the stages (pretrain -> warmup -> online), scaling and restarts; driver.py
+starts it (launch, resume). It runs one such data path per seed (seedgroup.py; one seed, or several
+with run.seeds) around ONE learner process (learneractor.py: one seed's own loop, or the seeds'
+agents stepped together, lock-step).
 Importing this package does not import ray; the modules that need it import it themselves.
 """

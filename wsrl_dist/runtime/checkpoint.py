@@ -167,6 +167,16 @@ class Loaded:
         return self.learner_state, self.shard_states, self.counters
 
 
+def check_config(path: Path, counters: dict, config_hash: str | None, force_config: bool) -> None:
+    """CheckpointError unless the checkpoint at `path` (its `counters`) was written by a config
+    hashing to `config_hash` (None, or `force_config`: any; checkpoints without a hash pass)."""
+    saved = counters.get("config_hash")
+    if config_hash is not None and saved is not None and saved != config_hash and not force_config:
+        raise CheckpointError(
+            f"{path}: written by config {saved}, this config hashes to {config_hash} "
+            "(config.yaml or the code's defaults changed); resume with --force-config to use it anyway")
+
+
 def load_newest(run_dir: str | Path, config_hash: str | None = None, force_config: bool = False,
                 map_location: str = "cpu") -> Loaded | None:
     """The newest checkpoint of `run_dir` that loads; a broken newer one is skipped with a one-line
@@ -185,11 +195,7 @@ def load_newest(run_dir: str | Path, config_hash: str | None = None, force_confi
             errors.append(str(e))
             log.warning("checkpoint skipped: %s; trying the one before", e)
             continue
-        saved = found.counters.get("config_hash")
-        if config_hash is not None and saved is not None and saved != config_hash and not force_config:
-            raise CheckpointError(
-                f"{path}: written by config {saved}, this config hashes to {config_hash} "
-                "(config.yaml or the code's defaults changed); resume with --force-config to use it anyway")
+        check_config(path, found.counters, config_hash, force_config)
         return found
     if errors:
         raise CheckpointError(f"{root}: no checkpoint loads ({'; '.join(errors)})")

@@ -1,6 +1,6 @@
-"""Entry points of a distributed job: start or join Ray, then run one seed's Job (runtime/seedjob.py)
-or, for two or more run.seeds, a MultiSeedJob (runtime/multiseed.py: a Job per seed, one learner);
-`wsrl-dist scale` / `status` talk to a running job's controller (runtime/control.py).
+"""Entry points of a distributed job: start or join Ray, then run its Job (runtime/stages.py: one
+learner and a SeedGroup per seed, one seed or many); `wsrl-dist scale` / `status` talk to a running
+job's controller (runtime/control.py).
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import yaml
 
 from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.plan import RunPlan
-from wsrl_dist.runtime import checkpoint as ckpt
 from wsrl_dist.runtime import exposure, stop
 from wsrl_dist.runtime.control import NAMESPACE, scale, status
 from wsrl_dist.runtime.jobtools import _port_note, _start_metrics  # noqa: F401 (tests import them here)
-from wsrl_dist.runtime.multiseed import MultiSeedJob
-from wsrl_dist.runtime.seedjob import Job
+from wsrl_dist.runtime.stages import Job
 
 __all__ = ["launch", "resume", "scale", "status"]
 
@@ -53,13 +51,11 @@ def _connect(rt, groups: int = 1) -> bool:
 
 def launch(cfg: RunConfig, command: str = "") -> Path:
     """Run the whole job on Ray (cfg.runtime.address, or a local Ray); returns the run directory.
-    Two or more run.seeds: one learner trains them all (runtime/multiseed.py)."""
+    Two or more run.seeds: one learner trains them all (runtime/stages.py)."""
     plan = RunPlan.of(cfg)  # the one derivation of stages, UTD and rows for this job (plan.py)
     started = _connect(cfg.runtime, len(plan.seeds))
     try:
         with stop.signals_raise():  # SIGTERM (`ray job stop`, kill) stops like Ctrl-C
-            if len(plan.seeds) > 1:
-                return MultiSeedJob(cfg, command, plan=plan).run()
             return Job(cfg, command, plan=plan).run()
     finally:
         if started:
@@ -78,13 +74,7 @@ def resume(run_dir: str | Path, command: str = "", force_config: bool = False) -
     plan = RunPlan.of(cfg)
     started = _connect(cfg.runtime, len(plan.seeds))
     try:
-        if len(plan.seeds) > 1:
-            with stop.signals_raise():
-                return MultiSeedJob(cfg, command or f"resume {run_dir}", resume=True, plan=plan).run()
-        loaded = ckpt.load_newest(run_dir, cfg.hash(), force_config)
-        resumed = Job(cfg, command or f"resume {run_dir}", loaded.path if loaded else None, resuming=True,
-                      plan=plan)
-        resumed.loaded = loaded
+        resumed = Job(cfg, command or f"resume {run_dir}", resume=True, force_config=force_config, plan=plan)
         with stop.signals_raise():
             return resumed.run()
     finally:

@@ -23,7 +23,7 @@ GRANTS = "grants"  # Ray concurrency group of the rollout workers' grant calls
 
 
 def learner_actor_class(cls: type, num_workers: int, groups: int = 1) -> Any:
-    """`cls` (Learner or MultiSeedLearner) as a Ray actor class whose grant calls run on a thread
+    """`cls` (learneractor.LearnerActor) as a Ray actor class whose grant calls run on a thread
     pool of their own: a worker waiting there for env steps holds one thread. Twice the workers (at
     least 16) per seed group leaves room for `wsrl-dist scale`; past that, grant calls queue (the
     workers slow down, nothing deadlocks: each waits at most runtime.grant_wait_s). progress() has

@@ -1,5 +1,5 @@
-"""Driver-side helpers shared by one seed's Job (runtime/seedjob.py) and the multi-seed job
-(runtime/multiseed.py): actor placement, the metrics server, the learner's and the controller's calls.
+"""Driver-side helpers of the Job (runtime/stages.py) and its seed groups (runtime/seedgroup.py):
+actor placement, the metrics server, the learner's and the controller's calls.
 """
 
 from __future__ import annotations

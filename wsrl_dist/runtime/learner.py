@@ -1,11 +1,13 @@
-"""Learner: replay shards -> update bundles (algo/update.py) -> versioned weights (weights.py).
+"""Learner: one seed's replay shards -> update bundles (algo/update.py) -> versioned weights (weights.py).
 
-Hosts the UTD limiter (limiter.py): its own side is checked locally before every bundle, and rollout
-workers ask it for env steps through `wait_for_env_steps` (or `acquire_env_steps`, which never
-waits). driver.py runs it as a threaded Ray actor (train() in one thread; stats and checkpoints answer
-from others, grant calls from the GRANTS concurrency group's threads, so that workers waiting there
-never take the threads the driver's calls need). Publishing, stats and checkpoint state are
-LearnerOutputs (runtime/learneroutputs.py).
+Not an actor itself: runtime/learneractor.py's LearnerActor (the one learner actor of every job) holds
+one Learner per seed and calls it from its threads. Hosts the seed's UTD limiter (limiter.py): its own
+side is checked locally before every bundle, and rollout workers ask it for env steps through
+`wait_for_env_steps` (or `acquire_env_steps`, which never waits), on the actor's GRANTS concurrency
+group's threads, so that workers waiting there never take the threads the driver's calls need.
+LearnerActor.train runs the one training loop over its seeds' Learners (begin_train, next_batch /
+next_group, update_fn / run_group, after_bundle, publish_due, end_train). Publishing, stats and
+checkpoint state are LearnerOutputs (runtime/learneroutputs.py).
 """
 
 from __future__ import annotations
@@ -35,12 +37,12 @@ from wsrl_dist.plan import RunPlan
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
 from wsrl_dist.runtime.bundletimer import BundleTimer
 from wsrl_dist.runtime.feed import ReplayFeed
-from wsrl_dist.runtime.grants import GRANTS, GrantDesk, rollout_slack
+from wsrl_dist.runtime.grants import GrantDesk, rollout_slack
 from wsrl_dist.runtime.hostcopy import HostCopy
 from wsrl_dist.runtime.learneroutputs import LearnerOutputs
 from wsrl_dist.runtime.limiter import UtdLimiter
 from wsrl_dist.runtime.procstats import ProcessStats
-from wsrl_dist.runtime.progress import PROGRESS, StageRecord
+from wsrl_dist.runtime.progress import StageRecord
 from wsrl_dist.runtime.weights import WeightPublisher
 
 
@@ -107,7 +109,6 @@ class Learner(LearnerOutputs):
         self.stage = StageRecord()  # build / pre-training progress, read by progress() during prepare
         self.set_shards(shards or [])
 
-    @ray.method(concurrency_group=PROGRESS)
     def progress(self) -> dict[str, Any]:
         """The build / pre-training progress of a prepare() that may still be running (progress.py)."""
         return self.stage.read()
@@ -158,14 +159,12 @@ class Learner(LearnerOutputs):
         return out
 
     # ------------------------------------------------------------------ limiter
-    @ray.method(concurrency_group=GRANTS)
     def acquire_env_steps(self, n: int, multiple: int = 1, blocked_s: float = 0.0) -> int:
         """Rollout side, never waits: env steps a worker may take now (0 = wait, -1 = budget spent)."""
         granted = self.grants.acquire(n, multiple, blocked_s)
         self.process_stats.count_grant(granted)
         return granted
 
-    @ray.method(concurrency_group=GRANTS)
     def wait_for_env_steps(self, n: int, multiple: int = 1, wait_s: float = 0.1) -> list:
         """Rollout side, waits (runtime.grant_wait_s > 0): a refused call sleeps here until this
         learner's updates make room or `wait_s` passes (grants.GrantDesk). Returns [granted (0
@@ -292,49 +291,33 @@ class Learner(LearnerOutputs):
         return make_offline_step_fn(self.agent, self.online_loss, c.sac, c.pretrain.cql, c.pretrain.iql,
                                     self.mode, example=example)
 
-    def train(self) -> dict[str, Any]:
-        """Run bundles within the limiter until finish() and every owed update is done. With
-        runtime.replay_groups each whole sample request's G bundles run as one call (one CUDA
-        graph replay on a GPU: algo/fused_bundles.py FusedBundles.group) whenever the limiter allows all G."""
-        t_start = time.perf_counter()
+    # ------------------------------------------------------------------ the actor's loop, per seed
+    def begin_train(self, t_start: float) -> None:
+        """Before learneractor.LearnerActor.train's loop: the rate's origin and a fresh feed."""
         self._train_start = (t_start, self.limiter.updates)
         self.feed = self.make_feed()
         self._group = None  # captured on the feed's buffers: a new feed needs a new one
-        groups = self.cfg.runtime.replay_groups and self.feed.group > 1
-        split = self.time_split  # wall seconds per part of the loop (issue 5's time split)
-        t_wait = time.perf_counter()
-        while self._wait_for_room():
-            t0 = time.perf_counter()
-            split["limiter_wait"] += t0 - t_wait
-            group = self.next_group() if groups else None
-            batch = group[0] if group else self.next_batch()
-            t2 = time.perf_counter()
-            # bundle, counters and publish under one lock: a checkpoint sees all of them or none
-            with self._agent_lock:
-                if self._bundle is None:  # built on first use: CUDA-graph capture needs a batch
-                    self._bundle = self._make_update_fn(batch)
-                if group and self._group is None:  # the fused bundles group; others loop
-                    self._group = (self._bundle.group(group) if hasattr(self._bundle, "group")
-                                   else lambda bs: [self._bundle(b) for b in bs][-1])
-                n = len(group) if group else 1
-                self.bundle_groups += bool(group)
-                self.bundle_timer.start(n)
-                info = self._group(group) if group else self._bundle(batch)
-                self.bundle_timer.stop()
-                self.after_bundle(info, n)
-                t3 = time.perf_counter()
-                self.publish_due(n)
-            t_wait = time.perf_counter()
-            split["update_launch"] += t3 - t2
-            split["publish"] += t_wait - t3
-            self.step_hist.observe(t_wait - t0)
-            if self.cfg.runtime.test_learner_delay_s:  # tests only: a deliberately slow learner
-                time.sleep(self.cfg.runtime.test_learner_delay_s)
+
+    def update_fn(self, example: Batch):
+        """This seed's one-env-step update fn (_make_update_fn), built on first use: CUDA-graph
+        capture needs a batch (caller holds the agent lock)."""
+        if self._bundle is None:
+            self._bundle = self._make_update_fn(example)
+        return self._bundle
+
+    def run_group(self, group: list[Batch]) -> dict[str, torch.Tensor]:
+        """runtime.replay_groups: a whole sample request's G bundles as one call (one CUDA graph
+        replay on a GPU: algo/fused_bundles.py FusedBundles.group); update fns without one loop
+        (caller holds the agent lock)."""
+        if self._group is None:
+            bundle = self.update_fn(group[0])
+            self._group = bundle.group(group) if hasattr(bundle, "group") else lambda bs: [bundle(b) for b in bs][-1]
+        self.bundle_groups += 1
+        return self._group(group)
+
+    def end_train(self, t_start: float) -> None:
+        """After the loop: every weight version out, the loop's wall time counted."""
         self.feed.close()
         with self._agent_lock:
             self.drain_publishing()
         self.train_seconds += time.perf_counter() - t_start
-        return self.stats()
-
-    def ping(self) -> str:
-        return ray.get_runtime_context().get_node_id()

@@ -1,11 +1,11 @@
 """What leaves the Learner: weight versions, the agent and critic for saving and probes, stats and
 checkpoint state.
 
-LearnerOutputs is a mixin of learner.Learner (and so of each seed's Learner inside
-multilearner.MultiSeedLearner): publishing (the async device->host weight copies and the
+LearnerOutputs is a mixin of learner.Learner (each seed's Learner inside
+learneractor.LearnerActor): publishing (the async device->host weight copies and the
 WeightPublisher thread that puts them), save_agent / critic_state, stats() for the driver's monitor,
 and state_dict / load_state_dict for checkpoints. Kept apart from learner.py, which holds the
-limiter side and the training loop, so the loop reads on its own. It uses the Learner's attributes
+limiter side and each seed's part of the training loop, so those read on their own. It uses the Learner's attributes
 set in Learner.__init__ (agent, limiter, locks, copies, publisher, counters, feed, ...).
 """
 

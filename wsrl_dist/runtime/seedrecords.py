@@ -1,16 +1,16 @@
-"""Evaluation, Q probes, checkpoints, restore and the stop/learner-death records of one seed's Job.
+"""Evaluation, Q probes, checkpoints and restore of one seed's group (runtime/seedgroup.py).
 
-JobRecords is a mixin of seedjob.Job (and through it multiseed.SeedGroup): everything the monitor
-loop and the stages write down or read back (eval and Q-probe Ray tasks and their results into
-metrics.jsonl, online checkpoints and their restore, the checkpoint at a stop, the LearnerDied
-error), kept apart from seedjob.py's actor set-up, monitor ticks and stage loop so each file reads
-on its own. It uses the Job's attributes (cfg, cfg_dict, rt, plan, run_dir, store, learner, shards,
-sup, monitor, log, c, evals, probes, ...) set by Job.__init__ / Job._create_actors / Job.run.
+SeedRecords is a mixin of seedgroup.SeedGroup: what the monitor tick and the stages write down or
+read back (eval and Q-probe Ray tasks and their results into metrics.jsonl, online checkpoints and
+their restore), kept apart from seedgroup.py's shards, monitor tick and stage steps so each file
+reads on its own. It uses the group's attributes (cfg, cfg_dict, rt, plan, run_dir, store, learner,
+shards, sup, monitor, log, c, evals, probes, ...) set by SeedGroup.__init__, stages.Job._create_actors
+and stages.Job.run. The stop record and the learner's death are the Job's (stages.py): they concern
+every seed at once.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,11 +22,8 @@ from ray.exceptions import RayError
 from wsrl_dist import job
 from wsrl_dist.config import from_dict
 from wsrl_dist.envs.make import obs_act_dims
-from wsrl_dist.errors import LearnerDied
 from wsrl_dist.runtime import checkpoint as ckpt
-from wsrl_dist.runtime import stop
-from wsrl_dist.runtime.jobtools import _on_this_node, learner_died
-from wsrl_dist.runtime.stop import JobStopped
+from wsrl_dist.runtime.jobtools import _on_this_node
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +54,8 @@ def _q_probe(cfg: dict, weights: dict, critic: dict, version: int) -> dict[str, 
     return q_probe(policy, critic, c, task, c.finetune.q_probe_episodes, c.run.seed)
 
 
-class JobRecords:
-    """Eval/probe/checkpoint/restore/stop methods of seedjob.Job (the module docstring says why apart)."""
+class SeedRecords:
+    """Eval/probe/checkpoint/restore methods of seedgroup.SeedGroup (the module docstring says why apart)."""
 
     # ------------------------------------------------------------------ evaluation and checkpoints
     def _start_eval(self, phase: str) -> None:
@@ -124,7 +121,7 @@ class JobRecords:
         return path
 
     def _restore(self) -> dict[str, Any]:
-        loaded = getattr(self, "loaded", None)  # resume(): already read and checked
+        loaded = self.loaded  # read and checked already by the Job (one seed), else read now
         learner_state, shard_states, counters = loaded.states if loaded else ckpt.load(self.resume_from)
         if self.plan.offline_ratio > 0:  # retention baselines: the offline sampler again
             self._call(self.learner.prepare.remote(pretrain=False), "online")
@@ -146,46 +143,3 @@ class JobRecords:
             "restored": restored})
         ray.get(self.learner.publish.remote(bump=False, wait=True))  # same version again, into the fresh store
         return restored
-
-    def _maybe_checkpoint(self, env_steps: int) -> None:
-        every_s = self.rt.checkpoint_every_s  # also by time: bounds what a dead learner loses
-        if every_s and time.time() - self.last_checkpoint_t >= every_s:
-            self._checkpoint()
-        if env_steps >= self.c["next_checkpoint"]:
-            self._checkpoint()
-            while self.c["next_checkpoint"] <= env_steps:
-                self.c["next_checkpoint"] += self.cfg.run.checkpoint_every
-
-    # ------------------------------------------------------------------ stop and learner death
-    def _stopped(self, exc: KeyboardInterrupt) -> JobStopped:
-        """Interrupted: checkpoint what this stage can resume from; the JobStopped to raise. Online,
-        a checkpoint now (the workers' chunks in flight are lost; resume hands those steps out
-        again); in pre-training its partial checkpoint (every pretrain.checkpoint_every steps);
-        in warmup, resume warms up again from checkpoints/pretrained.pt."""
-        stage = getattr(self, "stage", "pretrain")
-        with stop.shielded():
-            try:
-                if stage == "online":
-                    path = self._checkpoint()
-                    step = json.loads((path / "meta.json").read_text())["counters"]["env_steps"]
-                elif stage == "warmup":
-                    step = self._env_steps()
-                else:
-                    step = stop.pretrain_step(self.run_dir)
-            except (RayError, OSError) as e:  # actors already gone: the newest checkpoint stands
-                log.error("no checkpoint written at the stop: %s", e)
-                latest = ckpt.latest(self.run_dir)
-                step = json.loads((latest / "meta.json").read_text())["counters"]["env_steps"] if latest else 0
-        return stop.JobStopped(stage, step, self.run_dir, stop.signum_of(exc))
-
-    def _learner_died(self) -> LearnerDied | None:
-        """After an actor error: LearnerDied if the learner is what died, else None."""
-        if getattr(self, "learner", None) is None:
-            return None
-        try:
-            env_steps = self._env_steps()
-        except RayError:
-            env_steps = self.monitor.view.get("env_steps")
-        newest = ckpt.latest(self.run_dir)
-        return learner_died(self.learner, self.run_dir, getattr(self, "stage", "pretrain"), env_steps,
-                            self.monitor.view.get("critic_updates", 0), newest.name if newest else None)

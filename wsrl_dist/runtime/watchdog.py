@@ -49,7 +49,7 @@ class Watchdog:
         return now - self.since
 
     def check(self, job: Any, phase: str) -> None:
-        """One look from the driver's loop (`job`: seedjob.Job): re-sync lost grants, or fail."""
+        """One look from the driver's loop (`job`: one seedgroup.SeedGroup): re-sync lost grants, or fail."""
         view = job.monitor.view
         idle = self.progressed(int(view.get("env_steps") or 0), int(view.get("critic_updates") or 0))
         deaths = job.sup.deaths

@@ -1,68 +1,60 @@
-"""One seed's job: creates the actors of the data path and runs pretrain -> warmup -> online.
+"""One seed's part of a job: its run dir, WeightStore, replay shards, rollout Supervisor, Monitor,
+metrics.jsonl, counters, and the per-seed steps of the stages (pretrain -> warmup -> online).
 
-Actors: WeightStore, Learner (GPU when the cluster has one; hosts the UTD limiter), ReplayShard x S
-(placed on the learner's node), RolloutWorker x N (max_restarts), JobController (named, for scale /
-status from other processes). A ~1 s monitor loop polls stats, serves Prometheus metrics, writes
-metrics.jsonl, evaluates, checkpoints, restarts or replaces dead workers and applies scale requests.
-Run-dir layout as local.py: config.yaml, run.json, metrics.jsonl, checkpoints/, report.
-driver.launch / driver.resume start it; multiseed.SeedGroup is one Job per seed of a multi-seed job.
-Evaluation, Q probes, checkpoints, restore and the stop record are JobRecords (runtime/seedrecords.py).
+stages.Job holds S >= 1 SeedGroups around ONE learner actor (learneractor.LearnerActor, reached
+through the group's LearnerView) and runs the stages for all of them; with one seed the group's run
+dir is the job's run dir (the layout local.py writes: config.yaml, run.json, metrics.jsonl,
+checkpoints/, report), with several it is <run_dir>/seed-<s>/ (the same layout). A ~1 s monitor tick
+polls the group's stats, writes metrics.jsonl and evaluates. Evaluation, Q probes, checkpoints and
+restore are SeedRecords (runtime/seedrecords.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from wsrl_dist import job
-from wsrl_dist.config import RunConfig
+from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.envs.make import obs_act_dims
-from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.plan import RunPlan
-from wsrl_dist.runtime.control import controller_name, make_controller
-from wsrl_dist.runtime.grants import learner_actor_class
-from wsrl_dist.runtime.jobtools import (
-    _on_this_node,
-    _port_note,
-    _ray_address,
-    _start_metrics,
-    check_learner_running,
-    scale_requests,
-)
-from wsrl_dist.runtime.learner import Learner
+from wsrl_dist.runtime import checkpoint as ckpt
 from wsrl_dist.runtime.monitor import Monitor
-from wsrl_dist.runtime.progress import StageLines, StageProgress, announce_metrics
+from wsrl_dist.runtime.progress import StageLines, StageProgress
 from wsrl_dist.runtime.replay import ReplayShard
-from wsrl_dist.runtime.seedrecords import JobRecords
-from wsrl_dist.runtime.supervisor import Supervisor
-from wsrl_dist.runtime.watchdog import Watchdog
-from wsrl_dist.runtime.weights import WeightStore
+from wsrl_dist.runtime.seedrecords import SeedRecords
 
 log = logging.getLogger(__name__)
 
 
-class Job(JobRecords):
-    def __init__(self, cfg: RunConfig, command: str, resume_from: Path | None = None, resuming: bool = False,
-                 announce: bool = True, plan: RunPlan | None = None):
-        self.cfg, self.rt, self.command = cfg, cfg.runtime, command
-        # derived from the config once (plan.py) and handed to the learner and the workers
-        self.plan = plan = plan if plan is not None else RunPlan.of(cfg)
+class SeedGroup(SeedRecords):
+    """One seed of a job (module docstring). `job_` (stages.Job) creates its actors, runs its stages
+    and ticks it; `label` names the seed on its stage lines ("" with one seed); `announce` prints
+    the run dir (one seed: it is the job's)."""
+
+    def __init__(self, cfg: RunConfig, command: str, job_: Any, plan: RunPlan, label: str = "",
+                 announce: bool = False):
+        self.cfg, self.rt, self.command, self.parent, self.label = cfg, cfg.runtime, command, job_, label
+        self.plan = plan  # the job's plan for this seed (plan.py), handed to the learner and workers
         self.run_dir = job.prepare_run_dir(
             cfg, command, extra={"runtime": "ray", "utd_target": plan.updates_per_env_step}, announce=announce,
             plan=plan)
-        self.resume_from = resume_from
+        self.resume_from: Path | None = None  # set by the Job on a resume from an online checkpoint
+        self.loaded: Any = None  # that checkpoint, when the Job has read it already (one seed)
         # resumed without an online checkpoint: pre-training continues from its own (learner.prepare)
-        self.resuming = resuming or resume_from is not None
+        self.resuming = False
         self.cfg_dict = cfg.to_dict()
         self.first_update = plan.first_update_step
         self.monitor = Monitor(plan.updates_per_env_step, self.first_update, cfg.task.spec())
         self.snapshot: dict[str, Any] = {}
+        self.status_dict: dict[str, Any] = {}
         self.c: dict[str, Any] = {"next_eval": cfg.finetune.eval_every, "next_log": cfg.run.log_every,
                                   "next_checkpoint": cfg.run.checkpoint_every, "dropped": 0,
                                   "rows_lost": 0, "shard_restarts": 0,
@@ -77,29 +69,6 @@ class Job(JobRecords):
         self.last_checkpoint_t = time.time()
 
     # ------------------------------------------------------------------ actors
-    def _create_actors(self) -> None:
-        self.store = ray.remote(WeightStore).options(num_cpus=0, scheduling_strategy=_on_this_node()).remote()
-        self.learner = (learner_actor_class(Learner, self.rt.num_workers).options(**self._learner_options())
-                        .remote(self.cfg_dict, self.store, plan=self.plan))
-        self.learner_node = ray.get(self.learner.ping.remote())
-        self.shards = self._make_shards(self.learner_node)
-        ray.get(self.learner.set_shards.remote(self.shards))
-        self.controller = make_controller(self.run_dir)
-        self.sup = Supervisor(self.cfg_dict, self.shards, self.store, self.learner, self.monitor, self.plan)
-
-    def _learner_options(self) -> dict[str, Any]:
-        # Losing a rollout node must not take the job's state along: the store (no CPU, metadata
-        # only) lives on the driver's node, shards on the learner's (hard affinity; Ray's soft
-        # affinity spills zero-CPU actors off a node whose CPUs are taken). A CPU learner prefers
-        # the driver's node; a GPU learner goes where the GPU is.
-        gpus = self.rt.learner_gpus
-        if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and self.cfg.run.device != "cpu" else 0
-        opts: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus, "max_concurrency": 8}
-        if not gpus:
-            opts["scheduling_strategy"] = _on_this_node(soft=True)
-        return opts
-
     def _make_shards(self, learner_node: str) -> list:
         """runtime.num_shards ReplayShard actors on the learner's node, seeded from run.seed.
         Restartable (runtime.shard_max_restarts): a killed shard comes back with its newest snapshot
@@ -118,14 +87,6 @@ class Job(JobRecords):
                         mc_returns=self.plan.mc_returns,
                         snapshot_dir=snapshots, snapshot_s=rt.replay_snapshot_s)
                 for i in range(rt.num_shards)]
-
-    def _teardown(self) -> None:
-        if hasattr(self, "sup"):
-            self.sup.kill_all()
-        for actor in [*getattr(self, "shards", []), getattr(self, "learner", None),
-                      getattr(self, "store", None), getattr(self, "controller", None)]:
-            if actor is not None:
-                ray.kill(actor, no_restart=True)
 
     # ------------------------------------------------------------------ monitor loop
     def _env_steps(self) -> int:
@@ -170,7 +131,6 @@ class Job(JobRecords):
                 self._start_eval("online")
                 while self.c["next_eval"] <= view["env_steps"]:
                     self.c["next_eval"] += self.cfg.finetune.eval_every
-            self._maybe_checkpoint(view["env_steps"])
             ft = self.cfg.finetune
             if ft.q_probe_every and self.next_probe <= view["env_steps"] <= ft.q_probe_until:
                 self._start_probe("online")
@@ -197,12 +157,10 @@ class Job(JobRecords):
         self._count_shard_restarts(ray.get([s.stats.remote() for s in self.shards]), online=True)
 
     def _progress(self) -> StageProgress:
-        """The stage lines and fields of this job (runtime/progress.py); a seed group's lines say its seed."""
+        """The stage lines and fields of this seed (runtime/progress.py); with several seeds the lines say which."""
         if getattr(self, "_stage", None) is None:
-            parent = getattr(self, "parent", None)
-            label = f"seed {self.cfg.run.seed}" if parent is not None else ""
             self._stage = StageProgress(self.plan.warmup_steps, self.plan.online_steps,
-                                        StageLines(label=label, enabled=self.cfg.run.progress),
+                                        StageLines(label=self.label, enabled=self.cfg.run.progress),
                                         updates_total=self.plan.updates_total)
         return self._stage
 
@@ -220,17 +178,17 @@ class Job(JobRecords):
             self._logged_pretrain = step
             self.log.write("pretrain", step=step, wall_time=self._wall(), **rec["losses"])
 
-    def _push_status(self) -> None:
-        self.controller.set_status.remote({**self.monitor.status(), "learner_node": self.learner_node})
+    def _push_status(self) -> None:  # the Job pushes every group's status as one (Job.status)
+        self.status_dict = self.monitor.status()
 
     def _wall(self) -> float:
         return self.c["wall_time"] + time.time() - self.t0
 
     def _wait(self, refs: list, phase: str) -> None:
-        """Run monitor ticks until every ref in `refs` is ready."""
+        """Run the Job's monitor ticks (every group's) until every ref in `refs` is ready."""
         while refs:
             _, refs = ray.wait(refs, num_returns=len(refs), timeout=self.rt.monitor_interval)
-            self._tick(phase)
+            self.parent._tick(phase)
 
     # ------------------------------------------------------------------ stages
     def _prepare(self) -> None:
@@ -245,64 +203,6 @@ class Job(JobRecords):
     def _call(self, ref: Any, phase: str) -> Any:
         self._wait([ref], phase)
         return ray.get(ref)
-
-    def _warmup(self) -> None:
-        """Workers split exactly K env steps; the learner is idle. Shares lost with a dead worker
-        are handed out again until the shards hold K rows."""
-        K, t0 = self.plan.warmup_steps, time.time()
-        while True:  # process start-up: give every worker a share if it comes up within a minute
-            states = [s.state for s in self.sup.slots.values()]
-            if "idle" in states and ("starting" not in states or time.time() - t0 > 60):
-                break
-            time.sleep(0.1)
-            self.sup.supervise()
-            self._tick("warmup", every=self.rt.monitor_interval)
-        self.stages["workers_start_s"], t0 = time.time() - t0, time.time()
-        watchdog = Watchdog(self.rt.stall_timeout_s)
-        while (left := K - self._env_steps()) > 0:
-            watchdog.check(self, "warmup")
-            refs = self.sup.collect(left)
-            if not refs:  # every worker is still (re)starting
-                time.sleep(self.rt.monitor_interval)
-                self.sup.supervise()
-                self._tick("warmup")
-            while refs:
-                _, refs = ray.wait(refs, num_returns=len(refs), timeout=self.rt.monitor_interval)
-                self.sup.supervise()
-                self._tick("warmup")
-                watchdog.check(self, "warmup")
-            self.sup.supervise()
-        lrn = ray.get(self.learner.stats.remote())
-        self.stages["warmup"] = {"env_steps": self._env_steps(), "critic_updates": lrn["critic_updates"],
-                                 "wall_s": time.time() - t0}
-        job.update_run_json(self.run_dir, stages=self.stages)
-        if K > 0:
-            self._start_eval("after_warmup")
-
-    def _online(self) -> None:
-        total, t0 = self.plan.online_steps, time.time()
-        # rows lost in the warmup are counted, not handed out again: begin_online syncs to the shards
-        self._count_shard_restarts(ray.get([s.stats.remote() for s in self.shards]), online=False)
-        ray.get(self.learner.begin_online.remote(self._env_steps()))  # before any grant
-        train_ref = self.learner.train.remote()
-        self.sup.start_runs()
-        watchdog = Watchdog(self.rt.stall_timeout_s)
-        while True:
-            check_learner_running(train_ref)
-            watchdog.check(self, "online")  # lost grants back to the pool; no silent hang
-            for n in scale_requests(self.controller):
-                self.c["workers_target"] = n
-                self.sup.scale(n)
-            self.sup.supervise()
-            if self._rollout_complete(total):
-                break
-            self._tick("online")
-            time.sleep(self.rt.monitor_interval)
-        self.learner.finish.remote()
-        final = self._call(train_ref, "online")
-        self.stages["online"] = {"wall_s": time.time() - t0, "bundles": final["bundles"],
-                                 "bundle_groups": final["bundle_groups"],
-                                 "offline_rows_per_bundle": final["offline_rows_per_bundle"]}
 
     def _rollout_complete(self, total: int) -> bool:
         """Once every worker has returned: True if the shards hold `total` env steps; otherwise
@@ -338,40 +238,66 @@ class Job(JobRecords):
             dropped_env_steps=self.c["dropped"], replay_rows_lost=self.c["rows_lost"],
             replay_shard_restarts=self.c["shard_restarts"], wall_time_s=self._wall())
 
-    def run(self) -> Path:
-        self.log = MetricsLog(self.run_dir)
-        server = None
-        try:
-            self._create_actors()
-            server = _start_metrics(lambda: self.snapshot, self.rt)
-            job.update_run_json(self.run_dir, metrics_url=f"http://{server.host}:{server.port}/metrics",
-                                controller=controller_name(str(self.run_dir)), ray_address=_ray_address())
-            announce_metrics(f"http://{server.host}:{server.port}/metrics", note=_port_note(server, self.rt))
-            if self.resume_from is not None:
-                self.stage = "online"
-                self._restore()
-                self.sup.scale(self.c["workers_target"])
-            else:
-                self.stage = "pretrain"
-                self._prepare()
-                self.sup.scale(self.rt.num_workers)
-                self.stage = "warmup"
-                self._warmup()
-            self.stage = "online"
-            self._online()
-            self._finish_records()
-        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through stop.signals_raise (launch)
-            raise self._stopped(e) from None
-        except RayActorError:
-            died = self._learner_died()
-            if died is None:
-                raise
-            raise died from None
-        finally:
-            if server is not None:
-                server.stop()
-            self._teardown()
-            self.log.close()
-        write_report(self.run_dir)
-        job.sync_run_dir(self.cfg)
-        return self.run_dir
+
+# ---------------------------------------------------------------------- seed run dirs
+
+
+def seed_dir_name(seed: int) -> str:
+    return f"seed-{seed}"
+
+
+def seed_configs(cfg: RunConfig) -> list[RunConfig]:
+    """One single-seed config per entry of run.seeds: run.seed = it, run dir <run_dir>/seed-<s>;
+    `{seed}` in pretrain.checkpoint becomes the seed."""
+    out = []
+    for seed in cfg.run.seeds:
+        d = cfg.to_dict()
+        d["run"].update(seed=seed, seeds=[], run_dir=str(Path(cfg.run.run_dir) / seed_dir_name(seed)))
+        if d["pretrain"]["checkpoint"]:  # "{seed}" names each seed's own pre-trained agent (study.py)
+            d["pretrain"]["checkpoint"] = d["pretrain"]["checkpoint"].replace("{seed}", str(seed))
+        out.append(from_dict(d))
+    return out
+
+
+def resume_points(cfg: RunConfig, seeds: list[int], force_config: bool) -> list[Any]:
+    """Per seed, what a resume continues from; each checkpoint's config hash is checked unless
+    `force_config` (checkpoint.check_config). One seed: checkpoint.load_newest's Loaded (the newest
+    checkpoint that loads; a broken newer one is skipped) or None. Several: the paths of
+    common_checkpoints (the newest step every seed has; read by each group's restore, one at a time:
+    S seeds' replay snapshots are not held at once)."""
+    if len(seeds) == 1:
+        return [ckpt.load_newest(cfg.run.run_dir, cfg.hash(), force_config)]
+    configs = seed_configs(cfg)
+    paths = common_checkpoints([c.run.run_dir for c in configs])
+    for c, path in zip(configs, paths):
+        if path is not None:
+            ckpt.check_config(path, json.loads((path / "meta.json").read_text())["counters"], c.hash(),
+                              force_config)
+    return paths
+
+
+def common_checkpoints(run_dirs: list[Path]) -> list[Path | None]:
+    """Per seed run dir, its newest checkpoint of the newest learner step every seed has one of
+    (all None when a seed has none). Raises when every seed has some but they share no step."""
+    found = []
+    for d in run_dirs:
+        points = {}
+        for path in sorted((Path(d) / "checkpoints").glob("step_*")):
+            if ckpt.problem(path) is None:  # complete: DONE marker and file sizes
+                points[json.loads((path / "meta.json").read_text())["counters"]["bundles"]] = path
+        found.append(points)
+    if not all(found):  # nothing saved, or killed inside the first multi-seed checkpoint (some seeds
+        return [None] * len(run_dirs)  # saved, not all): a fresh launch, as with none at all
+    common = set.intersection(*(set(p) for p in found))
+    if not common:
+        raise RuntimeError(f"the seeds of {Path(run_dirs[0]).parent} have no checkpoint of the same "
+                           f"step in common ({[sorted(p) for p in found]} bundles): cannot resume")
+    step = max(common)
+    return [p[step] for p in found]
+
+
+def summary(run_dir: Path) -> dict[str, Any]:
+    """A finished seed's totals, for the top run.json of a multi-seed job."""
+    info = json.loads((Path(run_dir) / "run.json").read_text())
+    return {k: info.get(k) for k in ("env_steps", "critic_updates", "weights_version", "worker_restarts",
+                                     "wall_time_s")}

@@ -1,11 +1,14 @@
-"""MultiSeedLearner: ONE learner process training S seeds of one config (learner box of the data path, x S).
+"""LearnerActor: THE learner actor of every job, holding S >= 1 seeds' learner state (one seed: S = 1).
 
-Each seed keeps what a single-seed job's Learner has (agent, UTD limiter, replay shards, WeightStore,
-weight versions): it IS a `learner.Learner`, held as a plain object inside this actor. `train()` steps
-all agents together with `algo.fast.make_multiseed_fn` (one call per env step's worth of bundles, the
-seeds overlapping on a GPU), or, for the methods that keep the pre-training loss online, with
-`make_offline_multiseed_fn` (one step of that loss per seed per env step). `LearnerView(handle, group)` is one seed's face of the actor, shaped like a
-Learner handle, so rollout workers, the supervisor and the per-seed driver code run unchanged.
+Each seed keeps what it needs alone (agent, UTD limiter, replay shards, WeightStore, weight versions):
+a `learner.Learner`, held as a plain object inside this actor. `train()` is the one training loop for
+any S: each step runs one bundle for every seed. With one seed the step is that Learner's own update
+fn (and runtime.replay_groups' G bundles per call); with several, `algo.fast.make_multiseed_fn` steps
+all agents in one call per env step's worth of bundles (the seeds overlapping on a GPU), or, for the
+methods that keep the pre-training loss online, `make_offline_multiseed_fn` (one step of that loss
+per seed per env step). `LearnerView(handle, group)` is one seed's face of the actor, shaped like a
+Learner handle, so rollout workers, the supervisor and the per-seed driver code (runtime/seedgroup.py)
+run the same for any S.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from wsrl_dist.runtime.learner import Learner
 from wsrl_dist.runtime.progress import PROGRESS
 
 
-class MultiSeedLearner:
-    """Learner actor for S seeds; per-seed methods take the seed's group index (0..S-1) first.
+class LearnerActor:
+    """Learner actor for S >= 1 seeds; per-seed methods take the seed's group index (0..S-1) first.
 
     `cfgs[i]` is seed i's single-seed config dict (run.seed = that seed), `stores[i]` its WeightStore.
     """
@@ -52,7 +55,7 @@ class MultiSeedLearner:
         self._fn = None  # make_multiseed_fn, built on the first step (graph capture needs batches)
         self._together_out: list[dict[str, Any]] | None = None  # _pretrain_together's, per seed
         self._step_lock = threading.Lock()  # one whole multi-seed step, or one state_dicts() call
-        self.steps = 0  # multi-seed bundles (each = one bundle per seed)
+        self.steps = 0  # steps of train()'s loop (each: one bundle, or one group of G, per seed)
 
     def _one(self, group: int) -> Learner:
         return self.learners[int(group)]
@@ -163,7 +166,7 @@ class MultiSeedLearner:
 
     def stats(self, group: int) -> dict[str, Any]:
         out = self._one(group).stats()
-        out.update(seed=self._one(group).cfg.run.seed, multiseed_steps=self.steps)
+        out.update(seed=self._one(group).cfg.run.seed, learner_steps=self.steps)
         return out
 
     def state_dict(self, group: int) -> dict[str, Any]:
@@ -186,60 +189,78 @@ class MultiSeedLearner:
             lrn.finish()
 
     def train(self) -> list[dict[str, Any]]:
-        """Lock-step: one multi-seed step runs a bundle for EVERY seed, and only once every seed's
-        own limiter allows one. The slowest worker group therefore gates the others (each seed still
-        stays inside its own UTD band; none runs ahead of its data). Returns stats per seed."""
-        lrns = self.learners
+        """Run bundles within every seed's limiter until finish() and every owed update is done;
+        returns stats per seed. One step runs a bundle for EVERY seed, and only once every seed's
+        own limiter allows one (lock-step: the slowest worker group gates the others; each seed
+        still stays inside its own UTD band, none runs ahead of its data). One seed steps with its
+        own update fn (_make_step_fn), and with runtime.replay_groups (one seed only: config.py
+        refuses it with run.seeds) a whole sample request's G bundles run as one call whenever the
+        limiter allows all G."""
+        lrns, first = self.learners, self.learners[0]
         t_start = time.perf_counter()
         for lrn in lrns:
-            lrn._train_start = (t_start, lrn.limiter.updates)
-            lrn.feed = lrn.make_feed()  # each seed samples its own shards, requests in flight
+            lrn.begin_train(t_start)  # each seed samples its own shards, requests in flight
+        groups = first.cfg.runtime.replay_groups and first.feed.group > 1
+        delay = first.cfg.runtime.test_learner_delay_s  # tests only: a deliberately slow learner
         t_wait = time.perf_counter()
         # all() stops at the first seed with nothing owed: lock-step gives every seed the same count
         while all(lrn._wait_for_room() for lrn in lrns):
             t_prev, t0 = t_wait, time.perf_counter()
-            before = [dict(lrn.time_split) for lrn in lrns]
-            batches = [lrn.next_batch() for lrn in lrns]
+            before = [(lrn.time_split["sample_wait"], lrn.time_split["assemble_to_device"]) for lrn in lrns]
+            group = first.next_group() if groups else None
+            batches = [group[0]] if group else [lrn.next_batch() for lrn in lrns]
+            n = len(group) if group else 1
             t2 = time.perf_counter()
-            with contextlib.ExitStack() as held:  # every agent: a checkpoint sees a whole step or none
-                held.enter_context(self._step_lock)
-                for lrn in lrns:
-                    held.enter_context(lrn._agent_lock)
+            # bundles, counters and publish under every lock: a checkpoint sees a whole step or none
+            # (taken by hand, not with an ExitStack: ~2 us less per step, the loop is host-bound)
+            self._step_lock.acquire()
+            for lrn in lrns:
+                lrn._agent_lock.acquire()
+            try:
                 if self._fn is None:
                     self._fn = self._make_step_fn(batches)
                 for lrn in lrns:  # the step is shared: every seed times the same device work
-                    lrn.bundle_timer.start()
-                infos = self._fn(batches)
+                    lrn.bundle_timer.start(n)
+                infos = [first.run_group(group)] if group else self._fn(batches)
                 for lrn in lrns:
                     lrn.bundle_timer.stop()
                 self.steps += 1
                 for lrn, info in zip(lrns, infos):
-                    lrn.after_bundle(info)
+                    lrn.after_bundle(info, n)
                 t3 = time.perf_counter()
                 for lrn in lrns:
-                    lrn.publish_due()
+                    lrn.publish_due(n)
+            finally:
+                for lrn in lrns:
+                    lrn._agent_lock.release()
+                self._step_lock.release()
             t_wait = time.perf_counter()
             # the step is shared: each seed reports the whole step's time split and step time
-            # (sampling: the sum over seeds of what next_batch() measured for each)
-            sampled = {k: sum(lrn.time_split[k] - b[k] for lrn, b in zip(lrns, before))
-                       for k in ("sample_wait", "assemble_to_device")}
-            part = {"limiter_wait": t0 - t_prev, **sampled, "update_launch": t3 - t2,
-                    "publish": t_wait - t3}
-            for lrn, b in zip(lrns, before):
-                for k, v in part.items():
-                    lrn.time_split[k] = b[k] + v
+            # (sampling: the sum over seeds of what next_batch() / next_group() measured for each)
+            wait = sum(lrn.time_split["sample_wait"] for lrn in lrns) - sum(b[0] for b in before)
+            assemble = sum(lrn.time_split["assemble_to_device"] for lrn in lrns) - sum(b[1] for b in before)
+            for lrn, (w, a) in zip(lrns, before):
+                split = lrn.time_split
+                split["limiter_wait"] += t0 - t_prev
+                split["sample_wait"], split["assemble_to_device"] = w + wait, a + assemble
+                split["update_launch"] += t3 - t2
+                split["publish"] += t_wait - t3
                 lrn.step_hist.observe(t_wait - t0)
+            if delay:
+                time.sleep(delay)
         for lrn in lrns:
-            lrn.feed.close()
-            with lrn._agent_lock:
-                lrn.drain_publishing()
-            lrn.train_seconds += time.perf_counter() - t_start
+            lrn.end_train(t_start)
         return [self.stats(i) for i in range(len(lrns))]
 
     def _make_step_fn(self, examples: list) -> Any:
-        """One multi-seed step: every seed's SAC bundle, or every seed's step of the pre-training loss
-        kept online (offline_continued / offline_retained: CQL and Cal-QL as ONE S-seed fused step on
-        the fused paths, as pre-training runs them; otherwise the seeds' steps one after another)."""
+        """One step, `examples[i]` seed i's batch. One seed: its Learner's own update fn (a SAC
+        bundle or a step of the kept loss: what a one-seed learner always ran). Several: every
+        seed's SAC bundle in one call, or every seed's step of the pre-training loss kept online
+        (offline_continued / offline_retained: CQL and Cal-QL as ONE S-seed fused step on the fused
+        paths, as pre-training runs them; otherwise the seeds' steps one after another)."""
+        if len(self.learners) == 1:
+            bundle = self.learners[0].update_fn(examples[0])
+            return lambda batches: [bundle(batches[0])]
         agents, c, loss = [lrn.agent for lrn in self.learners], self.cfg, self.learners[0].online_loss
         if loss == "sac":
             return make_multiseed_fn(agents, c.sac, self.mode, examples=examples,
@@ -257,7 +278,7 @@ def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]
 
 
 class LearnerView:
-    """Seed group `group`'s handle on a MultiSeedLearner actor: `view.m.remote(*a)` calls
+    """Seed group `group`'s handle on a LearnerActor: `view.m.remote(*a)` calls
     `actor.m.remote(group, *a)`. Picklable (it travels to rollout workers inside their arguments)."""
 
     def __init__(self, handle: Any, group: int):
