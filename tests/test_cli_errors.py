@@ -84,7 +84,7 @@ def test_project_errors_survive_pickling_as_ray_sends_them():
 
     from wsrl_dist.data.schema import DatasetError, DatasetNotFoundError
     from wsrl_dist.errors import CheckpointError, one_line
-    from wsrl_dist.runtime.wire import WireError
+    from wsrl_dist.runtime.datapath.wire import WireError
 
     for err in (DatasetError("/d.hdf5", "rewards", "contains NaN", 5), DatasetNotFoundError("/d", "gone"),
                 WireError("schema", "actions out of bounds"), CheckpointError("/c: meta.json missing")):

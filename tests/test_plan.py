@@ -64,7 +64,7 @@ def test_seeds_and_one_seed_groups_plan():
 def test_a_learner_follows_the_plan_it_is_handed(tmp_path):
     """The driver's plan reaches the learner's limiter; the config is not read for it again."""
     from tests.runtime.conftest import tiny_config
-    from wsrl_dist.runtime.learner import Learner
+    from wsrl_dist.runtime.datapath.learner import Learner
 
     cfg = tiny_config(tmp_path / "run")
     own = RunPlan.of(cfg)

@@ -60,7 +60,7 @@ def _assert_same_agent(a, b) -> None:
 def test_learner_killed_mid_pretraining_resumes_to_the_same_agent(tmp_path, monkeypatch, fast_path):
     """auto (CPU: the eager step) and fused (algo/fused_offline.py, whose flat buffers the agent's
     state_dict must see for the partial checkpoints)."""
-    from wsrl_dist.runtime.learner import Learner
+    from wsrl_dist.runtime.datapath.learner import Learner
 
     pre = [*_pre(tmp_path), f"run.fast_path={fast_path}"]
     ref = Learner(tiny_config(tmp_path / "ref", *pre).to_dict(), None)
@@ -107,7 +107,7 @@ def test_local_run_killed_mid_pretraining_resumes_from_its_checkpoint(tmp_path, 
 
 
 def test_a_checkpoint_of_another_dataset_is_refused_by_name(tmp_path, monkeypatch):
-    from wsrl_dist.runtime.learner import Learner
+    from wsrl_dist.runtime.datapath.learner import Learner
 
     pre = _pre(tmp_path)
     cfg = tiny_config(tmp_path / "run", *pre).to_dict()
@@ -121,7 +121,7 @@ def test_a_checkpoint_of_another_dataset_is_refused_by_name(tmp_path, monkeypatc
 
 
 def test_a_checkpoint_of_another_pretraining_algorithm_is_refused_by_name(tmp_path, monkeypatch):
-    from wsrl_dist.runtime.learner import Learner
+    from wsrl_dist.runtime.datapath.learner import Learner
 
     _die_at(monkeypatch, 7)
     with pytest.raises(_Killed):

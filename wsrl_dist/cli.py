@@ -3,7 +3,7 @@
   wsrl-dist run [CONFIG...] [k=v...]          single process: pretrain -> warmup -> online (local.py)
   wsrl-dist pretrain [CONFIG...] [k=v...]     offline stage only (checkpoints/pretrained.pt)
   wsrl-dist finetune CKPT [CONFIG...]         warmup + online from a pre-trained checkpoint
-  wsrl-dist launch [CONFIG...] [k=v...]       the distributed Ray job (runtime/driver.py)
+  wsrl-dist launch [CONFIG...] [k=v...]       the distributed Ray job (runtime/orchestration/driver.py)
   wsrl-dist scale --workers N [--address A]   resize the rollout pool of a running job
   wsrl-dist status [RUN_DIR|NAME] [--json]    stage, progress + ETA, throughput, UTD, replay, lag
   wsrl-dist build-dataset TASK [k=v...]       D4RL-recipe dataset into the cache
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv  # anywhere on the line: the full traceback of a project error
     args = parser.parse_args([a for a in argv if a != "--debug"])
     from wsrl_dist.config import ConfigError
-    from wsrl_dist.runtime.stop import JobStopped
+    from wsrl_dist.runtime.orchestration.stop import JobStopped
     from wsrl_dist.storage import ResumeError
 
     try:
@@ -134,14 +134,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             args.resume = str(check_resume_dir(args.resume))
         if args.resume and args.cmd == "launch":
-            from wsrl_dist.runtime import driver
+            from wsrl_dist.runtime.orchestration import driver
 
             print(f"run dir: {driver.resume(args.resume, _command(), force_config=args.force_config)}")
             return 0
         extra = ["finetune.online_steps=0"] if args.cmd == "pretrain" else []
         cfg = _load_run(args.resume, args.items, extra) if args.resume else _load(args.items, extra)
         if args.cmd == "launch":
-            from wsrl_dist.runtime import driver
+            from wsrl_dist.runtime.orchestration import driver
 
             run_dir = driver.launch(cfg, _command())
         else:
@@ -157,11 +157,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"run dir: {local.run(cfg, _command())}")
         return 0
     if args.cmd == "status":
-        from wsrl_dist.runtime.control import status_command
+        from wsrl_dist.runtime.orchestration.control import status_command
 
         return status_command(args.address, args.job, args.json)
     if args.cmd == "scale":
-        from wsrl_dist.runtime import driver
+        from wsrl_dist.runtime.orchestration import driver
 
         print(json.dumps(driver.scale(args.address, args.workers), indent=2, default=str))
         return 0

@@ -102,7 +102,7 @@ class RunSection:
     seed: int = 0  # a multi-seed run ignores it
     # Several seeds of this config trained by ONE learner (`wsrl-dist launch` only): each seed gets its
     # own rollout worker group, replay shards, weights and UTD limiter, and <run_dir>/seed-<s>/ holds
-    # what a single-seed run dir holds (runtime/stages.py). Empty (default) or one entry: a plain
+    # what a single-seed run dir holds (runtime/orchestration/stages.py). Empty (default) or one entry: a plain
     # single-seed run with run.seed (one entry replaces run.seed).
     seeds: list[int] = field(default_factory=list)
     # where run dirs go (wsrl_dist/storage.py): auto = $WSRL_DIST_STORAGE or ~/wsrl_dist/runs (made

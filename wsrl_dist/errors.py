@@ -32,7 +32,7 @@ def project_errors() -> tuple[type[BaseException], ...]:
     from wsrl_dist.config import ConfigError
     from wsrl_dist.data.schema import SchemaError
     from wsrl_dist.envs.tasks import UnknownTaskError
-    from wsrl_dist.runtime.wire import WireError
+    from wsrl_dist.runtime.datapath.wire import WireError
 
     return (ProjectError, ConfigError, SchemaError, WireError, UnknownTaskError)
 

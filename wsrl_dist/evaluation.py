@@ -54,7 +54,7 @@ def q_probe(policy: Policy, critic_state: dict, cfg, task, episodes: int, seed: 
     Why this estimator and not MC returns of the online batch rows: a row's return-to-go is known
     only when its episode ends, so labelling replay rows means holding every episode in the rollout
     workers (delays rows, and the rollout side of the UTD limiter must be turned off for it:
-    runtime/learner.py `rollout_slack`) just to log a diagnostic. Here `episodes` fresh episodes of
+    runtime/datapath/learner.py `rollout_slack`) just to log a diagnostic. Here `episodes` fresh episodes of
     the *stochastic* policy (SAC's Q, with backup_entropy off, is the expected discounted return of
     the sampled policy) are rolled out off the training path, and at every visited (s, a) the mean
     over the critic ensemble of Q(s, a) is set against that episode's discounted return-to-go in the

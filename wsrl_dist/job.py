@@ -1,4 +1,4 @@
-"""Job setup shared by the single-process pipeline (local.py) and the Ray driver (runtime/driver.py):
+"""Job setup shared by the single-process pipeline (local.py) and the Ray driver (runtime/orchestration/driver.py):
 run directory, device, offline dataset resolution, agent construction, checkpoints of the agent.
 """
 

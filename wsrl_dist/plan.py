@@ -1,6 +1,6 @@
 """RunPlan: what a job will do, derived from its config once (stages, UTD, rows, losses, seeds).
 
-The driver (runtime/driver.py) and the single-process pipeline (local.py) each build one from the
+The driver (runtime/orchestration/driver.py) and the single-process pipeline (local.py) each build one from the
 config and hand it on (learner, rollout workers, replay shards, run.json); nothing below them
 derives these quantities from the config again. An actor built alone (a test) plans for itself from
 its config: the same function, so the numbers cannot differ. No torch, no ray.

@@ -1,6 +1,6 @@
 """Offline pre-training stage (dataset -> CQL / Cal-QL / IQL updates -> agent to fine-tune).
 
-Shared by the single-process pipeline (local.py) and the Ray learner (runtime/learner.py).
+Shared by the single-process pipeline (local.py) and the Ray learner (runtime/datapath/learner.py).
 """
 
 from __future__ import annotations

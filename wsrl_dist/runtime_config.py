@@ -41,7 +41,7 @@ class RuntimeConfig:
     # sample requests kept in flight when prefetch is on: one Ray sample round trip (~2.5 ms for
     # 1,024 rows) is longer than a GPU bundle (~1 ms), so none in flight leaves the learner waiting
     prefetch_depth: int = 2
-    # bundles' rows fetched per sample request (runtime/feed.py): one Ray round trip, one shuffle and
+    # bundles' rows fetched per sample request (runtime/datapath/feed.py): one Ray round trip, one shuffle and
     # one host->device copy serve this many bundles. Rows are then sampled up to
     # (prefetch_depth + 1) * sample_bundles bundles (= env steps) before use; 1 without prefetch.
     sample_bundles: int = 4
@@ -56,10 +56,10 @@ class RuntimeConfig:
     # TEST ONLY: the learner sleeps this long after every update bundle, a deliberately slow learner
     # (tests/runtime/test_utd_band.py holds the UTD band with it); 0 in every real run
     test_learner_delay_s: float = 0.0
-    # driver watchdog (runtime/watchdog.py): no env step stored and no critic update for this many
+    # driver watchdog (runtime/orchestration/watchdog.py): no env step stored and no critic update for this many
     # seconds in the warmup or online stage ends the job with an error naming the stuck actors
     stall_timeout_s: float = 300.0
-    # replay shards survive a killed process (runtime/replay.py): Ray restarts a shard up to this many
+    # replay shards survive a killed process (runtime/datapath/replay.py): Ray restarts a shard up to this many
     # times and it refills from its newest snapshot, written every replay_snapshot_s seconds (0 = no
     # snapshots: a restarted shard starts empty) under <run_dir>/replay; rows since it are lost
     # (counted: wsrl_replay_rows_lost_total). A 1M-row shard's snapshot is ~100-200 MB of writes.

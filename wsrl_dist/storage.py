@@ -105,7 +105,7 @@ def check_resume_dir(run_dir: str | os.PathLike) -> Path:
         raise ResumeError(f"cannot resume {run_dir}: not a directory")
     if not (path / "config.yaml").is_file():
         raise ResumeError(f"cannot resume {run_dir}: no config.yaml in it, not a run directory")
-    # a multi-seed run dir keeps one seed-<s>/checkpoints/ per seed (runtime/stages.py)
+    # a multi-seed run dir keeps one seed-<s>/checkpoints/ per seed (runtime/orchestration/stages.py)
     if not (path / "checkpoints").is_dir() and not any(path.glob("seed-*/checkpoints")):
         raise ResumeError(f"cannot resume {run_dir}: no checkpoints/ in it, not a run directory")
     return path

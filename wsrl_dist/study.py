@@ -23,7 +23,7 @@ Study dir (default studies/<name>; `--dir`):
     runs/<task>/<method>/  a cell; seed-<s>/ holds each seed's single-seed run dir contents
     results/               CSVs, figures and table.md of `wsrl-dist report --study DIR`
 
-The seeds of a cell train in one multi-seed learner (`run.seeds`, runtime/stages.py): SAC bundles
+The seeds of a cell train in one multi-seed learner (`run.seeds`, runtime/orchestration/stages.py): SAC bundles
 for wsrl, wsrl_no_warmup, sac_scratch, rlpd, the pre-training loss kept online for offline_continued
 and offline_retained; each seed's run dir is runs/<task>/<method>/seed-<s>/.
 
@@ -191,7 +191,7 @@ class Study:
     def pretrain_together(self, task: str) -> bool:
         """Pre-train a task's seeds in one process and one loop (local.pretrain_seeds) where its step
         is one S-seed fused step: CQL / Cal-QL on a fused fast path (the GPU default), as the
-        multi-seed learner does (runtime/learneractor.py). Elsewhere each seed runs alone, exactly as
+        multi-seed learner does (runtime/datapath/learneractor.py). Elsewhere each seed runs alone, exactly as
         `wsrl-dist pretrain` of that seed (no gain from one loop, and its own noise stream)."""
         import torch
 
@@ -268,7 +268,7 @@ class Study:
                 else:
                     local.run(cfg, what, resume=(run_dir / "config.yaml").is_file())
             else:
-                from wsrl_dist.runtime import driver
+                from wsrl_dist.runtime.orchestration import driver
 
                 if (run_dir / "config.yaml").is_file():  # killed mid-run: continue it
                     driver.resume(run_dir, command or f"study {self.spec.name}: resume {u['id']}")

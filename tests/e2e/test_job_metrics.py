@@ -46,7 +46,7 @@ def test_prometheus_reads_throughput_and_utd_of_a_running_job_and_the_dashboard_
         # the limiter holds critic updates near utd per online env step; Prometheus sees the same
         assert 0.25 * UTD < utd < 2.0 * UTD, utd
         assert steps_per_s < 1e5
-        # the stage series (runtime/progress.py): online, part done, at a rate, with an ETA
+        # the stage series (runtime/instrumentation/progress.py): online, part done, at a rate, with an ETA
         assert prom.wait_for('wsrl_stage{stage="online"}', lambda v: v == 1.0, timeout=30) == 1.0
         assert prom.query_value('wsrl_stage{stage="pretrain"}') == 0.0
         assert 0 < prom.query_value("wsrl_stage_progress") <= 1

@@ -69,7 +69,7 @@ class PendulumLoop:
                         "utd_actual": updates / steps,
                         "utd_target": 0.5,
                         "learner_step_seconds": step_hist.to_dict(),
-                        # the stage line's fields (runtime/progress.py): the online stage's share, rate, ETA
+                        # the stage line's fields (runtime/instrumentation/progress.py): the online stage's share, rate, ETA
                         "stage": "online" if steps < N_STEPS else "done",
                         "stage_progress": steps / N_STEPS, "stage_steps_per_second": steps / dt,
                         "stage_eta_seconds": (N_STEPS - steps) / (steps / dt),

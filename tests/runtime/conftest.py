@@ -43,7 +43,7 @@ class BackgroundJob:
     """`driver.launch` in a thread; `wait_for(pred)` polls the job's status from this thread."""
 
     def __init__(self, cfg: RunConfig, launch: Callable[..., Path] | None = None):
-        from wsrl_dist.runtime import driver
+        from wsrl_dist.runtime.orchestration import driver
 
         self.cfg, self.result, self.error = cfg, None, None
         self.statuses: list[dict[str, Any]] = []
@@ -58,7 +58,7 @@ class BackgroundJob:
             self.error = e
 
     def status(self) -> dict[str, Any]:
-        from wsrl_dist.runtime import driver
+        from wsrl_dist.runtime.orchestration import driver
 
         st = driver.status(None, job=Path(self.cfg.run.run_dir).name)
         self.statuses.append(st)

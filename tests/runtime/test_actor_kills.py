@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.runtime.conftest import BackgroundJob, read_records, run_json, tiny_config
-from wsrl_dist.runtime import checkpoint
-from wsrl_dist.runtime.learner import first_update_step
+from wsrl_dist.runtime.datapath.learner import first_update_step
+from wsrl_dist.runtime.orchestration import checkpoint
 
 K, TOTAL, UTD = 200, 800, 4
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ CLI_OVERRIDES = [f"finetune.warmup_steps={K}", "finetune.online_steps=900", "fin
 
 def test_killed_learner_ends_the_job_in_one_line_and_resume_finishes_it(ray_local, tmp_path):
     from wsrl_dist import cli
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     run_dir = tmp_path / "learner"
     cfg = tiny_config(run_dir, *CLI_OVERRIDES)

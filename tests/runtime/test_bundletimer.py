@@ -1,11 +1,11 @@
-"""BundleTimer: sampled device time per bundle and the device-busy share (runtime/bundletimer.py)."""
+"""BundleTimer: sampled device time per bundle and the device-busy share (runtime/instrumentation/bundletimer.py)."""
 
 import time
 
 import pytest
 import torch
 
-from wsrl_dist.runtime.bundletimer import BundleTimer
+from wsrl_dist.runtime.instrumentation.bundletimer import BundleTimer
 
 
 def test_cpu_samples_every_nth_bundle_and_busy_share():

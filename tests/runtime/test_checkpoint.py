@@ -1,4 +1,4 @@
-"""Job checkpoints (runtime/checkpoint.py), unit level on real files: a DONE marker written last,
+"""Job checkpoints (runtime/orchestration/checkpoint.py), unit level on real files: a DONE marker written last,
 resume takes the newest checkpoint that loads and falls back past a truncated or incomplete one
 with a one-line warning, a config-hash mismatch is refused, pruning never drops the last good one,
 stale temp directories go. Plus the local pipeline's latest.pt / replay file pairing."""
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from wsrl_dist.errors import CheckpointError
-from wsrl_dist.runtime import checkpoint
-from wsrl_dist.runtime.replay import ReplayShard
-from wsrl_dist.runtime.wire import encode_chunk
+from wsrl_dist.runtime.datapath.replay import ReplayShard
+from wsrl_dist.runtime.datapath.wire import encode_chunk
+from wsrl_dist.runtime.orchestration import checkpoint
 
 O, A = 4, 1  # noqa: E741
 
@@ -77,7 +77,7 @@ def test_a_broken_newest_checkpoint_falls_back_to_the_previous_with_one_warning(
     _save(tmp_path, 100)
     _save(tmp_path, 200)
     damage(_step(tmp_path, 200) / fname)
-    with caplog.at_level(logging.WARNING, logger="wsrl_dist.runtime.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="wsrl_dist.runtime.orchestration.checkpoint"):
         found = checkpoint.load_newest(tmp_path, config_hash="abc")
     assert found.path == _step(tmp_path, 100) and found.counters["env_steps"] == 100
     warnings = [r.getMessage() for r in caplog.records]
@@ -137,7 +137,7 @@ def test_launch_resume_skips_a_newest_checkpoint_without_meta_json_and_keeps_the
     """Before: with the newest checkpoint's meta.json gone, `launch --resume` silently started over
     and later pruned the older intact checkpoint. Now it resumes from the older one (one warning)."""
     from tests.runtime.conftest import run_json, tiny_config
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     run_dir = tmp_path / "run"
     # paced (slacks as in test_resume) so that the monitor sees the periodic checkpoints come due
@@ -149,7 +149,7 @@ def test_launch_resume_skips_a_newest_checkpoint_without_meta_json_and_keeps_the
     assert names[-1] == "step_0000000400" and len(names) == 2, names
     older = run_dir / "checkpoints" / names[0]
     (run_dir / "checkpoints" / names[-1] / "meta.json").unlink()
-    with caplog.at_level(logging.WARNING, logger="wsrl_dist.runtime.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="wsrl_dist.runtime.orchestration.checkpoint"):
         driver.resume(run_dir)
     assert any("meta.json is missing" in r.getMessage() for r in caplog.records)
     info = run_json(run_dir)

@@ -1,4 +1,4 @@
-"""Exposure of a local Ray (runtime/exposure.py): the token file owner-only, a warning when token auth
+"""Exposure of a local Ray (runtime/orchestration/exposure.py): the token file owner-only, a warning when token auth
 is switched off, and what Ray 2.60 does with a loopback node address (why we cannot bind it there)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import stat
 
-from wsrl_dist.runtime import exposure
+from wsrl_dist.runtime.orchestration import exposure
 
 
 def test_a_readable_token_file_is_made_owner_only(tmp_path, monkeypatch):
@@ -21,7 +21,7 @@ def test_a_readable_token_file_is_made_owner_only(tmp_path, monkeypatch):
 
 def test_disabled_token_auth_is_warned_about(monkeypatch, caplog):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    with caplog.at_level(logging.WARNING, logger="wsrl_dist.runtime.exposure"):
+    with caplog.at_level(logging.WARNING, logger="wsrl_dist.runtime.orchestration.exposure"):
         assert exposure.warn_if_auth_disabled()
     assert "RAY_AUTH_MODE=disabled" in caplog.text
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
@@ -29,7 +29,7 @@ def test_disabled_token_auth_is_warned_about(monkeypatch, caplog):
 
 
 def test_ray_turns_a_loopback_node_address_into_a_routable_one():
-    """The reason runtime/exposure.py relies on token auth instead of 127.0.0.1: if a Ray release
+    """The reason runtime/orchestration/exposure.py relies on token auth instead of 127.0.0.1: if a Ray release
     starts honouring loopback here, this fails and the driver can pass _node_ip_address."""
     from ray._private import services
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tests.runtime.test_wire import A, O
-from wsrl_dist.runtime.feed import ReplayFeed, split_rows
-from wsrl_dist.runtime.hostcopy import HostCopy
-from wsrl_dist.runtime.replay import ReplayShard
-from wsrl_dist.runtime.wire import encode_chunk
+from wsrl_dist.runtime.datapath.feed import ReplayFeed, split_rows
+from wsrl_dist.runtime.datapath.hostcopy import HostCopy
+from wsrl_dist.runtime.datapath.replay import ReplayShard
+from wsrl_dist.runtime.datapath.wire import encode_chunk
 
 
 def rows_with_ids(ids: np.ndarray) -> bytes:

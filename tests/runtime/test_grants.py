@@ -1,4 +1,4 @@
-"""Grant calls that wait in the learner (Learner.wait_for_env_steps, runtime/grants.py) instead of
+"""Grant calls that wait in the learner (Learner.wait_for_env_steps, runtime/datapath/grants.py) instead of
 polling it: a refused call sleeps until the training loop's updates make a grant quantum of room,
 until its wait runs out, or until the budget is spent. Plain threads, no Ray."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.runtime.conftest import tiny_config
-from wsrl_dist.runtime.learner import Learner, first_update_step
+from wsrl_dist.runtime.datapath.learner import Learner, first_update_step
 
 WARMUP, TOTAL, SLACK, QUANTUM = 100, 400, 16, 8
 

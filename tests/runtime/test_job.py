@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.runtime.conftest import BackgroundJob, read_records, run_json, tiny_config
-from wsrl_dist.runtime import checkpoint
-from wsrl_dist.runtime.learner import first_update_step
+from wsrl_dist.runtime.datapath.learner import first_update_step
+from wsrl_dist.runtime.orchestration import checkpoint
 
 K, TOTAL, UTD, UTD_SLACK, ROLLOUT_SLACK = 200, 1400, 4, 16, 32
 
@@ -31,7 +31,7 @@ def live(ray_local, tmp_path_factory):
     bg = BackgroundJob(cfg)
     events: dict = {}
     bg.wait_for(lambda s: s["phase"] == "online" and s["env_steps"] > K + 50)
-    code = ("import json, sys; from wsrl_dist.runtime import driver; "
+    code = ("import json, sys; from wsrl_dist.runtime.orchestration import driver; "
             "print(json.dumps(driver.scale(sys.argv[1], 4))); print(json.dumps(driver.status(sys.argv[1])))")
     out = subprocess.run([sys.executable, "-c", code, ray_local], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -45,7 +45,7 @@ def live(ray_local, tmp_path_factory):
     events["after_kill"] = bg.wait_for(lambda s: s["worker_restarts_total"] >= 1 and any(
         w["id"] == 1 and w["pid"] not in (None, victim["pid"]) and w["state"] == "running"
         for w in s["workers"]))
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     driver.scale(None, 1, job=cfg.run.run_dir.rsplit("/", 1)[-1])
     events["scaled_down"] = bg.wait_for(lambda s: s["workers_alive"] == 1)

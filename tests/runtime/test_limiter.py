@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wsrl_dist.runtime.limiter import UtdLimiter
+from wsrl_dist.runtime.datapath.limiter import UtdLimiter
 
 
 def test_no_updates_until_warmup_is_passed_then_utd_per_env_step_plus_slack():

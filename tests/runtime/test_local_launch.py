@@ -10,7 +10,7 @@ from tests.runtime.conftest import run_json, tiny_config
 
 
 def test_launch_without_a_running_ray_schedules_every_worker_on_a_small_machine(tmp_path):
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     assert not ray.is_initialized()
     cfg = tiny_config(tmp_path / "local", "finetune.warmup_steps=150", "finetune.online_steps=400",

@@ -16,8 +16,8 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.runtime.conftest import BackgroundJob, read_records, run_json, tiny_config
-from wsrl_dist.runtime import checkpoint
-from wsrl_dist.runtime.learner import first_update_step
+from wsrl_dist.runtime.datapath.learner import first_update_step
+from wsrl_dist.runtime.orchestration import checkpoint
 
 SEEDS, K, TOTAL, UTD, UTD_SLACK, ROLLOUT_SLACK = (0, 1), 150, 1000, 4, 16, 32
 
@@ -30,7 +30,7 @@ def multi(ray_local, tmp_path_factory):
         "runtime.num_workers=1", f"runtime.utd_slack={UTD_SLACK}", f"runtime.rollout_slack={ROLLOUT_SLACK}",
         "run.checkpoint_every=100000", "run.progress=true",
     )
-    out = io.StringIO()  # the driver's stdout: the progress lines (runtime/progress.py), not a terminal
+    out = io.StringIO()  # the driver's stdout: the progress lines (runtime/instrumentation/progress.py), not a terminal
     stdout = contextlib.redirect_stdout(out)
     stdout.__enter__()
     try:
@@ -46,7 +46,7 @@ def _run_multi(cfg, out):
         st.get("env_steps", 0) > K + 50 for st in s["seeds"].values()))
     url = run_json(cfg.run.run_dir)["metrics_url"]
     events["metrics"] = urllib.request.urlopen(url, timeout=10).read().decode()
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     events["ack"] = driver.scale(None, 2, job=cfg.run.run_dir.rsplit("/", 1)[-1])
     events["scaled"] = bg.wait_for(lambda s: all(st["workers_alive"] == 2 for st in s["seeds"].values()))
@@ -167,7 +167,7 @@ def test_scaling_applies_to_every_group_and_metrics_carry_a_seed_label(multi):
 
 
 def test_resume_picks_the_newest_checkpoint_step_every_seed_has(tmp_path):
-    from wsrl_dist.runtime.seedgroup import common_checkpoints
+    from wsrl_dist.runtime.orchestration.seedgroup import common_checkpoints
 
     def save(seed: int, env_steps: int, bundles: int) -> Path:
         path = tmp_path / f"seed-{seed}" / "checkpoints" / f"step_{env_steps:010d}"
@@ -193,7 +193,7 @@ def test_a_multi_seed_resume_checks_each_seeds_config_hash_like_a_single_seed_re
     by a config hashing differently (what checkpoint.load_newest does for one seed), and
     --force-config takes them anyway."""
     from wsrl_dist.errors import CheckpointError
-    from wsrl_dist.runtime.seedgroup import resume_points, seed_configs
+    from wsrl_dist.runtime.orchestration.seedgroup import resume_points, seed_configs
 
     cfg = tiny_config(tmp_path / "run", "run.seeds=[0,1]")
     hashes = [c.hash() for c in seed_configs(cfg)]
@@ -208,8 +208,8 @@ def test_a_multi_seed_resume_checks_each_seeds_config_hash_like_a_single_seed_re
 
 
 def test_each_seed_starts_from_the_agent_a_single_seed_learner_of_that_seed_builds(tmp_path):
-    from wsrl_dist.runtime.learner import Learner
-    from wsrl_dist.runtime.learneractor import LearnerActor
+    from wsrl_dist.runtime.datapath.learner import Learner
+    from wsrl_dist.runtime.datapath.learneractor import LearnerActor
 
     cfgs = [tiny_config(tmp_path / f"s{s}", f"run.seed={s}").to_dict() for s in (3, 8)]
     multi = LearnerActor(cfgs, [None, None])  # no Ray needed until the shards are used
@@ -222,8 +222,8 @@ def test_each_seed_starts_from_the_agent_a_single_seed_learner_of_that_seed_buil
 
 def test_each_seed_is_pre_trained_exactly_as_a_single_seed_learner_of_that_seed(tmp_path):
     from tests.runtime.test_sync import write_d4rl_file
-    from wsrl_dist.runtime.learner import Learner
-    from wsrl_dist.runtime.learneractor import LearnerActor
+    from wsrl_dist.runtime.datapath.learner import Learner
+    from wsrl_dist.runtime.datapath.learneractor import LearnerActor
 
     write_d4rl_file(tmp_path / "data.hdf5")
     pre = ["finetune.method=wsrl", "pretrain.algo=cql", "pretrain.steps=20", "pretrain.batch_size=32",
@@ -253,8 +253,8 @@ def test_fused_pretraining_steps_every_seed_together_each_on_its_own_sampler(tmp
     from tests.runtime.test_sync import write_d4rl_file
     from wsrl_dist import job
     from wsrl_dist.pretrain import DeviceSampler, pretrain_agents, training_arrays
-    from wsrl_dist.runtime.learner import Learner
-    from wsrl_dist.runtime.learneractor import LearnerActor
+    from wsrl_dist.runtime.datapath.learner import Learner
+    from wsrl_dist.runtime.datapath.learneractor import LearnerActor
 
     write_d4rl_file(tmp_path / "data.hdf5")
     pre = ["finetune.method=wsrl", "pretrain.algo=calql", "pretrain.steps=6", "pretrain.batch_size=32",
@@ -287,7 +287,7 @@ def test_learner_state_is_a_snapshot_not_views_of_the_live_agent(tmp_path):
     """state_dict() copies every tensor under the learner's locks, also on CPU: Ray serializes it
     after they are released, and views of the live agent came out torn by the steps in between (a
     2-seed CPU checkpoint whose actor Adam steps read 243 and 244 was refused at resume)."""
-    from wsrl_dist.runtime.learner import Learner
+    from wsrl_dist.runtime.datapath.learner import Learner
 
     lrn = Learner(tiny_config(tmp_path / "s", "run.fast_path=fused").to_dict(), None)
     state = lrn.state_dict()

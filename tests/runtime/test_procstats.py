@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from wsrl_dist.runtime.procstats import ProcessStats
+from wsrl_dist.runtime.instrumentation.procstats import ProcessStats
 
 
 def test_counts_cpu_gc_and_grants():
@@ -30,7 +30,7 @@ def test_counts_cpu_gc_and_grants():
 def test_monitor_exports_the_learner_process_counters():
     """Learner stats -> Monitor -> Prometheus snapshot and metrics.jsonl throughput record."""
     from wsrl_dist.ops.metrics import metric_families
-    from wsrl_dist.runtime.monitor import Monitor
+    from wsrl_dist.runtime.instrumentation.monitor import Monitor
 
     class _Task:  # the monitor reads only this of the task
         has_ref_scores = False

@@ -1,4 +1,4 @@
-"""What a person who launches a job sees (runtime/progress.py): the run dir and metrics URL first, then
+"""What a person who launches a job sees (runtime/instrumentation/progress.py): the run dir and metrics URL first, then
 one progress line per stage that ran (build, pretrain, warmup, online) ending at the stage's total,
 stage fields in metrics.jsonl and the status while the learner is still inside prepare(), the
 `wsrl-dist status` summary and `--json`, the choice among several running jobs, and the metrics URL
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.runtime.conftest import BackgroundJob, read_records, run_json, tiny_config
-from wsrl_dist.runtime.progress import StageLines, StageProgress, StageRecord
+from wsrl_dist.runtime.instrumentation.progress import StageLines, StageProgress, StageRecord
 
 K, TOTAL, PRE, BEHAVIOUR, ROWS = 100, 400, 150, 600, 1000
 WSRL_DIST = str(Path(sys.executable).with_name("wsrl-dist"))
@@ -46,7 +46,7 @@ def ray_cache(tmp_path_factory):
 def launched(ray_cache, tmp_path_factory):
     """A job that builds its dataset, pre-trains, warms up and runs online, its stdout captured
     (not a terminal: the plain-line mode `ray job submit` gets); its status read during pre-training."""
-    from wsrl_dist.runtime.control import status_command
+    from wsrl_dist.runtime.orchestration.control import status_command
 
     cfg = tiny_config(
         tmp_path_factory.mktemp("progress") / "job", "finetune.method=wsrl", "pretrain.algo=cql",
@@ -120,7 +120,7 @@ def test_status_lists_several_running_jobs_instead_of_picking_one(launched, ray_
     its run.json records, with no --address."""
     import ray
 
-    from wsrl_dist.runtime.control import make_controller
+    from wsrl_dist.runtime.orchestration.control import make_controller
 
     dirs = [tmp_path / "job-a", tmp_path / "job-b"]
     ctrls = [make_controller(d) for d in dirs]
@@ -145,8 +145,8 @@ def test_status_lists_several_running_jobs_instead_of_picking_one(launched, ray_
 
 def test_a_taken_metrics_port_says_which_url_serves_instead(caplog):
     from wsrl_dist.config import RuntimeConfig
-    from wsrl_dist.runtime.driver import _port_note, _start_metrics
-    from wsrl_dist.runtime.progress import announce_metrics
+    from wsrl_dist.runtime.instrumentation.progress import announce_metrics
+    from wsrl_dist.runtime.orchestration.driver import _port_note, _start_metrics
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

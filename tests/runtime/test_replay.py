@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests.runtime.test_wire import A, O, columns
-from wsrl_dist.runtime.replay import ReplayShard
-from wsrl_dist.runtime.wire import encode_chunk
+from wsrl_dist.runtime.datapath.replay import ReplayShard
+from wsrl_dist.runtime.datapath.wire import encode_chunk
 
 
 def chunk(n: int, version: int, seed: int = 0, returns=()) -> bytes:

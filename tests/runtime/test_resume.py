@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from tests.runtime.conftest import read_records, run_json
-from wsrl_dist.runtime import checkpoint
-from wsrl_dist.runtime.learner import first_update_step
+from wsrl_dist.runtime.datapath.learner import first_update_step
+from wsrl_dist.runtime.orchestration import checkpoint
 
 K, TOTAL, UTD = 100, 700, 4
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ OVERRIDES = [f"finetune.warmup_steps={K}", f"finetune.online_steps={TOTAL}", "fi
 CHILD = """
 import sys
 from tests.runtime.conftest import tiny_config
-from wsrl_dist.runtime import driver
+from wsrl_dist.runtime.orchestration import driver
 cfg = tiny_config(sys.argv[1], f"runtime.address={sys.argv[2]}", *sys.argv[3:])
 driver.launch(cfg, "pytest child")
 """
@@ -33,7 +33,7 @@ driver.launch(cfg, "pytest child")
 
 def test_resume_after_driver_kill_restores_identical_counters_and_finishes(ray_local, tmp_path):
     from tests.runtime.conftest import tiny_config
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     run_dir = tmp_path / "resume"
     log = open(tmp_path / "child.log", "w")
@@ -76,7 +76,7 @@ def test_resume_after_driver_kill_restores_identical_counters_and_finishes(ray_l
 
 def test_multi_seed_resume_after_driver_kill_restores_every_seed_at_one_step_and_finishes(ray_local, tmp_path):
     from tests.runtime.conftest import tiny_config
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     run_dir = tmp_path / "multi"
     overrides = [*OVERRIDES, "run.seeds=[0,1]", "runtime.num_workers=1"]
@@ -129,8 +129,8 @@ def test_a_job_killed_during_pretraining_resumes_from_its_pretraining_checkpoint
     from tests.test_pretrain_resume import _die_at, _Killed, _pre
     from wsrl_dist import job
     from wsrl_dist.pretrain import PARTIAL
-    from wsrl_dist.runtime import driver
-    from wsrl_dist.runtime.learner import Learner
+    from wsrl_dist.runtime.datapath.learner import Learner
+    from wsrl_dist.runtime.orchestration import driver
 
     run_dir = tmp_path / "run"
     cfg = tiny_config(run_dir, *_pre(tmp_path, "cql"), "finetune.warmup_steps=50", "finetune.online_steps=80",

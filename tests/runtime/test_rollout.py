@@ -8,9 +8,9 @@ import ray
 
 from tests.runtime.conftest import tiny_config
 from wsrl_dist.algo.agent import make_agent
-from wsrl_dist.runtime.replay import ReplayShard
-from wsrl_dist.runtime.rollout import RolloutWorker
-from wsrl_dist.runtime.weights import WeightStore
+from wsrl_dist.runtime.datapath.replay import ReplayShard
+from wsrl_dist.runtime.datapath.rollout import RolloutWorker
+from wsrl_dist.runtime.datapath.weights import WeightStore
 
 
 def test_vector_worker_collects_exactly_n_steps_and_keeps_true_final_obs(ray_local, tmp_path):

@@ -60,7 +60,7 @@ def _stop_line(log: Path, run_dir: Path) -> int:
 
 
 def test_ctrl_c_and_sigterm_on_launch_checkpoint_say_how_to_resume_and_resume_finishes(tmp_path):
-    from wsrl_dist.runtime import checkpoint
+    from wsrl_dist.runtime.orchestration import checkpoint
 
     run_dir = tmp_path / "job"
     log1 = tmp_path / "first.log"
@@ -96,7 +96,7 @@ def test_sigterm_on_a_multi_seed_launch_checkpoints_every_seed_at_one_step_and_r
     """Two seeds in one learner (a study's cell): SIGTERM online checkpoints both seeds from the same
     multi-seed step (what resume needs), prints the resume line, exits 143; the printed command
     continues both seeds to their totals."""
-    from wsrl_dist.runtime import checkpoint
+    from wsrl_dist.runtime.orchestration import checkpoint
 
     run_dir = tmp_path / "seeds"
     log1 = tmp_path / "first.log"
@@ -123,7 +123,7 @@ def test_a_second_sigterm_during_the_stop_is_ignored_and_handlers_come_back():
     """The first SIGTERM raises Interrupted; one more arriving before the stop path is shielded (the
     GPU machine delivered two) must not abort the stop checkpoint; afterwards the handlers are
     the ones from before."""
-    from wsrl_dist.runtime import stop
+    from wsrl_dist.runtime.orchestration import stop
 
     before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
     caught = []

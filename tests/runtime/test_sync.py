@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tests.runtime.conftest import read_records, run_json, tiny_config
-from wsrl_dist.runtime import checkpoint
-from wsrl_dist.runtime.learner import first_update_step
+from wsrl_dist.runtime.datapath.learner import first_update_step
+from wsrl_dist.runtime.orchestration import checkpoint
 
 K, TOTAL, UTD = 150, 300, 4
 
@@ -37,7 +37,7 @@ def sync_overrides(data):
 
 @pytest.fixture(scope="module")
 def sync_run(ray_local, tmp_path_factory):
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     tmp = tmp_path_factory.mktemp("sync")
     write_d4rl_file(tmp / "data.hdf5")
@@ -90,7 +90,7 @@ def test_counters_match_the_single_process_reference(sync_run, tmp_path):
 
 
 def test_retention_baseline_samples_offline_rows_on_the_learner_never_in_the_shards(ray_local, tmp_path):
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     write_d4rl_file(tmp_path / "data.hdf5")
     total, k = 200, 50
@@ -118,7 +118,7 @@ def kept_loss_config(tmp_path, name, method, algo, total=200, k=50, extra=()):
 
 def test_offline_continued_keeps_the_cql_loss_online_one_step_per_env_step_as_local_does(ray_local, tmp_path):
     from wsrl_dist import local
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     cfg = kept_loss_config(tmp_path, "ray", "offline_continued", "cql")
     run_dir = driver.launch(cfg, "pytest offline_continued")
@@ -133,7 +133,7 @@ def test_offline_continued_keeps_the_cql_loss_online_one_step_per_env_step_as_lo
 
 
 def test_offline_retained_iql_samples_offline_rows_on_the_learner_never_in_the_shards(ray_local, tmp_path):
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     cfg = kept_loss_config(tmp_path, "ray", "offline_retained", "iql")
     run_dir = driver.launch(cfg, "pytest offline_retained")
@@ -148,7 +148,7 @@ def test_offline_retained_iql_samples_offline_rows_on_the_learner_never_in_the_s
 def test_calql_kept_online_streams_whole_episodes_with_their_mc_returns(ray_local, tmp_path):
     from wsrl_dist import local
     from wsrl_dist.data.returns import mc_returns_to_go
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     cfg = kept_loss_config(tmp_path, "ray", "offline_continued", "calql")
     run_dir = driver.launch(cfg, "pytest calql online")
@@ -173,7 +173,7 @@ def test_replay_groups_run_whole_sample_requests_in_one_call_with_exact_counters
     """runtime.replay_groups: a sample request's 4 bundles as one call whenever the limiter allows
     all 4 (here the CPU learner is the bottleneck, so most of the time); the counters, the UTD band
     and the weight versions come out as with one bundle per call."""
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     total, k = 400, 50
     cfg = tiny_config(tmp_path / "groups", "runtime.replay_groups=true", "runtime.sample_bundles=4",
@@ -209,7 +209,7 @@ def test_kept_losses_run_in_the_multi_seed_learner_one_step_per_seed_per_env_ste
     GPU): both seeds pre-train together, then each takes exactly one Cal-QL step per env step after
     its first update step (whole episodes with MC returns in each seed's shards), as the single-seed
     job counts them; the seeds end with different critics."""
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     cfg = kept_loss_config(tmp_path, "seeds", "offline_continued", "calql", extra=("run.seeds=[0,1]", "run.fast_path=fused"))
     run_dir = driver.launch(cfg, "pytest kept loss seeds")

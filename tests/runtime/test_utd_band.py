@@ -7,8 +7,8 @@ drain after the last env step is that short too."""
 from __future__ import annotations
 
 from tests.runtime.conftest import BackgroundJob, ray_local, read_records, run_json, tiny_config  # noqa: F401
-from wsrl_dist.runtime.grants import rollout_slack
-from wsrl_dist.runtime.learner import first_update_step
+from wsrl_dist.runtime.datapath.grants import rollout_slack
+from wsrl_dist.runtime.datapath.learner import first_update_step
 
 K, TOTAL, UTD, WORKERS, CHUNK = 100, 700, 2, 2, 16
 

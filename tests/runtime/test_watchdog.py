@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.runtime.conftest import BackgroundJob, run_json, tiny_config
-from wsrl_dist.runtime.watchdog import StallError, Watchdog
+from wsrl_dist.runtime.orchestration.watchdog import StallError, Watchdog
 
 
 def test_progress_clock_restarts_on_any_new_env_step_or_update():
@@ -71,7 +71,7 @@ def test_a_stopped_worker_in_the_warmup_ends_the_job_naming_it(ray_local, tmp_pa
 
 
 def test_a_stopped_worker_of_one_seed_ends_a_multi_seed_warmup_naming_it(ray_local, tmp_path):
-    """Two seeds run the same job code as one (runtime/stages.py), watchdog included: a stopped
+    """Two seeds run the same job code as one (runtime/orchestration/stages.py), watchdog included: a stopped
     worker of seed 1 ends the warmup while seed 0's group still makes progress."""
     cfg = tiny_config(tmp_path / "stuck-seeds", "run.seeds=[0,1]", "finetune.warmup_steps=20000",
                       "finetune.online_steps=20100", "runtime.num_workers=1", "runtime.stall_timeout_s=6",

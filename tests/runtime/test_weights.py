@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import ray
 
-from wsrl_dist.runtime.weights import WeightsClient, WeightStore
+from wsrl_dist.runtime.datapath.weights import WeightsClient, WeightStore
 
 
 def test_store_keeps_only_newer_versions():
@@ -51,7 +51,7 @@ def test_publisher_puts_versions_off_the_caller_thread_in_order(ray_local):
     import threading
 
     from wsrl_dist.ops.metrics import SECONDS_BUCKETS, Histogram
-    from wsrl_dist.runtime.weights import WeightPublisher
+    from wsrl_dist.runtime.datapath.weights import WeightPublisher
 
     store = ray.remote(WeightStore).remote()
     release, callers = threading.Event(), []
@@ -81,7 +81,7 @@ def test_publisher_puts_versions_off_the_caller_thread_in_order(ray_local):
 
 
 def test_publisher_error_surfaces_in_the_callers_thread_and_publishing_goes_on(ray_local):
-    from wsrl_dist.runtime.weights import WeightPublisher
+    from wsrl_dist.runtime.datapath.weights import WeightPublisher
 
     store = ray.remote(WeightStore).remote()
     fail = [True]

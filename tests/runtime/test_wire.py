@@ -6,8 +6,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from wsrl_dist.runtime.replay import ReplayShard
-from wsrl_dist.runtime.wire import WireError, decode_chunk, encode_chunk
+from wsrl_dist.runtime.datapath.replay import ReplayShard
+from wsrl_dist.runtime.datapath.wire import WireError, decode_chunk, encode_chunk
 
 O, A = 4, 1  # noqa: E741 - obs and action dims, as in the shape docstrings
 

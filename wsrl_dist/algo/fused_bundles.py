@@ -135,7 +135,7 @@ class FusedBundles:
     def group(self, batches: list[Batch]) -> Callable[[list[Batch]], dict[str, torch.Tensor]]:
         """G consecutive bundles of one seed as one call: run(batches) -> the last bundle's info,
         the same math as G calls in order. Graph modes capture all G bundles in ONE CUDA graph
-        that reads `batches`' own tensors: given the learner's feed buffer (runtime/feed.py, whose
+        that reads `batches`' own tensors: given the learner's feed buffer (runtime/datapath/feed.py, whose
         addresses never change) a replay needs no input copies and the host launches once per G
         bundles, where the per-bundle Python loop around a graphed bundle (~1.1 ms on the H200 job)
         took longer than the bundle itself (0.74 ms). Batches at other addresses are copied into

@@ -41,7 +41,7 @@ SPLIT = ("limiter_wait", "sample_wait", "assemble_to_device", "update_launch", "
 
 def run_job(configs: list[str], overrides: list[str], run_dir: Path) -> dict:
     """One job; the numbers of its online stage from run.json."""
-    from wsrl_dist.runtime import driver
+    from wsrl_dist.runtime.orchestration import driver
 
     cfg = load(configs, overrides=[*overrides, f"run.run_dir={run_dir}", "run.progress=false",
                                    "runtime.metrics_port=0"])

@@ -25,7 +25,7 @@ import torch
 from wsrl_dist.algo.nets import NetConfig, TanhGaussianActor
 from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.envs.tasks import get_task
-from wsrl_dist.runtime.weights import WeightPublisher, WeightStore
+from wsrl_dist.runtime.datapath.weights import WeightPublisher, WeightStore
 
 
 def _busy(seconds: float, x: np.ndarray) -> None:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    sys.setswitchinterval(0.001)  # as the learner sets it (runtime/learner.py)
+    sys.setswitchinterval(0.001)  # as the learner sets it (runtime/datapath/learner.py)
     try:
         store = ray.remote(WeightStore).options(num_cpus=0).remote()
         ray.get(store.get_version.remote())

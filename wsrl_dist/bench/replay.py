@@ -25,8 +25,8 @@ import numpy as np
 from wsrl_dist.data.ring import RingBuffer
 from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.envs.tasks import TaskSpec, get_task
-from wsrl_dist.runtime.replay import ReplayShard
-from wsrl_dist.runtime.wire import encode_chunk
+from wsrl_dist.runtime.datapath.replay import ReplayShard
+from wsrl_dist.runtime.datapath.wire import encode_chunk
 
 N_FRAMES = 8  # distinct pre-encoded chunks cycled through per chunk size
 _EXTRA = {"policy_versions": ((), np.int64)}

@@ -31,8 +31,8 @@ from wsrl_dist.algo.nets import TanhGaussianActor
 from wsrl_dist.algo.policy import Policy, pin_blas_threads
 from wsrl_dist.config import RunConfig, load
 from wsrl_dist.envs.make import make_vector_env, obs_act_dims
-from wsrl_dist.runtime.rollout import _COLS, RolloutWorker
-from wsrl_dist.runtime.wire import encode_chunk
+from wsrl_dist.runtime.datapath.rollout import _COLS, RolloutWorker
+from wsrl_dist.runtime.datapath.wire import encode_chunk
 
 PATHS = ("raw-env", "policy", "worker")
 
@@ -190,8 +190,8 @@ def run_scaling(cfg: RunConfig, max_workers: int, num_shards: int, steps: int, w
     """Env steps/s of N Ray RolloutWorkers for N in worker_counts(max_workers)."""
     import ray
 
-    from wsrl_dist.runtime.replay import ReplayShard
-    from wsrl_dist.runtime.weights import WeightStore
+    from wsrl_dist.runtime.datapath.replay import ReplayShard
+    from wsrl_dist.runtime.datapath.weights import WeightStore
 
     started = not ray.is_initialized()
     if started:

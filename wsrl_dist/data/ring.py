@@ -1,6 +1,6 @@
 """Fixed-capacity FIFO ring buffer of transitions (numpy storage).
 
-Data path: wire chunk -> `runtime/replay.py` (a Ray replay-shard actor owns one) -> `RingBuffer.insert`;
+Data path: wire chunk -> `runtime/datapath/replay.py` (a Ray replay-shard actor owns one) -> `RingBuffer.insert`;
 the learner's batches come from `RingBuffer.sample`. No ray import here.
 """
 from __future__ import annotations

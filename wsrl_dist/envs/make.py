@@ -1,6 +1,6 @@
 """Env construction: `TaskSpec` -> gymnasium env / SyncVectorEnv with the conventions rollout relies on.
 
-Env side of the data path (feeds `runtime/rollout.py`). Every env made here has a flat float32 obs [O],
+Env side of the data path (feeds `runtime/datapath/rollout.py`). Every env made here has a flat float32 obs [O],
 an agent action space Box(-1, 1) [A], raw (unscaled) rewards, `info["success"]` (antmaze, kitchen,
 adroit) and TimeLimit truncation at `spec.max_episode_steps`. gymnasium-robotics is imported on first
 use only, so `import wsrl_dist.envs` stays cheap.

@@ -1,5 +1,5 @@
 """Progress-bar options shared by the single-process pipeline's tqdm bars (local.py) and the
-distributed job's stage lines (runtime/progress.py StageLines). Below both: no runtime import.
+distributed job's stage lines (runtime/instrumentation/progress.py StageLines). Below both: no runtime import.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ SNAPSHOT schema (every key optional; a missing key is simply not exported):
     replay_restarts_total     int  replay shard restarts since the job started
     workers_alive             int  rollout workers currently alive
     workers_pending           int  rollout workers Ray has not placed yet (no resources free;
-                              runtime/placement.py)
+                              runtime/orchestration/placement.py)
     episode_return            float  mean undiscounted return of recently finished episodes
     normalized_score          float  the same, normalized per task (D4RL convention, 0-100)
     learner_step_seconds      histogram dict, wall time of one learner update step
@@ -39,13 +39,13 @@ SNAPSHOT schema (every key optional; a missing key is simply not exported):
     learner_device_busy       float  share of wall time the learner's device spends running update
                               bundles (sampled bundle device time x bundles/s): ~1 = device-bound
     learner_cpu_seconds       float  cumulative CPU seconds of the learner's process, all threads
-                              (runtime/procstats.py; a multi-seed learner's seeds share one process)
+                              (runtime/instrumentation/procstats.py; a multi-seed learner's seeds share one process)
     learner_gc_seconds        float  cumulative seconds that process spent in garbage collection
     learner_grant_calls       {"granted": int, "refused": int}  cumulative env-step grant requests
                               from rollout workers the learner answered, by outcome
     learner_loop_seconds      {part: s}  cumulative wall seconds of the learner's training loop by
                               part: limiter_wait, sample_wait, assemble_to_device, update_launch,
-                              publish (runtime/learner.py time split)
+                              publish (runtime/datapath/learner.py time split)
     stage                     str  one of STAGES: "prepare" (the learner's prepare before any build or
                               pre-training step), "build", "pretrain", "warmup", "online", "done"
     stage_progress            float  the stage's share done, 0..1

@@ -1,13 +1,13 @@
 """Learner: one seed's replay shards -> update bundles (algo/update.py) -> versioned weights (weights.py).
 
-Not an actor itself: runtime/learneractor.py's LearnerActor (the one learner actor of every job) holds
+Not an actor itself: runtime/datapath/learneractor.py's LearnerActor (the one learner actor of every job) holds
 one Learner per seed and calls it from its threads. Hosts the seed's UTD limiter (limiter.py): its own
 side is checked locally before every bundle, and rollout workers ask it for env steps through
 `wait_for_env_steps` (or `acquire_env_steps`, which never waits), on the actor's GRANTS concurrency
 group's threads, so that workers waiting there never take the threads the driver's calls need.
 LearnerActor.train runs the one training loop over its seeds' Learners (begin_train, next_batch /
 next_group, update_fn / run_group, after_bundle, publish_due, end_train). Publishing, stats and
-checkpoint state are LearnerOutputs (runtime/learneroutputs.py).
+checkpoint state are LearnerOutputs (runtime/datapath/learneroutputs.py).
 """
 
 from __future__ import annotations
@@ -35,15 +35,15 @@ from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.ops.histogram import SECONDS_BUCKETS, Histogram
 from wsrl_dist.plan import RunPlan
 from wsrl_dist.pretrain import PARTIAL, DeviceSampler, pretrain_agent, training_arrays
-from wsrl_dist.runtime.bundletimer import BundleTimer
-from wsrl_dist.runtime.feed import ReplayFeed
-from wsrl_dist.runtime.grants import GrantDesk, rollout_slack
-from wsrl_dist.runtime.hostcopy import HostCopy
-from wsrl_dist.runtime.learneroutputs import LearnerOutputs
-from wsrl_dist.runtime.limiter import UtdLimiter
-from wsrl_dist.runtime.procstats import ProcessStats
-from wsrl_dist.runtime.progress import StageRecord
-from wsrl_dist.runtime.weights import WeightPublisher
+from wsrl_dist.runtime.datapath.feed import ReplayFeed
+from wsrl_dist.runtime.datapath.grants import GrantDesk, rollout_slack
+from wsrl_dist.runtime.datapath.hostcopy import HostCopy
+from wsrl_dist.runtime.datapath.learneroutputs import LearnerOutputs
+from wsrl_dist.runtime.datapath.limiter import UtdLimiter
+from wsrl_dist.runtime.datapath.weights import WeightPublisher
+from wsrl_dist.runtime.instrumentation.bundletimer import BundleTimer
+from wsrl_dist.runtime.instrumentation.procstats import ProcessStats
+from wsrl_dist.runtime.instrumentation.progress import StageRecord
 
 
 def first_update_step(cfg) -> int:

@@ -1,4 +1,4 @@
-"""Evaluation, Q probes, checkpoints and restore of one seed's group (runtime/seedgroup.py).
+"""Evaluation, Q probes, checkpoints and restore of one seed's group (runtime/orchestration/seedgroup.py).
 
 SeedRecords is a mixin of seedgroup.SeedGroup: what the monitor tick and the stages write down or
 read back (eval and Q-probe Ray tasks and their results into metrics.jsonl, online checkpoints and
@@ -22,8 +22,8 @@ from ray.exceptions import RayError
 from wsrl_dist import job
 from wsrl_dist.config import from_dict
 from wsrl_dist.envs.make import obs_act_dims
-from wsrl_dist.runtime import checkpoint as ckpt
-from wsrl_dist.runtime.jobtools import _on_this_node
+from wsrl_dist.runtime.orchestration import checkpoint as ckpt
+from wsrl_dist.runtime.orchestration.jobtools import _on_this_node
 
 log = logging.getLogger(__name__)
 

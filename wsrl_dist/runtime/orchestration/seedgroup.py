@@ -6,7 +6,7 @@ through the group's LearnerView) and runs the stages for all of them; with one s
 dir is the job's run dir (the layout local.py writes: config.yaml, run.json, metrics.jsonl,
 checkpoints/, report), with several it is <run_dir>/seed-<s>/ (the same layout). A ~1 s monitor tick
 polls the group's stats, writes metrics.jsonl and evaluates. Evaluation, Q probes, checkpoints and
-restore are SeedRecords (runtime/seedrecords.py).
+restore are SeedRecords (runtime/orchestration/seedrecords.py).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from wsrl_dist import job
 from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.envs.make import obs_act_dims
 from wsrl_dist.plan import RunPlan
-from wsrl_dist.runtime import checkpoint as ckpt
-from wsrl_dist.runtime.monitor import Monitor
-from wsrl_dist.runtime.progress import StageLines, StageProgress
-from wsrl_dist.runtime.replay import ReplayShard
-from wsrl_dist.runtime.seedrecords import SeedRecords
+from wsrl_dist.runtime.datapath.replay import ReplayShard
+from wsrl_dist.runtime.instrumentation.monitor import Monitor
+from wsrl_dist.runtime.instrumentation.progress import StageLines, StageProgress
+from wsrl_dist.runtime.orchestration import checkpoint as ckpt
+from wsrl_dist.runtime.orchestration.seedrecords import SeedRecords
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class SeedGroup(SeedRecords):
         self._count_shard_restarts(ray.get([s.stats.remote() for s in self.shards]), online=True)
 
     def _progress(self) -> StageProgress:
-        """The stage lines and fields of this seed (runtime/progress.py); with several seeds the lines say which."""
+        """The stage lines and fields of this seed (runtime/instrumentation/progress.py); with several seeds the lines say which."""
         if getattr(self, "_stage", None) is None:
             self._stage = StageProgress(self.plan.warmup_steps, self.plan.online_steps,
                                         StageLines(label=self.label, enabled=self.cfg.run.progress),
@@ -232,7 +232,7 @@ class SeedGroup(SeedRecords):
             weights_version=lrn["version"], worker_restarts=self.sup.restarts,
             learner_time_split_s=lrn["time_split_s"], learner_feed_split_s=lrn["feed_split_s"],
             workers=self.monitor.view["workers"],
-            # is the learner device-bound? (runtime/bundletimer.py) and the host's weight-put share
+            # is the learner device-bound? (runtime/instrumentation/bundletimer.py) and the host's weight-put share
             bundle_device_ms=lrn["bundle_device_ms"], learner_device_busy=lrn["device_busy"],
             weight_put_seconds=lrn["publish_hist"]["sum"], learner_process=lrn["process"],
             dropped_env_steps=self.c["dropped"], replay_rows_lost=self.c["rows_lost"],

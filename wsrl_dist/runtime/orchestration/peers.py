@@ -16,7 +16,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from wsrl_dist.runtime.control import NAMESPACE
+from wsrl_dist.runtime.orchestration.control import NAMESPACE
 
 
 class PeerDirectory:

@@ -120,7 +120,7 @@ class LearnerOutputs:
             "device": str(self.device),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],  # GPUs Ray gave this learner (placement)
             "time_split_s": dict(self.time_split),
-            # assemble_to_device, in parts (runtime/feed.py ReplayFeed.split)
+            # assemble_to_device, in parts (runtime/datapath/feed.py ReplayFeed.split)
             "feed_split_s": dict(self.feed.split) if self.feed is not None else {},
             "offline_rows_per_bundle": self.plan.rows_per_env_step - self.online_rows,
             # device ms per bundle (sampled every 50); busy = that x bundles/s: ~1 means device-bound

@@ -1,6 +1,6 @@
-"""Entry points of a distributed job: start or join Ray, then run its Job (runtime/stages.py: one
+"""Entry points of a distributed job: start or join Ray, then run its Job (runtime/orchestration/stages.py: one
 learner and a SeedGroup per seed, one seed or many); `wsrl-dist scale` / `status` talk to a running
-job's controller (runtime/control.py).
+job's controller (runtime/orchestration/control.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import yaml
 
 from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.plan import RunPlan
-from wsrl_dist.runtime import exposure, stop
-from wsrl_dist.runtime.control import NAMESPACE, scale, status
-from wsrl_dist.runtime.jobtools import _port_note, _start_metrics  # noqa: F401 (tests import them here)
-from wsrl_dist.runtime.stages import Job
+from wsrl_dist.runtime.orchestration import exposure, stop
+from wsrl_dist.runtime.orchestration.control import NAMESPACE, scale, status
+from wsrl_dist.runtime.orchestration.jobtools import _port_note, _start_metrics  # noqa: F401 (tests import them here)
+from wsrl_dist.runtime.orchestration.stages import Job
 
 __all__ = ["launch", "resume", "scale", "status"]
 
@@ -35,13 +35,13 @@ def _connect(rt, groups: int = 1) -> bool:
     kwargs: dict[str, Any] = {}
     local = rt.address is None and not os.environ.get("RAY_ADDRESS")
     if not local:
-        from wsrl_dist.runtime.control import use_token_auth_if_present
+        from wsrl_dist.runtime.orchestration.control import use_token_auth_if_present
 
         use_token_auth_if_present()  # joining a cluster: send the token Ray 2.60 expects
     if local:
         need = 1 + groups * (rt.num_workers * rt.worker_cpus + rt.num_shards * rt.shard_cpus)
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
-        kwargs["dashboard_host"] = exposure.LOCAL_DASHBOARD_HOST  # runtime/exposure.py says why
+        kwargs["dashboard_host"] = exposure.LOCAL_DASHBOARD_HOST  # runtime/orchestration/exposure.py says why
         exposure.warn_if_auth_disabled()
     ray.init(address=rt.address, namespace=NAMESPACE, logging_level="WARNING", **kwargs)
     if local:
@@ -51,7 +51,7 @@ def _connect(rt, groups: int = 1) -> bool:
 
 def launch(cfg: RunConfig, command: str = "") -> Path:
     """Run the whole job on Ray (cfg.runtime.address, or a local Ray); returns the run directory.
-    Two or more run.seeds: one learner trains them all (runtime/stages.py)."""
+    Two or more run.seeds: one learner trains them all (runtime/orchestration/stages.py)."""
     plan = RunPlan.of(cfg)  # the one derivation of stages, UTD and rows for this job (plan.py)
     started = _connect(cfg.runtime, len(plan.seeds))
     try:

@@ -40,7 +40,7 @@ class JobController:
                "workers_pending": st.get("workers_pending", 0), "phase": st.get("phase")}
         cpus = (st.get("worker_resources") or {}).get("CPU")
         if cpus is not None:  # will the new workers fit in what the cluster has free now?
-            from wsrl_dist.runtime.placement import scale_note
+            from wsrl_dist.runtime.orchestration.placement import scale_note
 
             out["placement"] = scale_note(n, st.get("workers_alive") or 0, out["workers_pending"], cpus)
         return out
@@ -150,10 +150,10 @@ def status(address: str | None, job: str | None = None) -> dict[str, Any]:
 
 
 def status_command(address: str | None, job: str | None, as_json: bool, out=sys.stdout) -> int:
-    """`wsrl-dist status [RUN_DIR|NAME] [--json]`: the summary (runtime/progress.py format_status) or
+    """`wsrl-dist status [RUN_DIR|NAME] [--json]`: the summary (runtime/instrumentation/progress.py format_status) or
     the raw record. With several jobs running and none named it lists them and asks which (on a
     terminal), or names them and exits 2."""
-    from wsrl_dist.runtime.progress import format_status
+    from wsrl_dist.runtime.instrumentation.progress import format_status
 
     address = address or job_address(job) or "auto"
     try:

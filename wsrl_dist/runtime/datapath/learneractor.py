@@ -7,7 +7,7 @@ fn (and runtime.replay_groups' G bundles per call); with several, `algo.fast.mak
 all agents in one call per env step's worth of bundles (the seeds overlapping on a GPU), or, for the
 methods that keep the pre-training loss online, `make_offline_multiseed_fn` (one step of that loss
 per seed per env step). `LearnerView(handle, group)` is one seed's face of the actor, shaped like a
-Learner handle, so rollout workers, the supervisor and the per-seed driver code (runtime/seedgroup.py)
+Learner handle, so rollout workers, the supervisor and the per-seed driver code (runtime/orchestration/seedgroup.py)
 run the same for any S.
 """
 
@@ -28,9 +28,9 @@ from wsrl_dist.algo.fast import make_multiseed_fn, make_offline_multiseed_fn, of
 from wsrl_dist.algo.fused_offline import FUSED_OFFLINE_ALGOS
 from wsrl_dist.plan import RunPlan
 from wsrl_dist.pretrain import PARTIAL, pretrain_agents
-from wsrl_dist.runtime.grants import GRANTS
-from wsrl_dist.runtime.learner import Learner
-from wsrl_dist.runtime.progress import PROGRESS
+from wsrl_dist.runtime.datapath.grants import GRANTS
+from wsrl_dist.runtime.datapath.learner import Learner
+from wsrl_dist.runtime.instrumentation.progress import PROGRESS
 
 
 class LearnerActor:

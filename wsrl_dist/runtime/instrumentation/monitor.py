@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from wsrl_dist.ops.histogram import POLICY_LAG_BUCKETS, SECONDS_BUCKETS, Histogram
-from wsrl_dist.runtime.progress import STAGE_KEYS
+from wsrl_dist.runtime.instrumentation.progress import STAGE_KEYS
 
 WINDOW_SECONDS = 5.0
 ALIVE_STATES = ("idle", "running", "stopping", "done")  # supervisor slot states with a live actor
@@ -121,13 +121,13 @@ class Monitor:
             "learner_step_seconds": v["learner_step_seconds"], "gpu_memory_bytes": v["gpu_memory_bytes"],
             "learner_device_busy": v.get("learner_device_busy"),
             "learner_loop_seconds": v.get("learner_time_split_s") or None,
-            # the stage (build, pretrain, ...) with its progress, rate and ETA (runtime/progress.py)
+            # the stage (build, pretrain, ...) with its progress, rate and ETA (runtime/instrumentation/progress.py)
             "stage": v.get("stage"), "stage_progress": v.get("stage_progress"),
             "stage_steps_per_second": v.get("stage_steps_per_second"),
             "stage_eta_seconds": v.get("stage_eta_seconds"),
         }
         proc = v.get("learner_process")
-        if proc:  # the learner process's own load (runtime/procstats.py)
+        if proc:  # the learner process's own load (runtime/instrumentation/procstats.py)
             snap["learner_cpu_seconds"] = proc["cpu_seconds"]
             snap["learner_gc_seconds"] = proc["gc_seconds"]
             snap["learner_grant_calls"] = {"granted": proc["grant_calls"] - proc["grant_refusals"],

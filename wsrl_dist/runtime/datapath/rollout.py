@@ -31,8 +31,8 @@ from wsrl_dist.data.returns import mc_returns_to_go
 from wsrl_dist.envs.make import make_vector_env, obs_act_dims, true_next_obs
 from wsrl_dist.ops.histogram import POLICY_LAG_BUCKETS, Histogram
 from wsrl_dist.plan import RunPlan
-from wsrl_dist.runtime.weights import WeightsClient
-from wsrl_dist.runtime.wire import encode_chunk
+from wsrl_dist.runtime.datapath.weights import WeightsClient
+from wsrl_dist.runtime.datapath.wire import encode_chunk
 
 _COLS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
@@ -51,7 +51,7 @@ class RolloutWorker:
         of taking them as arguments (the Supervisor's restartable workers: see peers.py). `plan`:
         the job's RunPlan (a worker built alone plans from its config)."""
         if peers is not None:
-            from wsrl_dist.runtime.peers import lookup
+            from wsrl_dist.runtime.orchestration.peers import lookup
 
             shard, store, learner = lookup(peers, worker_id)
         torch.set_num_threads(1)  # many workers share a node's cores

@@ -33,7 +33,7 @@ import numpy as np
 from wsrl_dist.data.ring import RingBuffer
 from wsrl_dist.data.schema import SchemaError
 from wsrl_dist.durable import replace_durably
-from wsrl_dist.runtime.wire import REASONS, WireError, decode_chunk
+from wsrl_dist.runtime.datapath.wire import REASONS, WireError, decode_chunk
 
 RECENT_RETURNS = 100  # episode returns kept for stats
 COUNTS = struct.Struct("<qqq")  # counter file: rows ever inserted, rows lost, restarts

@@ -19,9 +19,9 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from wsrl_dist.config import from_dict
 from wsrl_dist.plan import RunPlan
-from wsrl_dist.runtime.monitor import ALIVE_STATES
-from wsrl_dist.runtime.peers import make_directory
-from wsrl_dist.runtime.rollout import RolloutWorker
+from wsrl_dist.runtime.datapath.rollout import RolloutWorker
+from wsrl_dist.runtime.instrumentation.monitor import ALIVE_STATES
+from wsrl_dist.runtime.orchestration.peers import make_directory
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class Supervisor:
 
     def placement(self) -> dict[str, Any]:
         """Workers Ray has not placed (no resources free) and why; warns once per job when it starts."""
-        from wsrl_dist.runtime import placement
+        from wsrl_dist.runtime.orchestration import placement
 
         waiting = [s for s in self.slots.values() if s.state in ("starting", "restarting")]
         n = placement.pending_count([s.handle for s in waiting], self.rt.worker_cpus)

@@ -1,4 +1,4 @@
-"""Driver-side helpers of the Job (runtime/stages.py) and its seed groups (runtime/seedgroup.py):
+"""Driver-side helpers of the Job (runtime/orchestration/stages.py) and its seed groups (runtime/orchestration/seedgroup.py):
 actor placement, the metrics server, the learner's and the controller's calls.
 """
 

@@ -16,8 +16,8 @@ from typing import Any
 import ray
 
 from wsrl_dist.plan import RunPlan
-from wsrl_dist.runtime.limiter import UtdLimiter
-from wsrl_dist.runtime.progress import PROGRESS
+from wsrl_dist.runtime.datapath.limiter import UtdLimiter
+from wsrl_dist.runtime.instrumentation.progress import PROGRESS
 
 GRANTS = "grants"  # Ray concurrency group of the rollout workers' grant calls
 
@@ -27,7 +27,7 @@ def learner_actor_class(cls: type, num_workers: int, groups: int = 1) -> Any:
     pool of their own: a worker waiting there for env steps holds one thread. Twice the workers (at
     least 16) per seed group leaves room for `wsrl-dist scale`; past that, grant calls queue (the
     workers slow down, nothing deadlocks: each waits at most runtime.grant_wait_s). progress() has
-    a thread of its own (runtime/progress.py): it answers while prepare() holds the learner."""
+    a thread of its own (runtime/instrumentation/progress.py): it answers while prepare() holds the learner."""
     return ray.remote(concurrency_groups={GRANTS: max(16, 2 * int(num_workers)) * int(groups),
                                           PROGRESS: 1})(cls)
 

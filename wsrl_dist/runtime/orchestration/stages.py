@@ -1,7 +1,7 @@
 """The Job: creates the actors of the data path and runs pretrain -> warmup -> online for S >= 1 seeds.
 
 Actors: ONE learner (learneractor.LearnerActor: GPU when the cluster has one; hosts every seed's UTD
-limiter) and per seed a SeedGroup (runtime/seedgroup.py) with its own WeightStore, replay shards
+limiter) and per seed a SeedGroup (runtime/orchestration/seedgroup.py) with its own WeightStore, replay shards
 (placed on the learner's node), RolloutWorker x N (max_restarts), Monitor, metrics.jsonl, evaluations
 and checkpoints; one JobController (named, for scale / status from other processes). A ~1 s monitor
 loop ticks every group (stats, Prometheus, metrics.jsonl, evaluations), checkpoints, restarts or
@@ -36,11 +36,14 @@ from wsrl_dist.config import RunConfig
 from wsrl_dist.errors import LearnerDied
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.plan import RunPlan
-from wsrl_dist.runtime import checkpoint as ckpt
-from wsrl_dist.runtime import stop
-from wsrl_dist.runtime.control import controller_name, make_controller
-from wsrl_dist.runtime.grants import learner_actor_class
-from wsrl_dist.runtime.jobtools import (
+from wsrl_dist.runtime.datapath.grants import learner_actor_class
+from wsrl_dist.runtime.datapath.learneractor import LearnerActor, LearnerView
+from wsrl_dist.runtime.datapath.weights import WeightStore
+from wsrl_dist.runtime.instrumentation.progress import announce_metrics
+from wsrl_dist.runtime.orchestration import checkpoint as ckpt
+from wsrl_dist.runtime.orchestration import stop
+from wsrl_dist.runtime.orchestration.control import controller_name, make_controller
+from wsrl_dist.runtime.orchestration.jobtools import (
     _on_this_node,
     _port_note,
     _ray_address,
@@ -49,9 +52,7 @@ from wsrl_dist.runtime.jobtools import (
     learner_died,
     scale_requests,
 )
-from wsrl_dist.runtime.learneractor import LearnerActor, LearnerView
-from wsrl_dist.runtime.progress import announce_metrics
-from wsrl_dist.runtime.seedgroup import (
+from wsrl_dist.runtime.orchestration.seedgroup import (
     SeedGroup,
     common_checkpoints,
     resume_points,
@@ -59,9 +60,8 @@ from wsrl_dist.runtime.seedgroup import (
     seed_dir_name,
     summary,
 )
-from wsrl_dist.runtime.supervisor import Supervisor
-from wsrl_dist.runtime.watchdog import Watchdog
-from wsrl_dist.runtime.weights import WeightStore
+from wsrl_dist.runtime.orchestration.supervisor import Supervisor
+from wsrl_dist.runtime.orchestration.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
