@@ -86,7 +86,32 @@ def test_a_stopped_worker_of_one_seed_ends_a_multi_seed_warmup_naming_it(ray_loc
     st = bg.wait_for(seed_1_stepping, timeout=180)
     pid = next(w["pid"] for w in st["seeds"]["1"]["workers"] if w.get("pid"))
     msg = _stop_and_expect_stall(bg, pid)
+    assert msg.startswith("seed 1: ") and " | " not in msg, msg  # seed 0 is still warming up: not stuck
     assert "no progress for" in msg and "warmup stage" in msg and "rollout worker 0" in msg and "(no answer)" in msg
+
+
+def test_a_stopped_worker_of_one_seed_ends_a_multi_seed_online_stage_naming_it(ray_local, tmp_path):
+    """Online, the seeds are in lock-step (one learner step runs a bundle for every seed): seed 1's
+    stopped worker stalls its limiter and so both seeds; the job ends naming seed 1's worker."""
+    cfg = tiny_config(tmp_path / "stuck-online", "run.seeds=[0,1]", "finetune.warmup_steps=100",
+                      "finetune.online_steps=100000", "finetune.eval_every=100000",
+                      "run.checkpoint_every=100000", "runtime.num_workers=1", "runtime.stall_timeout_s=6",
+                      "runtime.restart_timeout=600")
+    bg = BackgroundJob(cfg)
+
+    def seed_1_online(s):
+        st = s.get("seeds", {}).get("1") or {}
+        return st.get("phase") == "online" and (st.get("env_steps") or 0) > 120 and any(
+            w.get("pid") and w.get("state") == "running" for w in st.get("workers", []))
+
+    st = bg.wait_for(seed_1_online, timeout=180)
+    pid = next(w["pid"] for w in st["seeds"]["1"]["workers"] if w.get("pid") and w["state"] == "running")
+    msg = _stop_and_expect_stall(bg, pid)
+    per_seed = dict(part.split(": ", 1) for part in msg.split(" | "))
+    assert set(per_seed) == {"seed 0", "seed 1"} and "\n" not in msg, msg  # lock-step: both stalled
+    assert all("no progress for" in m and "online stage" in m for m in per_seed.values()), msg
+    assert "not answering: rollout worker 0;" in per_seed["seed 1"] and "(no answer)" in per_seed["seed 1"], msg
+    assert "not answering: none" in per_seed["seed 0"], msg
 
 
 def _stop_and_expect_stall(bg, pid: int) -> str:
