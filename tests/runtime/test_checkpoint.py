@@ -85,6 +85,9 @@ def test_a_broken_newest_checkpoint_falls_back_to_the_previous_with_one_warning(
     assert str(_step(tmp_path, 200)) in warnings[0] and why in warnings[0], warnings
     with pytest.raises(CheckpointError, match=why):  # loading it directly names the problem too
         checkpoint.load(_step(tmp_path, 200))
+    with pytest.raises(CheckpointError, match=why):  # the check without building the replay arrays too
+        checkpoint.verify(_step(tmp_path, 200))
+    checkpoint.verify(_step(tmp_path, 100))
 
 
 def test_no_loadable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):

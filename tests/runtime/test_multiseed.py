@@ -199,12 +199,43 @@ def test_a_multi_seed_resume_checks_each_seeds_config_hash_like_a_single_seed_re
     hashes = [c.hash() for c in seed_configs(cfg)]
     assert hashes[0] != hashes[1]  # run.seed is part of each seed's config
     for seed, h in zip((0, 1), (hashes[0], "0123abcd")):
-        path = tmp_path / "run" / f"seed-{seed}" / "checkpoints" / "step_0000000300"
-        path.mkdir(parents=True)
-        (path / "meta.json").write_text(json.dumps({"counters": {"bundles": 40, "config_hash": h}}))
+        _save(tmp_path / "run" / f"seed-{seed}", 300, 40, h)
     with pytest.raises(CheckpointError, match="seed-1/checkpoints/step_0000000300: written by config 0123abcd"):
         resume_points(cfg, [0, 1], force_config=False)
     assert [p.parent.parent.name for p in resume_points(cfg, [0, 1], force_config=True)] == ["seed-0", "seed-1"]
+
+
+def _save(seed_dir: Path, env_steps: int, bundles: int, config_hash: str) -> Path:
+    """A real checkpoint (checkpoint.save: DONE marker, learner.pt) with no replay shards."""
+    counters = {"env_steps": env_steps, "bundles": bundles, "config_hash": config_hash}
+    return checkpoint.save(seed_dir, {"w": torch.full((2,), float(bundles))}, [], counters, keep=5)
+
+
+def test_a_multi_seed_resume_skips_a_step_where_one_seeds_checkpoint_does_not_load(tmp_path, caplog):
+    """Same size, garbage inside (only loading tells): the step is skipped with one warning naming
+    the file, the step before that both seeds have is taken; none left is an error naming both
+    broken files, and nothing stored is removed."""
+    import logging
+
+    from wsrl_dist.errors import CheckpointError
+    from wsrl_dist.runtime.orchestration.seedgroup import resume_points, seed_configs
+
+    cfg = tiny_config(tmp_path / "run", "run.seeds=[0,1]")
+    dirs = [Path(c.run.run_dir) for c in seed_configs(cfg)]
+    older = [_save(d, 300 + s, 40, c.hash()) for s, (d, c) in enumerate(zip(dirs, seed_configs(cfg)))]
+    newer = [_save(d, 450 + s, 77, c.hash()) for s, (d, c) in enumerate(zip(dirs, seed_configs(cfg)))]
+    learner = newer[1] / "learner.pt"
+    learner.write_bytes(bytes(learner.stat().st_size))
+    with caplog.at_level(logging.WARNING, logger="wsrl_dist.runtime.orchestration.seedgroup"):
+        assert resume_points(cfg, [0, 1], force_config=False) == older
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and f"{learner}: does not load" in warnings[0], warnings
+    learner = older[0] / "learner.pt"
+    learner.write_bytes(bytes(learner.stat().st_size))
+    with pytest.raises(CheckpointError, match="no checkpoint step that every seed has loads") as err:
+        resume_points(cfg, [0, 1], force_config=False)
+    assert str(newer[1] / "learner.pt") in str(err.value) and str(learner) in str(err.value)
+    assert all(p.is_dir() for p in older + newer)
 
 
 def test_each_seed_starts_from_the_agent_a_single_seed_learner_of_that_seed_builds(tmp_path):

@@ -148,3 +148,34 @@ def test_a_job_killed_during_pretraining_resumes_from_its_pretraining_checkpoint
     assert info["stages"]["pretrain"]["pretrain_steps"] == 20
     assert info["env_steps"] == 80 and (run_dir / "checkpoints" / "pretrained.pt").is_file()
     assert not (run_dir / "checkpoints" / PARTIAL).exists()
+
+
+def test_multi_seed_resume_skips_a_step_one_seed_cannot_load_and_finishes_from_the_older(ray_local, tmp_path,
+                                                                                        caplog):
+    """Before: a 2-seed `launch --resume` failed naming seed 1's unloadable newest learner.pt. Now
+    both seeds resume from the older step they both have intact (one warning) and finish."""
+    import logging
+
+    from tests.runtime.conftest import tiny_config
+    from wsrl_dist.runtime.orchestration import driver
+
+    run_dir = tmp_path / "multi"
+    overrides = ["run.seeds=[0,1]", "finetune.warmup_steps=100", "finetune.online_steps=400",
+                 "finetune.eval_every=100000", "run.checkpoint_every=100", "runtime.num_workers=1",
+                 "runtime.utd_slack=16", "runtime.rollout_slack=32"]
+    driver.launch(tiny_config(run_dir, *overrides), "pytest")
+    names = [sorted(p.name for p in (run_dir / f"seed-{s}" / "checkpoints").glob("step_*")) for s in (0, 1)]
+    assert all(n[-1] == "step_0000000400" and len(n) == 2 for n in names), names
+    broken = run_dir / "seed-1" / "checkpoints" / names[1][-1] / "learner.pt"
+    broken.write_bytes(bytes(broken.stat().st_size))  # same size, zeros: only loading can tell
+    with caplog.at_level(logging.WARNING, logger="wsrl_dist.runtime.orchestration.seedgroup"):
+        driver.resume(run_dir)
+    assert any(f"{broken}: does not load" in r.getMessage() for r in caplog.records)
+    assert run_json(run_dir)["resumed_from"] == {str(s): names[s][0] for s in (0, 1)}
+    first = first_update_step(tiny_config(run_dir, *overrides))
+    for seed in (0, 1):
+        info = run_json(run_dir / f"seed-{seed}")
+        back = info["resumed_from"]
+        assert back["checkpoint"] == names[seed][0] and back["saved"] == back["restored"]
+        assert back["saved"]["env_steps"] < 400
+        assert (info["env_steps"], info["critic_updates"]) == (400, UTD * (400 - first))

@@ -73,20 +73,43 @@ def test_a_stopped_worker_in_the_warmup_ends_the_job_naming_it(ray_local, tmp_pa
 def test_a_stopped_worker_of_one_seed_ends_a_multi_seed_warmup_naming_it(ray_local, tmp_path):
     """Two seeds run the same job code as one (runtime/orchestration/stages.py), watchdog included: a stopped
     worker of seed 1 ends the warmup while seed 0's group still makes progress."""
-    cfg = tiny_config(tmp_path / "stuck-seeds", "run.seeds=[0,1]", "finetune.warmup_steps=20000",
-                      "finetune.online_steps=20100", "runtime.num_workers=1", "runtime.stall_timeout_s=6",
-                      "runtime.restart_timeout=600")
+    msg = _stop_a_seed_1_worker(tmp_path / "stuck-seeds", "warmup", 0, "finetune.warmup_steps=20000",
+                                "finetune.online_steps=20100")
+    assert msg.startswith("seed 1: ") and " | " not in msg, msg  # seed 0 is still warming up: not stuck
+    assert "no progress for" in msg and "warmup stage" in msg and "rollout worker 0" in msg and "(no answer)" in msg
+
+
+def test_a_stopped_worker_of_one_seed_ends_a_multi_seed_online_stage_naming_it(ray_local, tmp_path):
+    """Online, the seeds are in lock-step (one learner step runs a bundle for every seed): seed 1's
+    stopped worker stalls its limiter and so both seeds; the job ends naming seed 1's worker (before,
+    seed 0's watchdog could fire first and the error said 'not answering: none')."""
+    msg = _stop_a_seed_1_worker(tmp_path / "stuck-online", "online", 120, "finetune.warmup_steps=100",
+                                "finetune.online_steps=100000", "finetune.eval_every=100000",
+                                "run.checkpoint_every=100000")
+    per_seed = dict(part.split(": ", 1) for part in msg.split(" | "))
+    assert set(per_seed) == {"seed 0", "seed 1"} and "\n" not in msg, msg  # lock-step: both stalled
+    assert all("no progress for" in m and "online stage" in m for m in per_seed.values()), msg
+    assert "not answering: rollout worker 0;" in per_seed["seed 1"] and "(no answer)" in per_seed["seed 1"], msg
+    assert "not answering: none" in per_seed["seed 0"], msg
+
+
+def _stop_a_seed_1_worker(run_dir, phase: str, after: int, *overrides: str) -> str:
+    """A 2-seed job (one worker a seed, stall_timeout_s=6); once seed 1 is in `phase` with more than
+    `after` env steps and a running worker, that worker is SIGSTOPped: the StallError's message."""
+    cfg = tiny_config(run_dir, "run.seeds=[0,1]", *overrides, "runtime.num_workers=1",
+                      "runtime.stall_timeout_s=6", "runtime.restart_timeout=600")
     bg = BackgroundJob(cfg)
+
+    def running(w):
+        return w.get("pid") and w.get("state") == "running"
 
     def seed_1_stepping(s):
         st = s.get("seeds", {}).get("1") or {}
-        return st.get("phase") == "warmup" and (st.get("env_steps") or 0) > 0 and any(
-            w.get("pid") for w in st.get("workers", []))
+        return st.get("phase") == phase and (st.get("env_steps") or 0) > after and any(
+            running(w) for w in st.get("workers", []))
 
     st = bg.wait_for(seed_1_stepping, timeout=180)
-    pid = next(w["pid"] for w in st["seeds"]["1"]["workers"] if w.get("pid"))
-    msg = _stop_and_expect_stall(bg, pid)
-    assert "no progress for" in msg and "warmup stage" in msg and "rollout worker 0" in msg and "(no answer)" in msg
+    return _stop_and_expect_stall(bg, next(w["pid"] for w in st["seeds"]["1"]["workers"] if running(w)))
 
 
 def _stop_and_expect_stall(bg, pid: int) -> str:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,14 +133,7 @@ def load(path: str | Path, map_location: str = "cpu") -> tuple[dict, list[dict],
     why = problem(path)
     if why is not None:
         raise CheckpointError(f"{path}: {why}")
-    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    if not isinstance(meta.get("shards"), list):
-        raise CheckpointError(f"{path / 'meta.json'}: has no shard list")
-    try:
-        learner_state = torch.load(path / "learner.pt", map_location=map_location, weights_only=True)
-    except Exception as e:  # PytorchStreamReader, EOFError, pickle errors: one line naming the file
-        raise CheckpointError(f"{path / 'learner.pt'}: does not load ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    meta, learner_state = _meta_and_learner(path, map_location)
     shards = []
     for i, sm in enumerate(meta["shards"]):
         f = path / f"shard_{i}.npz"
@@ -153,6 +147,41 @@ def load(path: str | Path, map_location: str = "cpu") -> tuple[dict, list[dict],
         ring["arrays"] = arrays
         shards.append({"ring": ring, "meta": sm["meta"]})
     return learner_state, shards, meta["counters"]
+
+
+def _meta_and_learner(path: Path, map_location: str) -> tuple[dict, dict]:
+    """meta.json and the loaded learner state of complete checkpoint `path`; CheckpointError naming
+    the file that does not load."""
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    if not isinstance(meta.get("shards"), list):
+        raise CheckpointError(f"{path / 'meta.json'}: has no shard list")
+    try:
+        learner_state = torch.load(path / "learner.pt", map_location=map_location, weights_only=True)
+    except Exception as e:  # PytorchStreamReader, EOFError, pickle errors: one line naming the file
+        raise CheckpointError(f"{path / 'learner.pt'}: does not load ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    return meta, learner_state
+
+
+def verify(path: str | Path) -> None:
+    """CheckpointError (as `load` words it) unless checkpoint `path` would load, without holding its
+    replay: problem(), the learner state loaded, and each shard_<i>.npz's CRC-32s checked while its
+    bytes stream through (zipfile.testzip; np.savez stores a CRC per array), not built into arrays.
+    What a multi-seed resume checks of every seed before it picks a step (seedgroup.resume_points)."""
+    path = Path(path)
+    why = problem(path)
+    if why is not None:
+        raise CheckpointError(f"{path}: {why}")
+    meta, _ = _meta_and_learner(path, "cpu")
+    for i in range(len(meta["shards"])):
+        f = path / f"shard_{i}.npz"
+        try:
+            with zipfile.ZipFile(f) as z:
+                bad = z.testzip()
+        except Exception as e:  # zipfile.BadZipFile, EOFError, OSError
+            raise CheckpointError(f"{f}: does not load ({type(e).__name__}: {e})") from e
+        if bad is not None:
+            raise CheckpointError(f"{f}: does not load ({bad} fails its CRC check)")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from wsrl_dist import job
 from wsrl_dist.config import RunConfig, from_dict
 from wsrl_dist.envs.make import obs_act_dims
+from wsrl_dist.errors import CheckpointError
 from wsrl_dist.plan import RunPlan
 from wsrl_dist.runtime.datapath.replay import ReplayShard
 from wsrl_dist.runtime.instrumentation.monitor import Monitor
@@ -262,38 +263,63 @@ def seed_configs(cfg: RunConfig) -> list[RunConfig]:
 def resume_points(cfg: RunConfig, seeds: list[int], force_config: bool) -> list[Any]:
     """Per seed, what a resume continues from; each checkpoint's config hash is checked unless
     `force_config` (checkpoint.check_config). One seed: checkpoint.load_newest's Loaded (the newest
-    checkpoint that loads; a broken newer one is skipped) or None. Several: the paths of
-    common_checkpoints (the newest step every seed has; read by each group's restore, one at a time:
-    S seeds' replay snapshots are not held at once)."""
+    checkpoint that loads; a broken newer one is skipped) or None. Several: the paths of the newest
+    step every seed has intact (common_steps, each seed's checked by checkpoint.verify: lock-step
+    needs one step for all); a step where any seed's checkpoint is broken is skipped with the same
+    one-line warning, and none left intact is a CheckpointError naming what is broken (a fresh start
+    would later prune them). The paths are read by each group's restore, one at a time: S seeds'
+    replay snapshots are not held at once."""
     if len(seeds) == 1:
         return [ckpt.load_newest(cfg.run.run_dir, cfg.hash(), force_config)]
     configs = seed_configs(cfg)
-    paths = common_checkpoints([c.run.run_dir for c in configs])
-    for c, path in zip(configs, paths):
-        if path is not None:
+    steps = common_steps([c.run.run_dir for c in configs])
+    errors = []
+    for paths in steps:
+        try:
+            for path in paths:
+                ckpt.verify(path)
+        except CheckpointError as e:
+            errors.append(str(e))
+            log.warning("checkpoint skipped: %s; trying the step before that every seed has", e)
+            continue
+        for c, path in zip(configs, paths):
             ckpt.check_config(path, json.loads((path / "meta.json").read_text())["counters"], c.hash(),
                               force_config)
-    return paths
+        return paths
+    if errors:
+        raise CheckpointError(f"{cfg.run.run_dir}: no checkpoint step that every seed has loads "
+                                   f"({'; '.join(errors)})")
+    return [None] * len(configs)
 
 
 def common_checkpoints(run_dirs: list[Path]) -> list[Path | None]:
     """Per seed run dir, its newest checkpoint of the newest learner step every seed has one of
     (all None when a seed has none). Raises when every seed has some but they share no step."""
+    steps = common_steps(run_dirs)
+    return steps[0] if steps else [None] * len(run_dirs)
+
+
+def common_steps(run_dirs: list[Path]) -> list[list[Path]]:
+    """Per learner step every seed has a complete checkpoint of (checkpoint.problem: DONE marker,
+    file sizes), newest first, each seed's checkpoint of it. [] when a seed has none; RuntimeError
+    when every seed has some but they share no step."""
     found = []
     for d in run_dirs:
         points = {}
         for path in sorted((Path(d) / "checkpoints").glob("step_*")):
-            if ckpt.problem(path) is None:  # complete: DONE marker and file sizes
+            why = ckpt.problem(path)
+            if why is None:  # complete: DONE marker and file sizes
                 points[json.loads((path / "meta.json").read_text())["counters"]["bundles"]] = path
+            elif path.is_dir():  # e.g. truncated: its step is not one this seed has
+                log.warning("checkpoint skipped: %s: %s", path, why)
         found.append(points)
     if not all(found):  # nothing saved, or killed inside the first multi-seed checkpoint (some seeds
-        return [None] * len(run_dirs)  # saved, not all): a fresh launch, as with none at all
+        return []  # saved, not all): a fresh launch, as with none at all
     common = set.intersection(*(set(p) for p in found))
     if not common:
         raise RuntimeError(f"the seeds of {Path(run_dirs[0]).parent} have no checkpoint of the same "
                            f"step in common ({[sorted(p) for p in found]} bundles): cannot resume")
-    step = max(common)
-    return [p[step] for p in found]
+    return [[p[step] for p in found] for step in sorted(common, reverse=True)]
 
 
 def summary(run_dir: Path) -> dict[str, Any]:

@@ -61,7 +61,7 @@ from wsrl_dist.runtime.orchestration.seedgroup import (
     summary,
 )
 from wsrl_dist.runtime.orchestration.supervisor import Supervisor
-from wsrl_dist.runtime.orchestration.watchdog import Watchdog
+from wsrl_dist.runtime.orchestration.watchdog import Watchdogs
 
 log = logging.getLogger(__name__)
 
@@ -255,14 +255,14 @@ class Job:
         start_s, t0 = time.time() - t0, time.time()
         pending: list[list] = [[] for _ in self.groups]
         walls = [0.0] * len(self.groups)
-        dogs = [Watchdog(self.rt.stall_timeout_s) for _ in self.groups]
+        dogs = Watchdogs(self.groups, self.rt.stall_timeout_s)
         while True:
             busy = False
             for i, g in enumerate(self.groups):
                 g.sup.supervise()
                 pending[i] = [r for r in pending[i] if not ray.wait([r], timeout=0)[0]]
                 if not walls[i]:  # a group still warming up: no silent hang
-                    dogs[i].check(g, "warmup")
+                    dogs.check(i, "warmup", [not w for w in walls])
                 if pending[i] or any(s.state == "running" for s in g.sup.slots.values()):
                     busy = True  # a finished share is handed back by the next supervise()
                     continue
@@ -297,12 +297,12 @@ class Job:
         for g in self.groups:
             g.sup.start_runs()
         done = [False] * len(self.groups)
-        dogs = [Watchdog(self.rt.stall_timeout_s) for _ in self.groups]
+        dogs = Watchdogs(self.groups, self.rt.stall_timeout_s)
         while True:
             check_learner_running(train_ref)
-            for i, g in enumerate(self.groups):  # lost grants back to the pool; no silent hang
+            for i in range(len(self.groups)):  # lost grants back to the pool; no silent hang
                 if not done[i]:
-                    dogs[i].check(g, "online")
+                    dogs.check(i, "online", [not d for d in done])
             for n in scale_requests(self.controller):  # N workers in every seed's group
                 for g in self.groups:
                     g.c["workers_target"] = n

@@ -71,6 +71,31 @@ class Watchdog:
             ray.get(job.learner.begin_online.remote(held))
 
 
+class Watchdogs:
+    """One Watchdog per seed group of a job. With several seeds a stall names its seed; online it is
+    described for every seed still in the stage: they run in lock-step there (one learner step runs
+    a bundle for every seed), so one seed's stopped worker stalls them all, and the seed whose clock
+    runs out first need not be the stuck one (its description alone named nothing stuck). In the
+    warmup each group steps on its own: the seed that stalls is the stuck one."""
+
+    def __init__(self, groups: list[Any], stall_timeout_s: float):
+        self.groups = groups
+        self.dogs = [Watchdog(stall_timeout_s) for _ in groups]
+
+    def check(self, i: int, phase: str, active: list[bool]) -> None:
+        """Watchdog.check of group `i`; `active`: per group, whether it is still in `phase`."""
+        try:
+            self.dogs[i].check(self.groups[i], phase)
+        except StallError as e:
+            if len(self.groups) == 1:
+                raise
+            if phase != "online":
+                raise StallError(f"seed {self.groups[i].cfg.run.seed}: {e}") from e
+            now = time.time()
+            raise StallError(" | ".join(f"seed {g.cfg.run.seed}: {describe_stall(g, phase, now - d.since)}"
+                                        for d, g, on in zip(self.dogs, self.groups, active) if on)) from e
+
+
 def _answers(ref: Any) -> bool:
     try:
         ray.get(ref, timeout=PING_TIMEOUT_S)
