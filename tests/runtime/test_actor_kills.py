@@ -133,6 +133,7 @@ def soak(tmp_path, total: int, every_s: float, duration_s: float) -> dict:
     bg = BackgroundJob(cfg)
     bg.wait_for(lambda s: s["phase"] == "online", timeout=180)
     rng, kills, t0 = random.Random(17), {"worker": 0, "shard": 0}, time.time()
+    last_kind = None
     next_kill = t0 + every_s
     while bg.thread.is_alive() and time.time() - t0 < duration_s:
         time.sleep(0.25)
@@ -159,6 +160,7 @@ def soak(tmp_path, total: int, every_s: float, duration_s: float) -> dict:
         except ProcessLookupError:  # it died on its own meanwhile (a status a tick old)
             continue
         kills[kind] += 1
+        last_kind = kind
         next_kill = time.time() + every_s * rng.uniform(0.75, 1.25)
     run_dir = bg.join(timeout=600)
     info = run_json(run_dir)
@@ -167,7 +169,9 @@ def soak(tmp_path, total: int, every_s: float, duration_s: float) -> dict:
     assert info["critic_updates"] == UTD * (total - first_update_step(cfg))
     assert info["weights_version"] == info["critic_updates"] // UTD
     assert info["replay_shard_restarts"] == kills["shard"]
-    assert info["worker_restarts"] >= kills["worker"]
+    # every killed worker is restarted, except that the last kill may land as the job ends (its
+    # rows all stored: nothing is left for a restart to do; CI saw 2 restarts for 3 such kills)
+    assert info["worker_restarts"] >= kills["worker"] - (last_kind == "worker")
     _, shards, _ = checkpoint.load(checkpoint.latest(run_dir))
     assert shards[0]["ring"]["total_inserted"] == shards[0]["ring"]["size"] == total
     assert sum(shards[0]["meta"]["env_steps_by_worker"].values()) == total
