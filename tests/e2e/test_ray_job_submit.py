@@ -78,7 +78,10 @@ def ray_head():
     if shutil.which("ray", path=str(BIN)) is None:
         pytest.skip("the ray CLI is not installed next to this python")
     temp_dir = tempfile.mkdtemp(prefix="wsrl-ray-", dir="/tmp")  # short: Ray's unix socket paths
-    gcs, dash, client, nm, om, agent, agent_grpc, metrics, renv, lo = _free_ports(10)
+    while True:  # the worker port range [lo, lo + 60] must not hold another chosen port (Ray refuses)
+        gcs, dash, client, nm, om, agent, agent_grpc, metrics, renv, lo = ports = _free_ports(10)
+        if not any(lo <= q <= lo + 60 for q in ports[:-1]):
+            break
     cmd = [str(BIN / "ray"), "start", "--head", f"--temp-dir={temp_dir}", f"--port={gcs}",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", f"--ray-client-server-port={client}", f"--node-manager-port={nm}",
