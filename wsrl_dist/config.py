@@ -195,6 +195,7 @@ class RunConfig:
         d = self.to_dict()
         d["run"] = {k: v for k, v in d["run"].items() if k not in ("run_dir", "storage", "progress", "compile_cache")}
         d["pretrain"] = {k: v for k, v in d["pretrain"].items() if k != "checkpoint_every"}
+        d["pretrain"]["cql"] = {k: v for k, v in d["pretrain"]["cql"].items() if k != "fused_row_split"}
         # Q-vs-MC probes only read the critic (evaluation.q_probe): the training numbers are the same
         d["finetune"] = {k: v for k, v in d["finetune"].items() if not k.startswith("q_probe_")}
         d["dataset"] = {k: v for k, v in d["dataset"].items() if k != "build_checkpoint_every"

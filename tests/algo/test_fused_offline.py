@@ -36,6 +36,10 @@ VARIANTS = {
     "cql_plain": ("cql", dataclasses.replace(BASE, cql_importance_sample=False, cql_temp=0.5,
                                              cql_max_target_backup=False)),
     "calql_bound_random": ("calql", dataclasses.replace(BASE, calql_bound_random_actions=True)),
+    # the CQL rows' weight gradients split-K (fused_nets.row_split: automatic only at real sizes);
+    # 6 chunks for k = 3 members: with a split prime to k, a chunk-to-member mix-up could permute
+    # members within every chunk and leave the per-state penalty unchanged
+    "cql_row_split": ("cql", dataclasses.replace(BASE, fused_row_split=6)),
 }
 
 
@@ -152,6 +156,47 @@ def test_two_seeds_in_one_fused_offline_step_match_two_eager_runs(pinned):
         _assert_agents_close(refs[s][0], agents[s])
 
 
+def test_row_split_fills_the_gemm_batch_and_refuses_a_split_that_does_not_divide():
+    from wsrl_dist.algo.fused_nets import row_split
+
+    # locomotion CQL: k = 2 members, 256 x 30 rows each
+    assert row_split(2, 7680) == 8  # one seed: 2 x 8 = 16 GEMMs of 960 rows
+    assert row_split(8, 7680) == 2  # four seeds
+    assert row_split(16, 7680) == 1  # enough GEMMs already
+    assert row_split(2, 300) == 1  # chunks would fall under 256 rows
+    assert row_split(2, 7680, asked=3) == 3
+    with pytest.raises(ValueError, match="fused_row_split=7 does not divide the 7680"):
+        row_split(2, 7680, asked=7)
+    with pytest.raises(ValueError, match="fused_row_split must be >= 0"):
+        CQLConfig(fused_row_split=-1).validate()
+
+
+def test_split_rows_give_the_same_q_and_gradients_in_float64():
+    """critic_q with its rows in chunks (split-K of the weight gradients) is the unsplit forward and
+    backward up to float64 round-off; a wrong chunk-to-member mapping would move every number."""
+    from wsrl_dist.algo.fused_nets import critic_q
+
+    torch.manual_seed(0)
+    s, m, rows, width = 2, 3, 24, 8
+    p = {"weights.0": torch.randn(s, m, OBS + ACT, width), "biases.0": torch.randn(s, m, width),
+         "ln_scales.0": torch.randn(s, m, width), "ln_biases.0": torch.randn(s, m, width),
+         "weights.1": torch.randn(s, m, width, width), "biases.1": torch.randn(s, m, width),
+         "ln_scales.1": torch.randn(s, m, width), "ln_biases.1": torch.randn(s, m, width),
+         "head_weight": torch.randn(s, width, 1), "head_bias": torch.randn(s, 1)}
+    p = {k: v.double().requires_grad_() for k, v in p.items()}
+    obs, act = torch.randn(s, rows, OBS, dtype=torch.float64), torch.randn(s, rows, ACT, dtype=torch.float64)
+    outs = []
+    for split in (1, 4):
+        q = critic_q(p, 2, True, obs, act, torch.float64, split)
+        grads = torch.autograd.grad((q * torch.linspace(-1, 1, rows, dtype=torch.float64)).sum(), list(p.values()))
+        outs.append((q.detach(), grads))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-12, atol=1e-12)
+    for g1, g0 in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(g1, g0, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="split=5 does not divide 24 rows"):
+        critic_q(p, 2, True, obs, act, torch.float64, 5)
+
+
 def test_fused_offline_refuses_iql_by_name_and_iql_keeps_the_eager_step():
     cql = BASE
     with pytest.raises(ValueError, match="IQL keeps the eager step"):
@@ -163,7 +208,7 @@ def test_fused_offline_refuses_iql_by_name_and_iql_keeps_the_eager_step():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("variant,seeds", [("cql", 1), ("calql", 2), ("calql_lagrange", 1)])
+@pytest.mark.parametrize("variant,seeds", [("cql", 1), ("calql", 2), ("calql_lagrange", 1), ("cql_row_split", 2)])
 def test_fused_compile_graph_offline_step_matches_eager_on_cuda(pinned, variant, seeds):
     """The GPU default (auto = fused_compile_graph): compiled, captured in one CUDA graph, replayed;
     and the compiled and the graphed steps on their own."""

@@ -117,8 +117,9 @@ def test_learner_pretrain_rows_compare_graph_with_their_eager_row(capsys, monkey
     rates = {("cql", "eager"): 50.0, ("cql", "cuda_graph"): 400.0, ("cql", "fused"): 100.0,
              ("cql", "fused_compile_graph"): 2500.0, ("iql", "eager"): 100.0, ("iql", "cuda_graph"): 300.0}
 
-    def fake_time(size, algo, mode, device, sac, seconds, key=None, inductor=None):
+    def fake_time(size, algo, mode, device, sac, seconds, key=None, inductor=None, row_split=0):
         learner.SETUP_S[(size, key)] = 1.0
+        assert row_split == 0  # the automatic split unless --row-split
         return rates[(algo, mode)] * (2 if inductor else 1)  # an --inductor set: its own row
 
     real = learner.pretrain_modes  # the GPU's rows
@@ -133,6 +134,26 @@ def test_learner_pretrain_rows_compare_graph_with_their_eager_row(capsys, monkey
                     "pretrain-cql-fused-compile-graph": [2500.0, 2500.0, 50.0, 1.0],
                     "pretrain-cql-fused-compile-graph+max_autotune=1": [5000.0, 5000.0, 100.0, 1.0],
                     "pretrain-iql-eager": [100.0, 100.0, 1.0, 1.0], "pretrain-iql-eager-graph": [300.0, 300.0, 3.0, 1.0]}
+
+
+def test_learner_row_split_rows_run_the_fused_step_with_each_split(capsys, monkeypatch):
+    """--row-split 1,4 with --pretrain-modes: one fused row per cql.fused_row_split value (the sweep
+    that picks fused_nets.row_split's rule on a GPU), the eager baseline once, other modes left out."""
+    from wsrl_dist.algo import fused_nets
+    from wsrl_dist.bench import learner
+
+    seen = []
+    real = fused_nets.row_split
+    monkeypatch.setattr("wsrl_dist.algo.fused_offline.row_split",
+                        lambda mats, rows, asked=0: seen.append(asked) or real(mats, rows, asked))
+    assert learner.main(["--variants", "", "--pretrain", "cql", "--pretrain-modes", "eager,fused",
+                         "--row-split", "1,4", "--seeds", "2", "--seed-modes", "fused", "--seconds", "0.05",
+                         "--sizes", "tiny"]) == 0
+    rows = {w[1]: nums for w, nums in table_rows(capsys.readouterr().out, r"^tiny\s") if w[1].startswith("pretrain")}
+    assert list(rows) == ["pretrain-cql-eager", "pretrain-cql-fused-split1", "pretrain-cql-fused-split4",
+                          "pretrain-cql-fused-split1-S2", "pretrain-cql-fused-split4-S2"]
+    assert all(v[0] > 0 for v in rows.values())
+    assert set(seen) == {1, 4}
 
 
 def test_learner_profile_prints_where_the_bundle_time_goes(capsys):

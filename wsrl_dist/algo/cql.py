@@ -30,10 +30,17 @@ class CQLConfig:
     cql_alpha_lagrange_lr: float = 3e-4
     cql_max_target_backup: bool = True
     calql_bound_random_actions: bool = False
+    # Speed only, no change to the math (left out of Config.hash): the fused step splits the CQL rows
+    # (B * 3n per member) into this many chunks per member, so the critics' weight gradients over
+    # those rows are a batch of shorter-K GEMMs summed afterwards ("split-K"). 0 = automatic
+    # (fused_nets.row_split); 1 = no split. The rows are the largest GEMMs of a CQL step.
+    fused_row_split: int = 0
 
     def validate(self) -> None:
         if self.cql_n_actions < 1:
             raise ValueError(f"cql.cql_n_actions must be >= 1, got {self.cql_n_actions}")
+        if self.fused_row_split < 0:
+            raise ValueError(f"cql.fused_row_split must be >= 0 (0 = automatic), got {self.fused_row_split}")
         if self.cql_alpha < 0:
             raise ValueError(f"cql.cql_alpha must be >= 0, got {self.cql_alpha}")
 

@@ -112,12 +112,38 @@ def actor_sample(plan: ActorPlan, p: Tensors, obs: torch.Tensor, eps: torch.Tens
     return torch.tanh(pre), log_prob - tanh_log_det(pre)
 
 
+# Split-K for the CQL rows. A CQL step evaluates k = 2 members on B * 3n = 7,680 rows each; the
+# weight gradient of a hidden layer is then a [256 x 256] output summed over K = 7,680 rows, and a
+# batch of 2 (x seeds) such GEMMs gives cuBLAS only a few dozen output tiles for 132 SMs, each with a
+# long K loop (78 us per GEMM on an H100/H200 profile, ~26 TFLOPS). Viewing each member's rows as
+# `split` chunks, with the member's weights repeated per chunk, makes the forward a bmm over
+# members x chunks; autograd's weight gradient is then one GEMM per chunk (split x more tiles, K /
+# split each) followed by the sum over chunks that the repeat's backward does. Same sums, in
+# another order: float round-off only.
+_SPLIT_MATS = 16  # split until members x seeds x chunks reaches this many GEMMs ...
+_SPLIT_MIN_ROWS = 256  # ... while each chunk keeps at least this many rows
+
+
+def row_split(mats: int, rows: int, asked: int = 0) -> int:
+    """Chunks per member for critic_q's `split`: `asked` if > 0 (it must divide `rows`), else the
+    automatic choice for `mats` (seeds x members) GEMMs of `rows` rows (1 = no split)."""
+    if asked:
+        if rows % asked:
+            raise ValueError(f"cql.fused_row_split={asked} does not divide the {rows} CQL rows per member")
+        return asked
+    split = 1
+    while mats * split < _SPLIT_MATS and rows % (2 * split) == 0 and rows // (2 * split) >= _SPLIT_MIN_ROWS:
+        split *= 2
+    return split
+
+
 def critic_q(p: Tensors, n_layers: int, layer_norm: bool, obs: torch.Tensor, act: torch.Tensor,
-             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+             dtype: torch.dtype = torch.float32, split: int = 1) -> torch.Tensor:
     """EnsembleCritic.forward for weights [S, M, ...] (M members) on inputs [S, R, .] -> Q [S, M, R].
     `n_layers`: len(EnsembleCritic.weights). With a shared Q head (`head_weight` [S, H, 1] and
     `head_bias` [S, 1] in p, CriticLayout) all n_layers are hidden; without, the last one is the
-    per-member head. `dtype`: the matmuls' input dtype (see above)."""
+    per-member head. `dtype`: the matmuls' input dtype (see above). `split` (divides R): each
+    member's rows as that many chunks in the hidden layers (split-K of the weight gradients, above)."""
     s, m, k_in = p["weights.0"].shape[:3]
     shared = "head_weight" in p
     n_hidden = n_layers if shared else n_layers - 1
@@ -127,14 +153,22 @@ def critic_q(p: Tensors, n_layers: int, layer_norm: bool, obs: torch.Tensor, act
     pad = [obs.new_zeros(*obs.shape[:-1], k_in - in_width)] if k_in > in_width else []
     x = torch.cat([obs, act, *pad], -1).to(dtype)  # rounded once, before the copy per member
     rows = x.shape[-2]
-    h = x.unsqueeze(1).expand(s, m, rows, x.shape[-1]).reshape(s * m, rows, x.shape[-1])
+    if rows % split:
+        raise ValueError(f"critic_q: split={split} does not divide {rows} rows")
+    n = s * m * split  # GEMMs per layer: one per (seed, member, chunk)
+
+    def per_chunk(t: torch.Tensor, *shape: int) -> torch.Tensor:  # [S, M, ...] -> [n, *shape], per chunk
+        t = t.reshape(s * m, *shape)
+        return t if split == 1 else t.unsqueeze(1).expand(s * m, split, *shape).reshape(n, *shape)
+
+    h = x.unsqueeze(1).expand(s, m, rows, x.shape[-1]).reshape(n, rows // split, x.shape[-1])
     for i in range(n_hidden):
         w, b = p[f"weights.{i}"], p[f"biases.{i}"]
-        h = _mm(b.reshape(s * m, 1, -1), h, w.reshape(s * m, *w.shape[-2:]), dtype, head=False)
+        width = w.shape[-1]
+        h = _mm(per_chunk(b, 1, width), h, per_chunk(w, *w.shape[-2:]), dtype, head=False)
         if layer_norm:
-            width = h.shape[-1]
-            h = (F.layer_norm(h, (width,), eps=LN_EPS) * p[f"ln_scales.{i}"].reshape(s * m, 1, width)
-                 + p[f"ln_biases.{i}"].reshape(s * m, 1, width))
+            h = (F.layer_norm(h, (width,), eps=LN_EPS) * per_chunk(p[f"ln_scales.{i}"], 1, width)
+                 + per_chunk(p[f"ln_biases.{i}"], 1, width))
         h = F.relu(h)
     # the 1-wide Q head as a row dot product, not a GEMM with one output column: Inductor folds it
     # (and its backward, a broadcast multiply and a row sum) into the LayerNorm / ReLU kernels

@@ -31,6 +31,7 @@ from wsrl_dist.algo import fused as fused_lib
 from wsrl_dist.algo.agent import Agent
 from wsrl_dist.algo.cql import CQLConfig
 from wsrl_dist.algo.fused import FlatLayout, FusedState, Spec, Tensors
+from wsrl_dist.algo.fused_nets import row_split
 from wsrl_dist.algo.sac import SACConfig
 from wsrl_dist.algo.types import Batch
 
@@ -43,8 +44,8 @@ def _pi(spec: Spec, p: Tensors, obs: torch.Tensor, eps: torch.Tensor) -> tuple[t
     return fused_lib.actor_sample(spec.actor, p, obs, eps, spec.matmul_dtype)
 
 
-def _q(spec: Spec, p: Tensors, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    return fused_lib.critic_q(p, spec.critic_layers, spec.layer_norm, obs, act, spec.matmul_dtype)
+def _q(spec: Spec, p: Tensors, obs: torch.Tensor, act: torch.Tensor, split: int = 1) -> torch.Tensor:
+    return fused_lib.critic_q(p, spec.critic_layers, spec.layer_norm, obs, act, spec.matmul_dtype, split)
 
 
 class OfflineNoise(NamedTuple):
@@ -151,7 +152,9 @@ def fused_offline_step(spec: OfflineSpec, st: Tensors, batch: Batch, noise: Offl
         q_data = _q(net, clay.views(flat), obs, act)  # [S, E, B]
         td = (q_data - y.unsqueeze(1)).pow(2).mean((1, 2))
         # the k penalised members' trunks (repeats allowed, each counted) and the shared Q head
-        qs = _q(net, clay.gather(flat, k_idx), s_rep, a_all)  # [S, k, B * 3n]
+        # split-K of these rows' weight gradients (fused_nets.row_split): the step's largest GEMMs
+        split = row_split(s_dim * k_idx.shape[1], bsz * 3 * n, q_cfg.fused_row_split)
+        qs = _q(net, clay.gather(flat, k_idx), s_rep, a_all, split)  # [S, k, B * 3n]
         q_rand, q_cur, q_next = qs.view(s_dim, -1, bsz, 3 * n).split(n, -1)  # each [S, k, B, n]
         qd = torch.gather(q_data, 1, k_idx.unsqueeze(-1).expand(-1, -1, bsz))  # [S, k, B]
         if q_cfg.use_calql:

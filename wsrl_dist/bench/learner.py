@@ -216,7 +216,8 @@ def pretrain_modes(device: torch.device, algo: str = "cql") -> tuple[str, ...]:
 
 
 def time_pretrain(size: str, algo: str, mode: str, device: torch.device, sac: SACConfig,
-                  seconds: float, seeds: int = 0, key: str | None = None, inductor: dict | None = None) -> float:
+                  seconds: float, seeds: int = 0, key: str | None = None, inductor: dict | None = None,
+                  row_split: int = 0) -> float:
     """Offline pre-training steps/s (batch 256) of make_offline_step_fn in `mode`; with `seeds` S >= 1,
     make_offline_multiseed_fn over S agents (one S-seed fused step in the fused modes, as a study
     pre-trains a task's seeds): S x its calls/s, the seed-steps/s of all seeds together."""
@@ -226,7 +227,7 @@ def time_pretrain(size: str, algo: str, mode: str, device: torch.device, sac: SA
 
     obs, act, actor_h, critic_h, _ = SIZES[size]
     # antmaze pre-trains with the Lagrange multiplier (configs/tasks/antmaze.yaml)
-    cql = CQLConfig(use_calql=algo == "calql", cql_autotune_alpha=size == "antmaze")
+    cql = CQLConfig(use_calql=algo == "calql", cql_autotune_alpha=size == "antmaze", fused_row_split=row_split)
     agents = [make_agent(obs, act, NetConfig(actor_hidden=actor_h, critic_hidden=critic_h), sac,
                          with_value=algo == "iql", device=device, capturable=mode.endswith("graph"),
                          lagrange_init=1.0 if (cql.cql_autotune_alpha and algo != "iql") else None)
@@ -272,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="", help="multi-seed rows on GPU, e.g. 1,2,4,8 (aggregate rate; with "
                     "--pretrain also S-seed pre-training rows in the fused modes)")
     ap.add_argument("--pretrain", default="", help="offline rows, e.g. cql,calql,iql (eager, and graph on GPU)")
+    ap.add_argument("--pretrain-modes", default="",
+                    help="only these of the pre-training rows' modes, e.g. eager,fused_compile_graph (default: all)")
+    ap.add_argument("--row-split", default="0",
+                    help="cql.fused_row_split values for the fused pre-training rows, e.g. 0,1,4,8 (0 = automatic; "
+                         "more than one value, or one other than 0, labels the rows -splitN)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="after timing each row, profile N calls and print kernels (ops on CPU) by time")
     ap.add_argument("--inductor", default="",
@@ -313,31 +319,40 @@ def main(argv: list[str] | None = None) -> int:
         rates: dict[str, float] = {}
         per_call: dict[str, int] = {}  # critic updates per timed call: utd (bundles), 1 (pre-training)
         pre_algo: dict[str, str] = {}  # pre-training row -> its algorithm's eager row
+        splits = [int(x) for x in args.row_split.split(",") if x]
+        label_splits = len(splits) > 1 or splits != [0]
+        only = {m for m in args.pretrain_modes.split(",") if m}
         for algo in [a for a in args.pretrain.split(",") if a]:
-            for mode in pretrain_modes(device, algo):
-                for label, opts in inductor_sets(args.inductor, "compile" in mode):
-                    name = f"pretrain-{algo}-{PRETRAIN_LABELS[mode]}{label}"
-                    pre_algo[name] = f"pretrain-{algo}-eager"
-                    try:
-                        if "compile" in mode:
-                            _fresh_compile()
-                        rates[name] = time_pretrain(size, algo, mode, device, sac, args.seconds, key=name,
-                                                    inductor=opts)
-                        per_call[name] = 1
-                    except Exception as e:
-                        print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
+            modes = [m for m in pretrain_modes(device, algo) if not only or m in only]
+            for mode in modes:
+                for split in splits if mode.startswith("fused") else [0]:
+                    split_label = f"-split{split}" if label_splits and mode.startswith("fused") else ""
+                    for label, opts in inductor_sets(args.inductor, "compile" in mode):
+                        name = f"pretrain-{algo}-{PRETRAIN_LABELS[mode]}{split_label}{label}"
+                        pre_algo[name] = f"pretrain-{algo}-eager"
+                        try:
+                            if "compile" in mode:
+                                _fresh_compile()
+                            rates[name] = time_pretrain(size, algo, mode, device, sac, args.seconds, key=name,
+                                                        inductor=opts, row_split=split)
+                            per_call[name] = 1
+                        except Exception as e:
+                            print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
             # --seeds with --pretrain: S seeds' steps in one call (fused modes: one S-seed step)
             for n in [int(x) for x in args.seeds.split(",") if x]:
-                for mode in [m for m in pretrain_modes(device, algo) if m.startswith("fused")]:
-                    name = f"pretrain-{algo}-{PRETRAIN_LABELS[mode]}-S{n}"
-                    pre_algo[name] = f"pretrain-{algo}-eager"
-                    try:
-                        if "compile" in mode:
-                            _fresh_compile()
-                        rates[name], per_call[name] = time_pretrain(size, algo, mode, device, sac, args.seconds, n), 1
-                        SETUP_S[(size, name)] = SETUP_S.pop((size, f"pretrain-{algo}-{mode}-S{n}"))
-                    except Exception as e:
-                        print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
+                for mode in [m for m in modes if m.startswith("fused")]:
+                    for split in splits:
+                        split_label = f"-split{split}" if label_splits else ""
+                        name = f"pretrain-{algo}-{PRETRAIN_LABELS[mode]}{split_label}-S{n}"
+                        pre_algo[name] = f"pretrain-{algo}-eager"
+                        try:
+                            if "compile" in mode:
+                                _fresh_compile()
+                            rates[name] = time_pretrain(size, algo, mode, device, sac, args.seconds, n, key=name,
+                                                        row_split=split)
+                            per_call[name] = 1
+                        except Exception as e:
+                            print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
         for v in variants:
             for label, opts in inductor_sets(args.inductor, "compile" in v):
                 name = v + label
