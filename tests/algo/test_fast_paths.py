@@ -190,3 +190,23 @@ def test_a_bundle_group_of_several_seeds_is_refused():
     agents = [_agent("cpu", capturable=False) for _ in range(2)]
     with pytest.raises(ValueError, match="one seed"):
         FusedBundles(agents, SAC, "fused").group(_batches(2, "cpu"))
+
+
+def test_copy_rows_puts_each_seeds_fields_in_its_rows_of_the_graph_inputs():
+    """The graphed multi-seed call's input copy (one multi-tensor copy): seed i's field j lands in
+    row i of buffer j, fields a batch lacks (None) and buffers the graph lacks are left alone."""
+    from wsrl_dist.algo.fused_bundles import copy_rows
+
+    seeds, rows = 3, 4
+    static = Batch(torch.zeros(seeds, rows, 2), torch.zeros(seeds, rows, 1), torch.zeros(seeds, rows),
+                   torch.zeros(seeds, rows, 2), torch.zeros(seeds, rows), None)
+    plan = [[(dst[i], j) for j, dst in enumerate(static) if dst is not None] for i in range(seeds)]
+    batches = [Batch(torch.full((rows, 2), 10.0 * i), torch.full((rows, 1), 10.0 * i + 1),
+                     torch.full((rows,), 10.0 * i + 2), torch.full((rows, 2), 10.0 * i + 3),
+                     None if i == 1 else torch.full((rows,), 10.0 * i + 4), torch.ones(rows))
+               for i in range(seeds)]
+    copy_rows(plan, batches)
+    for i in range(seeds):
+        for j in range(4):
+            assert torch.equal(static[j][i], torch.full_like(static[j][i], 10.0 * i + j)), (i, j)
+        assert torch.equal(static[4][i], torch.zeros(rows) if i == 1 else torch.full((rows,), 10.0 * i + 4))
