@@ -233,6 +233,22 @@ def test_fused_graph_matches_eager(pinned_randomness, mode):
     _assert_agents_close(ref, fast, atol=1e-4)
 
 
+@cuda
+def test_two_seeds_in_one_fused_graph_match_two_eager_runs(pinned_randomness):
+    """The graphed S-seed call copies each seed's batch into its rows of the graph's inputs
+    (fused_bundles.copy_rows): each seed must learn from its own batches only."""
+    data = [_batches(3, "cuda", seed=20 + s) for s in range(2)]
+    refs = [_agent(s, device="cuda") for s in range(2)]
+    for agent, batches in zip(refs, data):
+        _eager_run(agent, batches)
+    agents = [_agent(s, device="cuda") for s in range(2)]
+    fn = make_multiseed_fn(agents, SAC, "fused_graph", examples=[d[0] for d in data])
+    for j in range(3):
+        fn([d[j] for d in data])
+    for ref, agent in zip(refs, agents):
+        _assert_agents_close(ref, agent, atol=1e-4)
+
+
 def test_noise_shapes_follow_the_target_backup():
     """max-target-backup draws n next actions per state for the target AND the entropy estimate."""
     sac = dataclasses.replace(SAC, max_target_backup=True, n_backup_actions=5)
