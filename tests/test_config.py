@@ -247,6 +247,11 @@ def test_hash_tracks_hyperparameters_but_not_run_dir_or_progress():
     with pytest.raises(ConfigError, match=r"dataset\.build_checkpoint_every must be >= 0"):
         config.load(overrides=["dataset.build_checkpoint_every=-1"])
     assert config.load(overrides=["runtime.grant_wait_s=0"]).hash() == base.hash()  # how workers wait
+    # the fused CQL step's split-K: the order of a sum, not the math (algo/fused_nets.py row_split)
+    assert config.load(overrides=["pretrain.cql.fused_row_split=8"]).hash() == base.hash()
+    assert config.load(overrides=["pretrain.cql.fused_row_split=8"]).pretrain.cql.fused_row_split == 8
+    with pytest.raises(ConfigError, match=r"fused_row_split must be >= 0"):
+        config.load(overrides=["pretrain.cql.fused_row_split=-2"])
     with pytest.raises(ConfigError, match=r"runtime\.grant_wait_s must be in \[0, 10\] seconds, got -1"):
         config.load(overrides=["runtime.grant_wait_s=-1"])
     assert config.load(overrides=["sac.critic_lr=0.0003000001"]).hash() != base.hash()
