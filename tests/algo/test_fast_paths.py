@@ -210,3 +210,65 @@ def test_copy_rows_puts_each_seeds_fields_in_its_rows_of_the_graph_inputs():
         for j in range(4):
             assert torch.equal(static[j][i], torch.full_like(static[j][i], 10.0 * i + j)), (i, j)
         assert torch.equal(static[4][i], torch.zeros(rows) if i == 1 else torch.full((rows,), 10.0 * i + 4))
+
+
+def test_capture_frees_dead_graphs_first_and_keeps_the_collector_off_while_capturing(monkeypatch):
+    """graph_capture.capture: a dead reference cycle (like a dropped FusedBundles holding its graph)
+    is collected before the capture begins, never during it (its graph's reset() would invalidate
+    the capture: the H100 failure of 2026-12-06); the collector is back on afterwards, also when the
+    captured function raises. CUDA streams and graphs are stand-ins here (CPU): only the order of
+    events is under test; the CUDA tests capture for real."""
+    import contextlib
+    import gc
+
+    from wsrl_dist.algo import graph_capture
+
+    events: list = []
+
+    class Cycle:  # unreachable once made: only the cyclic collector frees it
+        def __init__(self):
+            self.me = self
+
+        def __del__(self):
+            events.append("dead graph freed")
+
+    class Capture:
+        def __init__(self, graph):
+            pass
+
+        def __enter__(self):
+            events.append(("capture begins", gc.isenabled()))
+
+        def __exit__(self, *exc):
+            events.append(("capture ends", gc.isenabled()))
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    monkeypatch.setattr(torch.cuda, "graph", Capture)
+    state = [torch.zeros(3)]
+
+    def fn(_):
+        state[0].add_(1.0)
+        return {"x": state[0]}
+
+    assert gc.isenabled()
+    Cycle()
+    graph_capture.capture(fn, None, state)
+    assert events == ["dead graph freed", ("capture begins", False), ("capture ends", False)]
+    assert gc.isenabled()
+    assert torch.equal(state[0], torch.zeros(3))  # the warm-up calls' changes undone
+
+    def broken(_):
+        if not gc.isenabled():  # in the capture
+            raise RuntimeError("capture failed")
+        return {}
+
+    with pytest.raises(RuntimeError, match="capture failed"):
+        graph_capture.capture(broken, None, [])
+    assert gc.isenabled()

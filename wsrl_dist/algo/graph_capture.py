@@ -8,6 +8,7 @@ it is the one piece of CUDA-graph mechanics they all lean on, with no update mat
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 import torch
@@ -63,8 +64,22 @@ def capture(fn: Callable, static: Batch, state: list[torch.Tensor]) -> tuple[tor
             fn(static)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn(static)
+    # An unreachable reference cycle holding an older graph (a dropped FusedBundles: its step
+    # closure refers back to it) must not be collected during this capture: the old graph's
+    # reset() then runs while the stream is capturing, which invalidates the capture ("operation
+    # not permitted when stream is capturing (function reset)", and the CUDA RNG is left in capture
+    # state for every later draw; tests/algo on an H100, 2026-12-06). torch.cuda.graph no longer
+    # collects garbage itself (torch.compiler.config.force_cudagraph_gc), so: collect now, and keep
+    # the collector off until the capture ends.
+    gc.collect()
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.cuda.graph(graph):
+            out = fn(static)
+    finally:
+        if collecting:
+            gc.enable()
     with torch.no_grad():
         for t, s in zip(state, saved):
             t.copy_(s)
