@@ -286,7 +286,30 @@ def test_builder_table_times_behaviour_paths_and_rollouts_against_their_baseline
     assert out.startswith("# command: wsrl-dist bench builder --task inverted-pendulum-v5")
     behaviour = {w[1]: nums for w, nums in table_rows(out, r"^behaviour\s")}
     rollout = {w[1]: nums for w, nums in table_rows(out, r"^rollout\s")}
-    assert list(behaviour) == ["env", "eager", "ops", "fused"] and list(rollout) == ["serial", "2envs/1w"]
+    assert list(behaviour) == ["eager", "env", "ops", "fused"] and list(rollout) == ["serial", "2envs/1w"]
     assert_finite_positive(table_rows(out, r"^(behaviour|rollout)\s"))
     assert behaviour["eager"][2] == 1.0 and rollout["serial"][2] == 1.0  # the baselines against themselves
     assert rollout["2envs/1w"][0] == 600  # rows, rows/s, x serial, s per 1M
+
+
+def test_builder_rows_print_as_timed_the_eager_baseline_is_short_and_a_failing_path_is_named(capsys, monkeypatch):
+    """--eager-steps times the slow eager baseline on fewer steps; a path that fails prints one line
+    naming why while the rows before and after it are still printed."""
+    from wsrl_dist.bench import builder
+
+    asked = {}
+
+    def fake_rate(spec, path, steps, random_rows, warmup):
+        asked[path] = steps
+        if path == "ops":
+            raise RuntimeError("capture broke")
+        return {"env": 4000.0, "eager": 100.0, "fused": 2500.0}[path]
+
+    monkeypatch.setattr(builder, "behaviour_rate", fake_rate)
+    assert builder.main(["--task", TASK, "--parts", "behaviour", "--steps", "3000", "--eager-steps", "40"]) == 0
+    out = capsys.readouterr().out
+    assert asked == {"env": 3000, "eager": 40, "ops": 3000, "fused": 3000}
+    rows = {w[1]: nums for w, nums in table_rows(out, r"^behaviour\s")}
+    assert rows["eager"][2] == 1.0 and rows["fused"][2] == 25.0
+    assert "behaviour ops      failed: RuntimeError: capture broke" in out
+
