@@ -68,7 +68,8 @@ def capture(fn: Callable, static: Batch, state: list[torch.Tensor]) -> tuple[tor
     # closure refers back to it) must not be collected during this capture: the old graph's
     # reset() then runs while the stream is capturing, which invalidates the capture ("operation
     # not permitted when stream is capturing (function reset)", and the CUDA RNG is left in capture
-    # state for every later draw; tests/algo on an H100, 2026-12-06). torch.cuda.graph no longer
+    # state for every later draw: the likely cause of a tests/algo failure on an H100, 2026-12-06,
+    # whose CUDA warning named a reset() during the capture; not reproduced yet). torch.cuda.graph no longer
     # collects garbage itself (torch.compiler.config.force_cudagraph_gc), so: collect now, and keep
     # the collector off until the capture ends.
     gc.collect()
