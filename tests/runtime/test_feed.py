@@ -137,6 +137,53 @@ def test_feed_tops_up_from_the_fullest_shard_when_a_split_hits_an_empty_one(ray_
     assert feed.shard_sizes == [200, 0]
 
 
+def offline_sampler(n: int, seed: int):
+    """A real pretrain.DeviceSampler over rows whose every field encodes a negative id (-1 .. -n), so
+    offline rows are told apart from the shards' and a torn row shows."""
+    from wsrl_dist.pretrain import DeviceSampler
+
+    ids = -np.arange(1, n + 1, dtype=np.float32)
+    obs = np.zeros((n, O), np.float32)
+    obs[:, 0] = ids
+    act = np.zeros((n, A), np.float32)
+    act[:, 0] = ids / 10_000.0
+    nxt = np.zeros((n, O), np.float32)
+    nxt[:, 0] = ids + 0.5
+    arrays = {"observations": obs, "actions": act, "rewards": ids, "next_observations": nxt,
+              "masks": 1.0 - (ids % 7 == 0).astype(np.float32)}
+    return DeviceSampler(arrays, torch.device("cpu"), seed)
+
+
+@pytest.mark.parametrize("group", [1, 4])
+def test_feed_mixes_offline_rows_after_the_online_rows_of_every_bundle(ray_local, group):
+    """Retention baselines (RLPD): each bundle is its online rows, then its offline rows, every row
+    whole; one offline draw per request; the bundles' buffers keep their addresses."""
+    import ray
+
+    shards = make_shards(ray, [range(0, 500)])
+    sampler = offline_sampler(300, seed=3)
+    feed = ReplayFeed(shards, rows=48, obs_dim=O, act_dim=A, device=torch.device("cpu"),
+                      rng=np.random.default_rng(0), bundles_per_request=group, shard_sizes=[500],
+                      offline=sampler, offline_rows=16)
+    draws = []
+    real_sample = sampler.sample
+    sampler.sample = lambda n: (draws.append(n), real_sample(n))[1]
+    offline_seen, addresses = [], set()
+    for i in range(2 * group):
+        b = feed.next()
+        assert b.observations.shape == (64, O) and b.rewards.shape == (64,) and b.masks.shape == (64,)
+        assert b.mc_returns is None
+        ids = check_rows(b)
+        assert (ids[:48] >= 0).all() and (ids[48:] < 0).all()  # online first, then offline
+        assert ids[48:].min() >= -300
+        offline_seen.append(ids[48:].copy())
+        addresses.add((i % group, b.observations.data_ptr(), b.rewards.data_ptr()))
+    assert draws == [group * 16] * 2  # one draw of G bundles' offline rows per request
+    assert len(addresses) == group  # request after request, bundle g sits at the same place
+    assert not np.array_equal(offline_seen[0], offline_seen[-1])
+    feed.close()
+
+
 def test_feed_rejects_bad_shapes(ray_local):
     with pytest.raises(ValueError, match="at least one replay shard"):
         ReplayFeed([], rows=8, obs_dim=O, act_dim=A, device=torch.device("cpu"),
@@ -144,6 +191,9 @@ def test_feed_rejects_bad_shapes(ray_local):
     with pytest.raises(ValueError, match="bundles_per_request"):
         ReplayFeed(["s"], rows=8, obs_dim=O, act_dim=A, device=torch.device("cpu"),
                    rng=np.random.default_rng(0), bundles_per_request=0)
+    with pytest.raises(ValueError, match="offline_rows"):
+        ReplayFeed(["s"], rows=8, obs_dim=O, act_dim=A, device=torch.device("cpu"),
+                   rng=np.random.default_rng(0), offline_rows=4)
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

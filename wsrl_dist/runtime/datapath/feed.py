@@ -8,7 +8,12 @@ shuffle, and five pageable (synchronous) host->device copies. The feed instead
 - shuffles the shards' rows straight into one host buffer laid out field by field (observations,
   actions, rewards, next observations, masks), so every bundle's slice of every field is a
   contiguous view; on a GPU that buffer is pinned and goes to the device in ONE non-blocking copy;
-- hands the G bundles out one at a time as views of the device buffer.
+- hands the G bundles out one at a time as views of the device buffer;
+- for retention baselines (RLPD), draws the request's offline rows in ONE call of the offline
+  sampler (G bundles' worth) and writes online + offline rows of every bundle side by side with one
+  `torch.cat(out=)` per field. Mixing per bundle (one draw and a cat per field each) was ~12 kernel
+  launches and their host time per bundle per seed: half of a 4-seed RLPD cell's online loop
+  (186 of 380 s, docs/RESULTS.md).
 
 Reuse is safe without extra syncs: every copy into the device buffer is queued on the stream that
 runs the bundles, after the bundles that read the previous contents; a pinned host buffer is
@@ -90,12 +95,20 @@ class ReplayFeed:
 
     def __init__(self, shards: list, rows: int, obs_dim: int, act_dim: int, device: torch.device,
                  rng: np.random.Generator, bundles_per_request: int = 1, depth: int = 0,
-                 shard_sizes: list[int] | None = None, mc_returns: bool = False):
+                 shard_sizes: list[int] | None = None, mc_returns: bool = False,
+                 offline: Any = None, offline_rows: int = 0):
+        """`offline` (a pretrain.DeviceSampler, or anything whose sample(n) gives a Batch on `device`)
+        and `offline_rows`: each bundle is `rows` online rows followed by `offline_rows` offline rows
+        (the reference's concatenation order, local.py); a field the offline side lacks (mc_returns)
+        is None in the bundle."""
         if not shards:
             raise ValueError("ReplayFeed needs at least one replay shard")
         if rows < 1 or bundles_per_request < 1 or depth < 0:
             raise ValueError(f"ReplayFeed: rows ({rows}) and bundles_per_request "
                              f"({bundles_per_request}) must be >= 1, depth ({depth}) >= 0")
+        if offline_rows < 0 or (offline_rows > 0) != (offline is not None):
+            raise ValueError(f"ReplayFeed: offline_rows ({offline_rows}) must be > 0 exactly when an "
+                             f"offline sampler is given")
         self.shards, self.rows, self.device, self.rng = list(shards), int(rows), device, rng
         self.group, self.depth = int(bundles_per_request), int(depth)
         dims = {"o": int(obs_dim), "a": int(act_dim), None: None}
@@ -111,6 +124,11 @@ class ReplayFeed:
         self._pending: deque = deque()  # sample requests in flight, oldest first
         self._ready: deque[Batch] = deque()  # bundles of the current request not handed out yet
         self.shard_sizes = list(shard_sizes) if shard_sizes is not None else [0] * len(self.shards)
+        self.offline, self.offline_rows = offline, int(offline_rows)
+        # bundle-major [G, rows + offline_rows, width] buffers the mixed bundles are views of (their
+        # addresses stay fixed request after request, like the device buffer's)
+        self._mixed = ([torch.empty(self.group, self.rows + self.offline_rows, w or 1, device=device)
+                        for w in self.widths] if offline is not None else None)
         self.env_steps = 0
         self.requests = 0
         self.wait_seconds = 0.0  # time next() spent blocked on sample answers
@@ -199,9 +217,27 @@ class ReplayFeed:
             flat = self._device_flat
         t4 = time.perf_counter()
         fields = _field_views(flat, n, self.widths)
-        for g in range(self.group):
-            sl = slice(g * self.rows, (g + 1) * self.rows)
-            self._ready.append(Batch(*(f[sl] for f in fields)))
+        if self.offline is not None:
+            self._ready.extend(self._mix(fields))
+        else:
+            for g in range(self.group):
+                sl = slice(g * self.rows, (g + 1) * self.rows)
+                self._ready.append(Batch(*(f[sl] for f in fields)))
         t5 = time.perf_counter()
         for key, dt in zip(self.split, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             self.split[key] += dt
+
+    def _mix(self, fields: list[torch.Tensor]) -> list[Batch]:
+        """The request's G bundles, each its online rows then offline rows: one offline draw of
+        G * offline_rows rows and one cat per field into the bundle-major buffers."""
+        g, on, off = self.group, self.rows, self.offline_rows
+        drawn = self.offline.sample(g * off)
+        cols = []
+        for (name, _), w, f, buf in zip(self.fields, self.widths, fields, self._mixed):
+            o = getattr(drawn, name)
+            if o is None:
+                cols.append(None)
+                continue
+            torch.cat([f.reshape(g, on, -1), o.reshape(g, off, -1)], dim=1, out=buf)
+            cols.append(buf if w is not None else buf[:, :, 0])  # scalar fields: [G, rows]
+        return [Batch(*(None if c is None else c[i] for c in cols)) for i in range(g)]

@@ -202,14 +202,6 @@ class Learner(LearnerOutputs):
         n = self.plan.rows_per_env_step
         return n - (int(round(n * self.ratio)) if self.offline is not None else 0)
 
-    def _with_offline(self, online: Batch) -> Batch:
-        if self.offline is None:
-            return online
-        off = self.offline.sample(self.plan.rows_per_env_step - self.online_rows)
-        # online rows first, then offline rows: the reference's concatenation order (local.py);
-        # mc_returns only where both sides have them (Cal-QL kept online)
-        return Batch(*(None if a is None or b is None else torch.cat([a, b]) for a, b in zip(online, off)))
-
     def _poll_env_steps(self) -> None:
         steps = ray.get([s.env_steps.remote() for s in self.shards])
         self.env_steps = max(self.env_steps, sum(steps))
@@ -245,12 +237,13 @@ class Learner(LearnerOutputs):
         return ReplayFeed(self.shards, self.online_rows, self.obs_dim, self.act_dim, self.device,
                           self.rng, bundles_per_request=rt.sample_bundles if rt.prefetch else 1,
                           depth=rt.prefetch_depth if rt.prefetch else 0, shard_sizes=sizes,
-                          mc_returns=self.plan.mc_returns)
+                          mc_returns=self.plan.mc_returns, offline=self.offline,
+                          offline_rows=self.plan.rows_per_env_step - self.online_rows)
 
     def next_batch(self) -> Batch:
-        """The next bundle's batch (online rows from the feed + offline rows for retention
-        baselines); adds the wait and the unpacking to the time split."""
-        return self._sampled(lambda: self._with_offline(self.feed.next()))
+        """The next bundle's batch (online rows from the feed, then offline rows for retention
+        baselines: the feed mixes them per request); adds the wait and the unpacking to the time split."""
+        return self._sampled(self.feed.next)
 
     def next_group(self) -> list[Batch] | None:
         """runtime.replay_groups: the feed's next request as G bundles, when a whole request is at
