@@ -66,6 +66,9 @@ def test_learner_killed_mid_pretraining_resumes_to_the_same_agent(tmp_path, monk
     ref = Learner(tiny_config(tmp_path / "ref", *pre).to_dict(), None)
     out = ref.prepare()
     assert out["pretrain_steps"] == STEPS and out["pretrain_steps_per_s"] > 0
+    # the first step (compilation / capture happen there) and the steady rate after it, apart
+    # (test_pretrain_batches pins that the first step stays out of the steady rate)
+    assert out["pretrain_first_step_s"] > 0 and out["pretrain_steady_steps_per_s"] > 0
     assert out["pretrain_step"] == ("fused (algo/fused_offline.py)" if fast_path == "fused" else "eager step")
     assert not (tmp_path / "ref" / "checkpoints" / PARTIAL).exists()  # removed once done
 
@@ -102,6 +105,8 @@ def test_local_run_killed_mid_pretraining_resumes_from_its_checkpoint(tmp_path, 
     local.run(cfg, "pytest resume", resume=True)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["pretrain_resumed_at_step"] == EVERY + 1
+    assert info["pretrain_step"] == "eager step" and info["pretrain_steps_per_s"] > 0
+    assert info["pretrain_first_step_s"] > 0 and info["pretrain_steady_steps_per_s"] > 0
     assert (ckpt / "pretrained.pt").is_file() and not (ckpt / PARTIAL).exists()
     assert torch.load(ckpt / "pretrained.pt", weights_only=True)["counters"]["pretrain_steps"] == STEPS
 

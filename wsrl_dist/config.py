@@ -75,6 +75,14 @@ class PretrainConfig:
     # resumed run (`--resume RUN_DIR`) killed during pre-training continues from there instead of
     # starting its 250k steps over (~8 h on 2 CPU cores; ~10 min on a GPU)
     checkpoint_every: int = 25_000
+    # Inductor's GEMM autotuning for the compiled pre-training step (fused_compile_graph): it times
+    # Triton GEMM configs for each matmul shape of the step and keeps the fastest. On an H100 the CQL
+    # step went 1,924 -> 2,207 steps/s (+15%, BENCHMARKS.md), but the first compilation took
+    # 126-191 s instead of ~25 s. Off by default: at 250k steps it saves ~15-20 s, far less than it
+    # costs on a cold cache. For longer or repeated runs: run.compile_cache keeps Inductor's cache,
+    # from which a later run of the same shapes should compile without tuning again (not yet
+    # measured). No effect on steps that are not compiled.
+    max_autotune_gemm: bool = False
     cql: CQLConfig = field(default_factory=CQLConfig)
     iql: IQLConfig = field(default_factory=IQLConfig)
 
@@ -194,7 +202,7 @@ class RunConfig:
         checkpoints), so configs hash as they did before those settings existed."""
         d = self.to_dict()
         d["run"] = {k: v for k, v in d["run"].items() if k not in ("run_dir", "storage", "progress", "compile_cache")}
-        d["pretrain"] = {k: v for k, v in d["pretrain"].items() if k != "checkpoint_every"}
+        d["pretrain"] = {k: v for k, v in d["pretrain"].items() if k not in ("checkpoint_every", "max_autotune_gemm")}
         d["pretrain"]["cql"] = {k: v for k, v in d["pretrain"]["cql"].items() if k != "fused_row_split"}
         # Q-vs-MC probes only read the critic (evaluation.q_probe): the training numbers are the same
         d["finetune"] = {k: v for k, v in d["finetune"].items() if not k.startswith("q_probe_")}

@@ -5,6 +5,7 @@ Shared by the single-process pipeline (local.py) and the Ray learner (runtime/da
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from wsrl_dist.data.returns import mc_returns_to_go
 from wsrl_dist.data.schema import OfflineDataset
 from wsrl_dist.durable import replace_durably
 
+# rows drawn at once by ChunkedBatches (256 steps at batch 256): ~20 MB of a locomotion batch chunk
+CHUNK_ROWS = 65_536
 ACTION_CLIP = 0.99999  # dataset actions kept off +-1 so log pi stays finite (reference gotcha 8)
 PARTIAL = "pretrain-partial.pt"  # in <run_dir>/checkpoints/: pre-training in progress (pretrain_agent)
 
@@ -56,6 +59,68 @@ class DeviceSampler:
                      c["masks"], c.get("mc_returns"))
 
 
+class ChunkedBatches:
+    """Pre-training batches drawn `CHUNK_ROWS // batch_size` steps at a time: ONE sample call (a
+    randint and an index_select per field) for the whole chunk, each step a slice of it (views).
+
+    Why: drawing every step's batch on its own is ~7 small kernels a step. Beside a graphed CQL step
+    of ~450 us on an H100 they cost ~10%: a 250k-step job measured 1,974 steps/s where the bench's
+    step on a fixed batch ran 2,207 (BENCHMARKS.md). The rows are the same distribution (uniform with
+    replacement); the draws themselves differ from per-step sampling.
+
+    A chunk never crosses a partial-checkpoint step (`checkpoint_every`) or the last step, so the
+    sampler's RNG state saved at a checkpoint is at a chunk boundary and a resumed run draws exactly
+    what the uninterrupted one draws from there on."""
+
+    def __init__(self, sampler: DeviceSampler, batch_size: int, steps: int, checkpoint_every: int = 0,
+                 chunk_rows: int = CHUNK_ROWS):
+        self.sampler, self.batch, self.steps, self.every = sampler, int(batch_size), int(steps), int(checkpoint_every)
+        self.chunk = max(1, int(chunk_rows) // self.batch)
+        self._drawn: Batch | None = None
+        self._first = self._last = 0  # steps the current chunk covers (inclusive)
+        self.draws = 0  # sample calls made (the tests count them)
+
+    def chunk_end(self, step: int) -> int:
+        """Last step of the chunk that starts at `step`."""
+        end = min(step + self.chunk - 1, self.steps)
+        if self.every > 0:
+            end = min(end, ((step - 1) // self.every + 1) * self.every)
+        return end
+
+    def at(self, step: int) -> Batch:
+        """Step `step`'s batch (steps are taken in order, from any start: a resume's)."""
+        if not self._first <= step <= self._last:
+            self._first, self._last = step, self.chunk_end(step)
+            self._drawn = self.sampler.sample((self._last - step + 1) * self.batch)
+            self.draws += 1
+        i = (step - self._first) * self.batch
+        return Batch(*(None if t is None else t[i: i + self.batch] for t in self._drawn))
+
+
+class StepClock:
+    """The pre-training loop's two rates: the first step alone (compilation, autotuning and CUDA-graph
+    capture happen there: 25 s, or ~190 s with pretrain.max_autotune_gemm, on an H100) and the steps
+    after it (the steady rate, which the bench's rows compare with). One device sync, at the end."""
+
+    def __init__(self, device: torch.device, start: int):
+        self.device, self.start = device, start
+        self.t0 = time.perf_counter()
+        self.t_first: float | None = None
+
+    def stepped(self, step: int) -> None:
+        if step == self.start:
+            self.t_first = time.perf_counter()
+
+    def report(self, steps: int, into: dict[str, float] | None) -> None:
+        if into is None or self.t_first is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        into["first_step_s"] = self.t_first - self.t0
+        if steps > self.start:
+            into["steady_steps_per_s"] = (steps - self.start) / max(time.perf_counter() - self.t_first, 1e-9)
+
+
 def pretrain_agent(
     agent: Agent,
     sampler: DeviceSampler,
@@ -65,6 +130,7 @@ def pretrain_agent(
     mode: str = "eager",
     partial: Path | None = None,
     resume: bool = False,
+    timing: dict[str, float] | None = None,
 ) -> int:
     """Run cfg.pretrain.steps offline updates (UTD 1, batch pretrain.batch_size) in place. `mode`:
     the resolved run.fast_path (algo.fast.make_offline_step_fn): the fused modes (GPU default:
@@ -74,8 +140,9 @@ def pretrain_agent(
     `partial`: a file written every pretrain.checkpoint_every steps (agent with its optimizers, the
     step, and the torch and sampler RNG states) and removed once pre-training is done; with `resume`
     an existing one is continued from, so a run killed during pre-training loses at most one interval.
-    Continuing draws the same batches and noise as the uninterrupted run would have. Returns the
-    first step this call ran (1 unless resumed)."""
+    Continuing draws the same batches and noise as the uninterrupted run would have. `timing`, when
+    given, receives `StepClock`'s first_step_s and steady_steps_per_s. Returns the first step this
+    call ran (1 unless resumed)."""
     pcfg = cfg.pretrain
     if pcfg.algo == "none" or pcfg.steps <= 0:
         return 1
@@ -85,11 +152,15 @@ def pretrain_agent(
         if progress is not None:
             progress(start - 1)
     step_fn = None
+    draws = ChunkedBatches(sampler, pcfg.batch_size, pcfg.steps, pcfg.checkpoint_every if partial else 0)
+    clock = StepClock(agent.device, start)
     for step in range(start, pcfg.steps + 1):
-        batch = sampler.sample(pcfg.batch_size)
+        batch = draws.at(step)
         if step_fn is None:  # built on the first batch: a CUDA graph captures with a real one
-            step_fn = make_offline_step_fn(agent, pcfg.algo, cfg.sac, pcfg.cql, pcfg.iql, mode, batch)
+            step_fn = make_offline_step_fn(agent, pcfg.algo, cfg.sac, pcfg.cql, pcfg.iql, mode, batch,
+                                           inductor_overrides(pcfg))
         info = step_fn(batch)
+        clock.stepped(step)
         if on_log is not None and (step % cfg.run.log_every == 0 or step == pcfg.steps):
             on_log(step, {k: float(v) for k, v in info.items()})  # CPU-GPU sync, once per log interval
         if progress is not None:
@@ -99,6 +170,7 @@ def pretrain_agent(
             _save_partial(partial, agent, sampler, step, pcfg.algo)
     if partial is not None:
         partial.unlink(missing_ok=True)  # done: the caller saves the pre-trained agent itself
+    clock.report(pcfg.steps, timing)
     return start
 
 
@@ -111,6 +183,7 @@ def pretrain_agents(
     resume: bool = False,
     progress: Callable[[int], None] | None = None,
     on_log: Callable[[int, list[dict[str, float]]], None] | None = None,
+    timing: dict[str, float] | None = None,
 ) -> int:
     """S seeds' pre-training stepped together: each step samples one batch per seed from that seed's
     own sampler and runs ONE call of algo.fast.make_offline_multiseed_fn (in the fused modes one
@@ -132,11 +205,16 @@ def pretrain_agents(
         if progress is not None:
             progress(start - 1)
     step_fn = None
+    draws = [ChunkedBatches(s, pcfg.batch_size, pcfg.steps, pcfg.checkpoint_every if partials else 0)
+             for s in samplers]
+    clock = StepClock(agents[0].device, start)
     for step in range(start, pcfg.steps + 1):
-        batches = [s.sample(pcfg.batch_size) for s in samplers]
+        batches = [d.at(step) for d in draws]
         if step_fn is None:  # built on the first batches: a CUDA graph captures with real ones
-            step_fn = make_offline_multiseed_fn(agents, pcfg.algo, cfg.sac, pcfg.cql, pcfg.iql, mode, batches)
+            step_fn = make_offline_multiseed_fn(agents, pcfg.algo, cfg.sac, pcfg.cql, pcfg.iql, mode, batches,
+                                                inductor_overrides(pcfg))
         infos = step_fn(batches)
+        clock.stepped(step)
         if on_log is not None and (step % cfg.run.log_every == 0 or step == pcfg.steps):
             on_log(step, [{k: float(v) for k, v in info.items()} for info in infos])  # one sync per interval
         if progress is not None:
@@ -147,7 +225,14 @@ def pretrain_agents(
                 _save_partial(p, a, s, step, pcfg.algo)
     for p in partials or []:
         p.unlink(missing_ok=True)
+    clock.report(pcfg.steps, timing)
     return start
+
+
+def inductor_overrides(pcfg) -> dict | None:
+    """pretrain.max_autotune_gemm -> Inductor options for the compiled pre-training step (None: the
+    defaults of algo.fast_modes.inductor_options)."""
+    return {"max_autotune_gemm": True} if pcfg.max_autotune_gemm else None
 
 
 def _rng_states(agent: Agent, sampler: DeviceSampler) -> dict[str, torch.Tensor]:

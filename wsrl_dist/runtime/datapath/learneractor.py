@@ -126,18 +126,20 @@ class LearnerActor:
             for lrn in lrns:
                 lrn.stage.add(n)
 
-        t_loop = time.time()
+        t_loop, timing = time.time(), {}
         with contextlib.ExitStack() as held:
             for lrn in lrns:
                 held.enter_context(lrn._agent_lock)
             first = pretrain_agents([lrn.agent for lrn in lrns], samplers, self.cfg, self.mode,
                                     partials=[d / PARTIAL for d in ckpts], resume=resume, progress=progress,
-                                    on_log=lambda s, infos: [lrn.stage.pretrain_log(s, i) for lrn, i in zip(lrns, infos)])
+                                    on_log=lambda s, infos: [lrn.stage.pretrain_log(s, i) for lrn, i in zip(lrns, infos)],
+                                    timing=timing)
         loop_s = time.time() - t_loop
         steps = self.cfg.pretrain.steps
         out = {"pretrain_steps": steps, "pretrain_step": f"{offline_step_kind(self.cfg.pretrain.algo, self.mode)}, "
                f"{len(lrns)} seeds together", "pretrain_loop_s": loop_s,
-               "pretrain_steps_per_s": (steps - first + 1) / max(loop_s, 1e-9), "seconds": time.time() - t0}
+               "pretrain_steps_per_s": (steps - first + 1) / max(loop_s, 1e-9), "seconds": time.time() - t0,
+               **{f"pretrain_{k}": v for k, v in timing.items()}}
         return [{**out, "dataset": src, **({"resumed_at_step": first} if first > 1 else {})} for src in sources]
 
     def save_agent(self, group: int, path: str) -> None:
