@@ -172,7 +172,7 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
                 t_loop, timing = time.time(), {}
                 first = pretrain_agent(agent, offline, cfg, progress=bar.update, on_log=lambda s, info: log.write(
                     "pretrain", step=s, wall_time=time.time() - t0, **info), mode=mode,
-                    partial=run_dir / "checkpoints" / PARTIAL, resume=resume, timing=timing)
+                    partial=run_dir / "checkpoints" / PARTIAL, resume=resume, timing=timing, note=bar.set_postfix_str)
                 bar.close()
                 loop_s = time.time() - t_loop
                 job.update_run_json(run_dir, pretrain_step=offline_step_kind(cfg.pretrain.algo, mode),
@@ -324,7 +324,8 @@ def pretrain_seeds(cfgs: list[RunConfig], command: str = "", resume: bool = Fals
 
     t_loop, timing = time.time(), {}
     first = pretrain_agents(agents, samplers, first_cfg, mode, partials=[d / "checkpoints" / PARTIAL for d in dirs],
-                            resume=resume, progress=bar.update, on_log=on_log, timing=timing)
+                            resume=resume, progress=bar.update, on_log=on_log, timing=timing,
+                            note=bar.set_postfix_str)
     bar.close()
     loop_s = time.time() - t_loop
     kind = f"{offline_step_kind(pcfg.algo, mode)}, {len(cfgs)} seeds together"

@@ -102,14 +102,19 @@ class StepClock:
     capture happen there: 25 s, or ~190 s with pretrain.max_autotune_gemm, on an H100) and the steps
     after it (the steady rate, which the bench's rows compare with). One device sync, at the end."""
 
-    def __init__(self, device: torch.device, start: int):
-        self.device, self.start = device, start
+    def __init__(self, device: torch.device, start: int, note: Callable[[str], None] | None = None,
+                 first_note: str = ""):
+        self.device, self.start, self.note = device, start, note
         self.t0 = time.perf_counter()
         self.t_first: float | None = None
+        if note is not None and first_note:
+            note(first_note)
 
     def stepped(self, step: int) -> None:
         if step == self.start:
             self.t_first = time.perf_counter()
+            if self.note is not None:
+                self.note("")
 
     def report(self, steps: int, into: dict[str, float] | None) -> None:
         if into is None or self.t_first is None:
@@ -131,6 +136,7 @@ def pretrain_agent(
     partial: Path | None = None,
     resume: bool = False,
     timing: dict[str, float] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> int:
     """Run cfg.pretrain.steps offline updates (UTD 1, batch pretrain.batch_size) in place. `mode`:
     the resolved run.fast_path (algo.fast.make_offline_step_fn): the fused modes (GPU default:
@@ -141,8 +147,9 @@ def pretrain_agent(
     step, and the torch and sampler RNG states) and removed once pre-training is done; with `resume`
     an existing one is continued from, so a run killed during pre-training loses at most one interval.
     Continuing draws the same batches and noise as the uninterrupted run would have. `timing`, when
-    given, receives `StepClock`'s first_step_s and steady_steps_per_s. Returns the first step this
-    call ran (1 unless resumed)."""
+    given, receives `StepClock`'s first_step_s and steady_steps_per_s. `note(text)`: what the loop is
+    doing where its step count cannot move (compiling the step, which can take minutes), "" after.
+    Returns the first step this call ran (1 unless resumed)."""
     pcfg = cfg.pretrain
     if pcfg.algo == "none" or pcfg.steps <= 0:
         return 1
@@ -153,7 +160,7 @@ def pretrain_agent(
             progress(start - 1)
     step_fn = None
     draws = ChunkedBatches(sampler, pcfg.batch_size, pcfg.steps, pcfg.checkpoint_every if partial else 0)
-    clock = StepClock(agent.device, start)
+    clock = StepClock(agent.device, start, note, first_step_note(mode, pcfg))
     for step in range(start, pcfg.steps + 1):
         batch = draws.at(step)
         if step_fn is None:  # built on the first batch: a CUDA graph captures with a real one
@@ -184,6 +191,7 @@ def pretrain_agents(
     progress: Callable[[int], None] | None = None,
     on_log: Callable[[int, list[dict[str, float]]], None] | None = None,
     timing: dict[str, float] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> int:
     """S seeds' pre-training stepped together: each step samples one batch per seed from that seed's
     own sampler and runs ONE call of algo.fast.make_offline_multiseed_fn (in the fused modes one
@@ -207,7 +215,7 @@ def pretrain_agents(
     step_fn = None
     draws = [ChunkedBatches(s, pcfg.batch_size, pcfg.steps, pcfg.checkpoint_every if partials else 0)
              for s in samplers]
-    clock = StepClock(agents[0].device, start)
+    clock = StepClock(agents[0].device, start, note, first_step_note(mode, pcfg))
     for step in range(start, pcfg.steps + 1):
         batches = [d.at(step) for d in draws]
         if step_fn is None:  # built on the first batches: a CUDA graph captures with real ones
@@ -227,6 +235,14 @@ def pretrain_agents(
         p.unlink(missing_ok=True)
     clock.report(pcfg.steps, timing)
     return start
+
+
+def first_step_note(mode: str, pcfg) -> str:
+    """What the progress line says while the first step builds (resolved `mode`): compiled modes
+    compile for ~25 s on a GPU, minutes with GEMM autotuning; graph modes capture."""
+    if "compile" in mode:
+        return "compiling the step" + (" with GEMM autotuning (minutes on a cold cache)" if pcfg.max_autotune_gemm else "")
+    return "capturing the step's CUDA graph" if mode.endswith("graph") else ""
 
 
 def inductor_overrides(pcfg) -> dict | None:

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.runtime.conftest import BackgroundJob, read_records, run_json, tiny_config
 from wsrl_dist.runtime.instrumentation.progress import StageLines, StageProgress, StageRecord
@@ -194,6 +195,24 @@ def test_a_build_part_that_ends_between_two_polls_still_gets_its_final_line():
     assert fields["stage"] == "pretrain" and fields["pretrain_steps"] == 20 and fields["stage_progress"] == 1.0
     assert prog.update("warmup", {"env_steps": 0}, None, now=2.0)["stage"] == "warmup"
     assert len(out.getvalue().splitlines()) == 4  # no warmup (K = 0): it prints nothing
+
+
+def test_the_pretrain_line_says_it_is_compiling_while_its_count_cannot_move():
+    """The first pre-training step compiles (minutes with pretrain.max_autotune_gemm): the line says
+    so instead of a bare 0/N, and drops it once steps are counted (pretrain.StepClock's note)."""
+    from wsrl_dist.pretrain import StepClock
+
+    rec, out = StageRecord(), io.StringIO()
+    prog = StageProgress(0, 10, StageLines(out, plain_every=0))
+    rec.start("pretrain", 20)
+    clock = StepClock(torch.device("cpu"), 1, lambda text: rec.set(note=text), "compiling the step")
+    prog.update("pretrain", {}, rec.read(), now=0.0)
+    clock.stepped(1)
+    rec.add(1)
+    prog.update("pretrain", {}, rec.read(), now=1.0)
+    first, second = out.getvalue().splitlines()[-2:]
+    assert first == "pretrain: 0/20 (0%)  compiling the step"
+    assert second.startswith("pretrain: 1/20 (5%)") and "compiling" not in second
 
 
 class _Terminal(io.StringIO):

@@ -139,7 +139,8 @@ class Learner(LearnerOutputs):
                 with self._agent_lock:
                     first = pretrain_agent(self.agent, sampler, c, on_log=lambda s, i: (
                         out.update(last=i), self.stage.pretrain_log(s, i)), progress=self.stage.add,
-                        mode=self.mode, partial=ckpt_dir / PARTIAL, resume=resume, timing=timing)
+                        mode=self.mode, partial=ckpt_dir / PARTIAL, resume=resume, timing=timing,
+                        note=lambda text: self.stage.set(note=text))
                 # the step's kind and its rate (loop only, capture and compilation included): `seconds`
                 # also holds the dataset's load or build, so steps / seconds understates the step
                 out["pretrain_step"] = offline_step_kind(c.pretrain.algo, self.mode)

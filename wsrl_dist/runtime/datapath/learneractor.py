@@ -133,7 +133,7 @@ class LearnerActor:
             first = pretrain_agents([lrn.agent for lrn in lrns], samplers, self.cfg, self.mode,
                                     partials=[d / PARTIAL for d in ckpts], resume=resume, progress=progress,
                                     on_log=lambda s, infos: [lrn.stage.pretrain_log(s, i) for lrn, i in zip(lrns, infos)],
-                                    timing=timing)
+                                    timing=timing, note=lambda text: [lrn.stage.set(note=text) for lrn in lrns])
         loop_s = time.time() - t_loop
         steps = self.cfg.pretrain.steps
         out = {"pretrain_steps": steps, "pretrain_step": f"{offline_step_kind(self.cfg.pretrain.algo, self.mode)}, "

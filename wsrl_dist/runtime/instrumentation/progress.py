@@ -229,7 +229,7 @@ class StageProgress:
             return {}
         rate = self._rate(stage, part, now, done)
         eta = 0.0 if done >= total else (total - done) / rate if rate else None
-        bits = []
+        bits = [rec.get("note") or ""]  # e.g. "compiling the step" while the count cannot move
         if stage == "build" and rec.get("eval_return") is not None:
             bits.append(f"eval {rec['eval_return']:.4g} / target {_fmt_num(rec.get('target_return'), 4)}")
         for k in ("critic_loss", "actor_loss"):
