@@ -15,8 +15,8 @@ from wsrl_dist.runtime.datapath.replay import ReplayShard
 from wsrl_dist.runtime.datapath.wire import encode_chunk
 
 
-def rows_with_ids(ids: np.ndarray) -> bytes:
-    """Transitions whose every field encodes the row id, so a torn or misaligned row is visible."""
+def id_fields(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(observations, actions, next observations) whose first column encodes the row id."""
     n = len(ids)
     obs = np.zeros((n, O), np.float32)
     obs[:, 0] = ids
@@ -24,6 +24,13 @@ def rows_with_ids(ids: np.ndarray) -> bytes:
     act[:, 0] = ids / 10_000.0
     nxt = np.zeros((n, O), np.float32)
     nxt[:, 0] = ids + 0.5
+    return obs, act, nxt
+
+
+def rows_with_ids(ids: np.ndarray) -> bytes:
+    """Transitions whose every field encodes the row id, so a torn or misaligned row is visible."""
+    n = len(ids)
+    obs, act, nxt = id_fields(ids)
     cols = {"observations": obs, "actions": act, "rewards": ids.astype(np.float32),
             "next_observations": nxt, "terminals": (ids % 7 == 0).astype(np.float32),
             "timeouts": np.zeros(n, np.float32)}
@@ -143,12 +150,7 @@ def offline_sampler(n: int, seed: int):
     from wsrl_dist.pretrain import DeviceSampler
 
     ids = -np.arange(1, n + 1, dtype=np.float32)
-    obs = np.zeros((n, O), np.float32)
-    obs[:, 0] = ids
-    act = np.zeros((n, A), np.float32)
-    act[:, 0] = ids / 10_000.0
-    nxt = np.zeros((n, O), np.float32)
-    nxt[:, 0] = ids + 0.5
+    obs, act, nxt = id_fields(ids)
     arrays = {"observations": obs, "actions": act, "rewards": ids, "next_observations": nxt,
               "masks": 1.0 - (ids % 7 == 0).astype(np.float32)}
     return DeviceSampler(arrays, torch.device("cpu"), seed)
