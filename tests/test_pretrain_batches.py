@@ -92,3 +92,30 @@ def test_max_autotune_gemm_reaches_the_compiled_step_and_leaves_the_config_hash(
                           f"pretrain.max_autotune_gemm={str(on).lower()}")
         Learner(cfg.to_dict(), None).prepare()
     assert seen == [None, {"max_autotune_gemm": True}]
+
+
+def test_the_loop_cuts_chunks_at_checkpoint_steps_with_or_without_a_checkpoint_file(tmp_path):
+    """A run's batches must not depend on whether it writes partial checkpoints."""
+    from tests.runtime.conftest import tiny_config
+    from wsrl_dist import job
+    from wsrl_dist.envs.make import obs_act_dims
+    from wsrl_dist.pretrain import pretrain_agent
+
+    cfg = tiny_config(tmp_path / "run", "finetune.method=wsrl", "pretrain.algo=cql", "pretrain.steps=12",
+                      "pretrain.checkpoint_every=5", "pretrain.batch_size=32")
+    obs, act = obs_act_dims(cfg.task.spec())
+    rng = np.random.default_rng(0)
+    cols = {"observations": rng.normal(size=(200, obs)).astype(np.float32),
+            "actions": rng.uniform(-0.9, 0.9, (200, act)).astype(np.float32),
+            "rewards": rng.normal(size=200).astype(np.float32),
+            "next_observations": rng.normal(size=(200, obs)).astype(np.float32),
+            "masks": np.ones(200, np.float32), "mc_returns": np.zeros(200, np.float32)}
+    sizes = {}
+    for partial in (None, tmp_path / "partial.pt"):
+        sampler = DeviceSampler(cols, torch.device("cpu"), 0)
+        real = sampler.sample
+        sizes[partial] = []
+        sampler.sample = lambda n, real=real, out=sizes[partial]: (out.append(n), real(n))[1]
+        agent = job.build_agent(cfg, obs, act, torch.device("cpu"), capturable=False)
+        pretrain_agent(agent, sampler, cfg, partial=partial)
+    assert sizes[None] == sizes[tmp_path / "partial.pt"] == [5 * 32, 5 * 32, 2 * 32]

@@ -70,7 +70,9 @@ class ChunkedBatches:
 
     A chunk never crosses a partial-checkpoint step (`checkpoint_every`) or the last step, so the
     sampler's RNG state saved at a checkpoint is at a chunk boundary and a resumed run draws exactly
-    what the uninterrupted one draws from there on."""
+    what the uninterrupted one draws from there on. The chunks follow pretrain.checkpoint_every even
+    where no checkpoint file is written, so the batches never depend on that (on a GPU, Philox draws
+    of one chunk differ from the same rows drawn in two)."""
 
     def __init__(self, sampler: DeviceSampler, batch_size: int, steps: int, checkpoint_every: int = 0,
                  chunk_rows: int = CHUNK_ROWS):
@@ -159,7 +161,7 @@ def pretrain_agent(
         if progress is not None:
             progress(start - 1)
     step_fn = None
-    draws = ChunkedBatches(sampler, pcfg.batch_size, pcfg.steps, pcfg.checkpoint_every if partial else 0)
+    draws = ChunkedBatches(sampler, pcfg.batch_size, pcfg.steps, pcfg.checkpoint_every)
     clock = StepClock(agent.device, start, note, first_step_note(mode, pcfg))
     for step in range(start, pcfg.steps + 1):
         batch = draws.at(step)
@@ -213,7 +215,7 @@ def pretrain_agents(
         if progress is not None:
             progress(start - 1)
     step_fn = None
-    draws = [ChunkedBatches(s, pcfg.batch_size, pcfg.steps, pcfg.checkpoint_every if partials else 0)
+    draws = [ChunkedBatches(s, pcfg.batch_size, pcfg.steps, pcfg.checkpoint_every)
              for s in samplers]
     clock = StepClock(agents[0].device, start, note, first_step_note(mode, pcfg))
     for step in range(start, pcfg.steps + 1):
