@@ -313,3 +313,21 @@ def test_builder_rows_print_as_timed_the_eager_baseline_is_short_and_a_failing_p
     assert rows["eager"][2] == 1.0 and rows["fused"][2] == 25.0
     assert "behaviour ops      failed: RuntimeError: capture broke" in out
 
+
+
+def test_learner_pretrain_sampled_rows_draw_batches_as_the_job_loop_does(capsys, monkeypatch):
+    """--pretrain-sampled: each one-seed pre-training row again with its batches drawn from a dataset
+    on the device, a chunk of 256 steps per draw (the loop's way) and one draw per step (before)."""
+    from wsrl_dist import pretrain
+    from wsrl_dist.bench import learner
+
+    draws = []
+    real = pretrain.DeviceSampler.sample
+    monkeypatch.setattr(pretrain.DeviceSampler, "sample", lambda self, n: draws.append(n) or real(self, n))
+    assert learner.main(["--variants", "", "--pretrain", "cql", "--pretrain-modes", "eager,fused",
+                         "--pretrain-sampled", "--seconds", "0.05", "--sizes", "tiny"]) == 0
+    rows = {w[1]: nums for w, nums in table_rows(capsys.readouterr().out, r"^tiny\s")}
+    assert list(rows) == ["pretrain-cql-eager", "pretrain-cql-eager-sampled-chunked", "pretrain-cql-eager-sampled-perstep",
+                          "pretrain-cql-fused", "pretrain-cql-fused-sampled-chunked", "pretrain-cql-fused-sampled-perstep"]
+    assert all(v[0] > 0 for v in rows.values())
+    assert set(draws) == {256, pretrain.CHUNK_ROWS}  # per step, and 256 steps at once

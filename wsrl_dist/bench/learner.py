@@ -217,10 +217,15 @@ def pretrain_modes(device: torch.device, algo: str = "cql") -> tuple[str, ...]:
 
 def time_pretrain(size: str, algo: str, mode: str, device: torch.device, sac: SACConfig,
                   seconds: float, seeds: int = 0, key: str | None = None, inductor: dict | None = None,
-                  row_split: int = 0) -> float:
+                  row_split: int = 0, sampled: str = "") -> float:
     """Offline pre-training steps/s (batch 256) of make_offline_step_fn in `mode`; with `seeds` S >= 1,
     make_offline_multiseed_fn over S agents (one S-seed fused step in the fused modes, as a study
-    pre-trains a task's seeds): S x its calls/s, the seed-steps/s of all seeds together."""
+    pre-trains a task's seeds): S x its calls/s, the seed-steps/s of all seeds together.
+
+    `sampled` (one seed): each step's batch drawn as a job's loop draws it, from a DeviceSampler over
+    SAMPLED_ROWS random rows on the device: "chunked" (pretrain.ChunkedBatches, the loop's way) or
+    "perstep" (one sample call per step, the loop before it). Without it every step reuses one batch,
+    which leaves the draws' kernels out of the rate."""
     from wsrl_dist.algo.cql import CQLConfig
     from wsrl_dist.algo.fast import make_offline_multiseed_fn, make_offline_step_fn
     from wsrl_dist.algo.iql import IQLConfig
@@ -240,9 +245,38 @@ def time_pretrain(size: str, algo: str, mode: str, device: torch.device, sac: SA
     t_setup = time.perf_counter()
     if not seeds:
         fn = make_offline_step_fn(agents[0], algo, sac, cql, IQLConfig(), mode, batches[0], inductor)
+        if sampled:
+            next_batch = _job_batches(size, device, sampled)
+            return _calls_per_second(lambda: [fn(next_batch())], device, seconds, key, t_setup)
         return _calls_per_second(lambda: [fn(batches[0])], device, seconds, key, t_setup)
     multi = make_offline_multiseed_fn(agents, algo, sac, cql, IQLConfig(), mode, batches, inductor)
     return seeds * _calls_per_second(lambda: multi(batches), device, seconds, key, t_setup)
+
+
+SAMPLED_ROWS = 1_000_000  # a D4RL-sized dataset for --pretrain-sampled rows
+
+
+def _job_batches(size: str, device: torch.device, how: str):
+    """next_batch() drawing batch-256 steps from a random dataset on `device` as the pre-training
+    loop does: "chunked" (pretrain.ChunkedBatches) or "perstep" (one sample call a step)."""
+    from wsrl_dist.pretrain import CHUNK_ROWS, ChunkedBatches, DeviceSampler
+
+    if how not in ("chunked", "perstep"):
+        raise ValueError(f"sampled must be chunked or perstep, got {how!r}")
+    rows = SAMPLED_ROWS if device.type == "cuda" else 20_000  # CPU smoke runs: a small table
+    data = _batch(size, rows, device)
+    cols = {"observations": data.observations, "actions": data.actions, "rewards": data.rewards,
+            "next_observations": data.next_observations, "masks": data.masks,
+            "mc_returns": torch.zeros(rows, device=device)}
+    draws = ChunkedBatches(DeviceSampler(cols, device, seed=0), 256, steps=10 ** 12,
+                           chunk_rows=CHUNK_ROWS if how == "chunked" else 256)
+    step = [0]
+
+    def next_batch() -> Batch:
+        step[0] += 1
+        return draws.at(step[0])
+
+    return next_batch
 
 
 def run_anchor(path: str) -> dict[str, float]:
@@ -278,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--row-split", default="0",
                     help="cql.fused_row_split values for the fused pre-training rows, e.g. 0,1,4,8 (0 = automatic; "
                          "more than one value, or one other than 0, labels the rows -splitN)")
+    ap.add_argument("--pretrain-sampled", action="store_true",
+                    help="also time each one-seed pre-training row with its batches drawn as the job's loop "
+                         "draws them: -sampled-chunked (pretrain.ChunkedBatches) and -sampled-perstep (one draw "
+                         "a step), from a 1M-row random dataset on the device")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="after timing each row, profile N calls and print kernels (ops on CPU) by time")
     ap.add_argument("--inductor", default="",
@@ -338,6 +376,17 @@ def main(argv: list[str] | None = None) -> int:
                             per_call[name] = 1
                         except Exception as e:
                             print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
+                        for how in ("chunked", "perstep") if args.pretrain_sampled else ():
+                            sname = f"{name}-sampled-{how}"
+                            pre_algo[sname] = f"pretrain-{algo}-eager"
+                            try:
+                                if "compile" in mode:
+                                    _fresh_compile()
+                                rates[sname] = time_pretrain(size, algo, mode, device, sac, args.seconds, key=sname,
+                                                             inductor=opts, row_split=split, sampled=how)
+                                per_call[sname] = 1
+                            except Exception as e:
+                                print(f"{size:<11}{sname:<36} failed: {type(e).__name__}: {str(e)[:200]}")
             # --seeds with --pretrain: S seeds' steps in one call (fused modes: one S-seed step)
             for n in [int(x) for x in args.seeds.split(",") if x]:
                 for mode in [m for m in modes if m.startswith("fused")]:
