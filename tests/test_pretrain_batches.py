@@ -97,6 +97,7 @@ def test_max_autotune_gemm_reaches_the_compiled_step_and_leaves_the_config_hash(
 def test_the_loop_cuts_chunks_at_checkpoint_steps_with_or_without_a_checkpoint_file(tmp_path):
     """A run's batches must not depend on whether it writes partial checkpoints."""
     from tests.runtime.conftest import tiny_config
+    from tests.test_pretrain_resume import random_arrays
     from wsrl_dist import job
     from wsrl_dist.envs.make import obs_act_dims
     from wsrl_dist.pretrain import pretrain_agent
@@ -104,12 +105,7 @@ def test_the_loop_cuts_chunks_at_checkpoint_steps_with_or_without_a_checkpoint_f
     cfg = tiny_config(tmp_path / "run", "finetune.method=wsrl", "pretrain.algo=cql", "pretrain.steps=12",
                       "pretrain.checkpoint_every=5", "pretrain.batch_size=32")
     obs, act = obs_act_dims(cfg.task.spec())
-    rng = np.random.default_rng(0)
-    cols = {"observations": rng.normal(size=(200, obs)).astype(np.float32),
-            "actions": rng.uniform(-0.9, 0.9, (200, act)).astype(np.float32),
-            "rewards": rng.normal(size=200).astype(np.float32),
-            "next_observations": rng.normal(size=(200, obs)).astype(np.float32),
-            "masks": np.ones(200, np.float32), "mc_returns": np.zeros(200, np.float32)}
+    cols = random_arrays(obs, act)
     sizes = {}
     for partial in (None, tmp_path / "partial.pt"):
         sampler = DeviceSampler(cols, torch.device("cpu"), 0)

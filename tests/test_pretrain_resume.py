@@ -38,6 +38,18 @@ def _die_at(monkeypatch, n: int) -> None:
     monkeypatch.setattr(pretrain_lib, "make_offline_step_fn", dying)
 
 
+def random_arrays(obs: int, act: int, n: int = 200, seed: int = 0) -> dict:
+    """An offline dataset's training columns (pretrain.training_arrays' keys), random."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {"observations": rng.normal(size=(n, obs)).astype(np.float32),
+            "actions": rng.uniform(-0.9, 0.9, (n, act)).astype(np.float32),
+            "rewards": rng.normal(size=n).astype(np.float32),
+            "next_observations": rng.normal(size=(n, obs)).astype(np.float32),
+            "masks": np.ones(n, np.float32), "mc_returns": rng.normal(size=n).astype(np.float32)}
+
+
 def _pre(tmp_path, algo="calql"):
     write_d4rl_file(tmp_path / "data.hdf5")
     return ["finetune.method=wsrl", f"pretrain.algo={algo}", f"pretrain.steps={STEPS}",
@@ -141,7 +153,6 @@ def test_seeds_pretrained_together_resume_from_their_checkpoints_to_the_same_age
     """pretrain.pretrain_agents (several seeds in one fused step): killed mid-way, every seed's
     partial checkpoint is at the same step, and resuming from them ends with the agents of an
     uninterrupted run; checkpoints at different steps are refused by name."""
-    import numpy as np
 
     from wsrl_dist import job
     from wsrl_dist.envs.make import obs_act_dims
@@ -149,12 +160,7 @@ def test_seeds_pretrained_together_resume_from_their_checkpoints_to_the_same_age
     cfg = tiny_config(tmp_path / "run", "finetune.method=wsrl", "pretrain.algo=cql", f"pretrain.steps={STEPS}",
                       f"pretrain.checkpoint_every={EVERY}", "pretrain.batch_size=32", "run.fast_path=fused")
     obs, act = obs_act_dims(cfg.task.spec())
-    rng = np.random.default_rng(0)
-    arrays = {"observations": rng.normal(size=(200, obs)).astype(np.float32),
-              "actions": rng.uniform(-0.9, 0.9, (200, act)).astype(np.float32),
-              "rewards": rng.normal(size=200).astype(np.float32),
-              "next_observations": rng.normal(size=(200, obs)).astype(np.float32),
-              "masks": np.ones(200, np.float32), "mc_returns": rng.normal(size=200).astype(np.float32)}
+    arrays = random_arrays(obs, act)
 
     def fresh():
         torch.manual_seed(0)

@@ -366,27 +366,20 @@ def main(argv: list[str] | None = None) -> int:
                 for split in splits if mode.startswith("fused") else [0]:
                     split_label = f"-split{split}" if label_splits and mode.startswith("fused") else ""
                     for label, opts in inductor_sets(args.inductor, "compile" in mode):
-                        name = f"pretrain-{algo}-{PRETRAIN_LABELS[mode]}{split_label}{label}"
-                        pre_algo[name] = f"pretrain-{algo}-eager"
-                        try:
-                            if "compile" in mode:
-                                _fresh_compile()
-                            rates[name] = time_pretrain(size, algo, mode, device, sac, args.seconds, key=name,
-                                                        inductor=opts, row_split=split)
-                            per_call[name] = 1
-                        except Exception as e:
-                            print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
-                        for how in ("chunked", "perstep") if args.pretrain_sampled else ():
-                            sname = f"{name}-sampled-{how}"
-                            pre_algo[sname] = f"pretrain-{algo}-eager"
+                        base = f"pretrain-{algo}-{PRETRAIN_LABELS[mode]}{split_label}{label}"
+                        # --pretrain-sampled: the same row with the job loop's draws, chunked and per step
+                        for how in ("", *(("chunked", "perstep") if args.pretrain_sampled else ())):
+                            name = f"{base}-sampled-{how}" if how else base
+                            pre_algo[name] = f"pretrain-{algo}-eager"
                             try:
                                 if "compile" in mode:
                                     _fresh_compile()
-                                rates[sname] = time_pretrain(size, algo, mode, device, sac, args.seconds, key=sname,
-                                                             inductor=opts, row_split=split, sampled=how)
-                                per_call[sname] = 1
+                                rates[name] = time_pretrain(size, algo, mode, device, sac, args.seconds, key=name,
+                                                            inductor=opts, row_split=split,
+                                                            **({"sampled": how} if how else {}))
+                                per_call[name] = 1
                             except Exception as e:
-                                print(f"{size:<11}{sname:<36} failed: {type(e).__name__}: {str(e)[:200]}")
+                                print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")
             # --seeds with --pretrain: S seeds' steps in one call (fused modes: one S-seed step)
             for n in [int(x) for x in args.seeds.split(",") if x]:
                 for mode in [m for m in modes if m.startswith("fused")]:
