@@ -63,9 +63,10 @@ class ChunkedBatches:
     """Pre-training batches drawn `CHUNK_ROWS // batch_size` steps at a time: ONE sample call (a
     randint and an index_select per field) for the whole chunk, each step a slice of it (views).
 
-    Why: drawing every step's batch on its own is ~7 small kernels a step. Beside a graphed CQL step
-    of ~450 us on an H100 they cost ~10%: a 250k-step job measured 1,974 steps/s where the bench's
-    step on a fixed batch ran 2,207 (BENCHMARKS.md). The rows are the same distribution (uniform with
+    Why: drawing every step's batch on its own is ~7 small kernels a step, beside a graphed CQL step
+    of ~450 us on an H100. A 250k-step job measured 1,974 steps/s where the bench's step on a fixed
+    batch ran 2,207 (BENCHMARKS.md); those draws are the likely difference (`bench learner
+    --pretrain-sampled` times both ways). The rows are the same distribution (uniform with
     replacement); the draws themselves differ from per-step sampling.
 
     A chunk never crosses a partial-checkpoint step (`checkpoint_every`) or the last step, so the
