@@ -25,14 +25,12 @@ JAX jit of the same update) runs in the same process tree and its rows join the 
 from __future__ import annotations
 
 import argparse
-import ast
 import re
 import subprocess
 import sys
 import time
 
 import torch
-import torch._inductor.config  # --inductor keys are checked against it
 import torch.nn as nn
 
 from wsrl_dist.algo.agent import make_agent
@@ -41,6 +39,7 @@ from wsrl_dist.algo.nets import EnsembleCritic, NetConfig
 from wsrl_dist.algo.sac import SACConfig
 from wsrl_dist.algo.types import Batch
 from wsrl_dist.bench.kernel_profile import _sync, kernel_category, print_profile, profile_calls  # noqa: F401 (kernel_category: re-exported)
+from wsrl_dist.bench.row_sets import SAMPLED_ROWS, inductor_sets, job_batches
 
 # (obs_dim, act_dim, actor hidden, critic hidden, max_target_backup): the reference's family sizes
 SIZES = {
@@ -110,32 +109,6 @@ def _fresh_compile() -> None:
     pass, silently ignoring an --inductor patch, or, after 8 recompiles, run uncompiled. Inductor's
     on-disk cache is keyed by its config, so a reset row with the same config still loads fast."""
     torch._dynamo.reset()
-
-
-def inductor_sets(spec: str, compiled: bool) -> list[tuple[str, dict]]:
-    """--inductor 'default;combo_kernels=1,aggressive_fusion=1' -> [(row label suffix, options)].
-    Values parse as Python literals where they can (1, True, 'x'), else stay strings. Rows that do not
-    compile run once, unpatched."""
-    if not spec or not compiled:
-        return [("", {})]
-    sets = []
-    for part in (p.strip() for p in spec.split(";")):
-        if part in ("", "default"):
-            sets.append(("", {}))
-            continue
-        opts = {}
-        for kv in part.split(","):
-            key, sep, val = kv.partition("=")
-            if not sep or not hasattr(torch._inductor.config, key.strip().split(".")[0]):
-                raise ValueError(f"--inductor: {kv!r} is not key=value with a torch._inductor.config key")
-            try:
-                opts[key.strip()] = ast.literal_eval(val.strip())
-            except (ValueError, SyntaxError):
-                opts[key.strip()] = val.strip()
-        # labelled by key alone where the value is True, else key=value (combo_kernels=False)
-        sets.append(("+" + "+".join(k.rsplit(".", 1)[-1] + ("" if v is True else f"={v}") for k, v in opts.items()),
-                     opts))
-    return sets
 
 
 def time_variant(size: str, variant: str, device: torch.device, sac: SACConfig, seconds: float,
@@ -246,37 +219,12 @@ def time_pretrain(size: str, algo: str, mode: str, device: torch.device, sac: SA
     if not seeds:
         fn = make_offline_step_fn(agents[0], algo, sac, cql, IQLConfig(), mode, batches[0], inductor)
         if sampled:
-            next_batch = _job_batches(size, device, sampled)
+            rows = SAMPLED_ROWS if device.type == "cuda" else 20_000  # CPU smoke runs: a small table
+            next_batch = job_batches(_batch(size, rows, device), device, sampled)
             return _calls_per_second(lambda: [fn(next_batch())], device, seconds, key, t_setup)
         return _calls_per_second(lambda: [fn(batches[0])], device, seconds, key, t_setup)
     multi = make_offline_multiseed_fn(agents, algo, sac, cql, IQLConfig(), mode, batches, inductor)
     return seeds * _calls_per_second(lambda: multi(batches), device, seconds, key, t_setup)
-
-
-SAMPLED_ROWS = 1_000_000  # a D4RL-sized dataset for --pretrain-sampled rows
-
-
-def _job_batches(size: str, device: torch.device, how: str):
-    """next_batch() drawing batch-256 steps from a random dataset on `device` as the pre-training
-    loop does: "chunked" (pretrain.ChunkedBatches) or "perstep" (one sample call a step)."""
-    from wsrl_dist.pretrain import CHUNK_ROWS, ChunkedBatches, DeviceSampler
-
-    if how not in ("chunked", "perstep"):
-        raise ValueError(f"sampled must be chunked or perstep, got {how!r}")
-    rows = SAMPLED_ROWS if device.type == "cuda" else 20_000  # CPU smoke runs: a small table
-    data = _batch(size, rows, device)
-    cols = {"observations": data.observations, "actions": data.actions, "rewards": data.rewards,
-            "next_observations": data.next_observations, "masks": data.masks,
-            "mc_returns": torch.zeros(rows, device=device)}
-    draws = ChunkedBatches(DeviceSampler(cols, device, seed=0), 256, steps=10 ** 12,
-                           chunk_rows=CHUNK_ROWS if how == "chunked" else 256)
-    step = [0]
-
-    def next_batch() -> Batch:
-        step[0] += 1
-        return draws.at(step[0])
-
-    return next_batch
 
 
 def run_anchor(path: str) -> dict[str, float]:
