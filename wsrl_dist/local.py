@@ -169,15 +169,12 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
             else:  # a resumed run continues from checkpoints/pretrain-partial.pt when there is one
                 bar = tqdm(total=cfg.pretrain.steps, desc=f"pretrain {cfg.pretrain.algo}",
                            disable=not cfg.run.progress, **bar_options())
-                t_loop, timing = time.time(), {}
+                timing: dict[str, float] = {}
                 first = pretrain_agent(agent, offline, cfg, progress=bar.update, on_log=lambda s, info: log.write(
                     "pretrain", step=s, wall_time=time.time() - t0, **info), mode=mode,
                     partial=run_dir / "checkpoints" / PARTIAL, resume=resume, timing=timing, note=bar.set_postfix_str)
                 bar.close()
-                loop_s = time.time() - t_loop
                 job.update_run_json(run_dir, pretrain_step=offline_step_kind(cfg.pretrain.algo, mode),
-                                    pretrain_loop_s=loop_s,
-                                    pretrain_steps_per_s=(cfg.pretrain.steps - first + 1) / max(loop_s, 1e-9),
                                     **{f"pretrain_{k}": v for k, v in timing.items()},
                                     **({"pretrain_resumed_at_step": first} if first > 1 else {}))
             job.save_agent(pretrained, agent, {"pretrain_steps": cfg.pretrain.steps})
@@ -322,19 +319,17 @@ def pretrain_seeds(cfgs: list[RunConfig], command: str = "", resume: bool = Fals
         for log, info in zip(logs, infos):
             log.write("pretrain", step=step, wall_time=time.time() - t0, **info)
 
-    t_loop, timing = time.time(), {}
+    timing: dict[str, float] = {}
     first = pretrain_agents(agents, samplers, first_cfg, mode, partials=[d / "checkpoints" / PARTIAL for d in dirs],
                             resume=resume, progress=bar.update, on_log=on_log, timing=timing,
                             note=bar.set_postfix_str)
     bar.close()
-    loop_s = time.time() - t_loop
     kind = f"{offline_step_kind(pcfg.algo, mode)}, {len(cfgs)} seeds together"
     for cfg, run_dir, agent, log in zip(cfgs, dirs, agents, logs):
         job.save_agent(run_dir / "checkpoints" / "pretrained.pt", agent, {"pretrain_steps": pcfg.steps})
         _evaluate(agent, cfg, task, log, Counters(), "pretrained", t0)
         job.update_run_json(run_dir, finished=time.strftime("%Y-%m-%dT%H:%M:%S"), env_steps=0, critic_updates=0,
-                            wall_time_s=time.time() - t0, pretrain_step=kind, pretrain_loop_s=loop_s,
-                            pretrain_steps_per_s=(pcfg.steps - first + 1) / max(loop_s, 1e-9),
+                            wall_time_s=time.time() - t0, pretrain_step=kind,
                             **{f"pretrain_{k}": v for k, v in timing.items()},
                             **({"pretrain_resumed_at_step": first} if first > 1 else {}))
         log.close()

@@ -20,7 +20,7 @@ from wsrl_dist.data.returns import mc_returns_to_go
 from wsrl_dist.data.schema import OfflineDataset
 from wsrl_dist.durable import replace_durably
 
-# rows drawn at once by ChunkedBatches (256 steps at batch 256): ~20 MB of a locomotion batch chunk
+# rows drawn at once by ChunkedBatches (256 steps at batch 256): ~11 MB for locomotion's 43 floats a row
 CHUNK_ROWS = 65_536
 ACTION_CLIP = 0.99999  # dataset actions kept off +-1 so log pi stays finite (reference gotcha 8)
 PARTIAL = "pretrain-partial.pt"  # in <run_dir>/checkpoints/: pre-training in progress (pretrain_agent)
@@ -101,9 +101,10 @@ class ChunkedBatches:
 
 
 class StepClock:
-    """The pre-training loop's two rates: the first step alone (compilation, autotuning and CUDA-graph
-    capture happen there: 25 s, or ~190 s with pretrain.max_autotune_gemm, on an H100) and the steps
-    after it (the steady rate, which the bench's rows compare with). One device sync, at the end."""
+    """The pre-training loop's times, as run.json records them (`pretrain_` + key): the whole loop
+    (loop_s, steps_per_s), the first step alone (first_step_s: compilation, autotuning and CUDA-graph
+    capture happen there: ~25 s, or ~190 s with pretrain.max_autotune_gemm, on an H100) and the steps
+    after it (steady_steps_per_s, which the bench's rows compare with). One device sync, at the end."""
 
     def __init__(self, device: torch.device, start: int, note: Callable[[str], None] | None = None,
                  first_note: str = ""):
@@ -124,9 +125,12 @@ class StepClock:
             return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        into["loop_s"] = now - self.t0
+        into["steps_per_s"] = (steps - self.start + 1) / max(now - self.t0, 1e-9)
         into["first_step_s"] = self.t_first - self.t0
         if steps > self.start:
-            into["steady_steps_per_s"] = (steps - self.start) / max(time.perf_counter() - self.t_first, 1e-9)
+            into["steady_steps_per_s"] = (steps - self.start) / max(now - self.t_first, 1e-9)
 
 
 def pretrain_agent(
@@ -150,7 +154,7 @@ def pretrain_agent(
     step, and the torch and sampler RNG states) and removed once pre-training is done; with `resume`
     an existing one is continued from, so a run killed during pre-training loses at most one interval.
     Continuing draws the same batches and noise as the uninterrupted run would have. `timing`, when
-    given, receives `StepClock`'s first_step_s and steady_steps_per_s. `note(text)`: what the loop is
+    given, receives `StepClock`'s times (whole loop, first step, steady rate). `note(text)`: what the loop is
     doing where its step count cannot move (compiling the step, which can take minutes), "" after.
     Returns the first step this call ran (1 unless resumed)."""
     pcfg = cfg.pretrain

@@ -117,7 +117,7 @@ def test_learner_pretrain_rows_compare_graph_with_their_eager_row(capsys, monkey
     rates = {("cql", "eager"): 50.0, ("cql", "cuda_graph"): 400.0, ("cql", "fused"): 100.0,
              ("cql", "fused_compile_graph"): 2500.0, ("iql", "eager"): 100.0, ("iql", "cuda_graph"): 300.0}
 
-    def fake_time(size, algo, mode, device, sac, seconds, key=None, inductor=None, row_split=0):
+    def fake_time(size, algo, mode, device, sac, seconds, key=None, inductor=None, row_split=0, sampled=""):
         learner.SETUP_S[(size, key)] = 1.0
         assert row_split == 0  # the automatic split unless --row-split
         return rates[(algo, mode)] * (2 if inductor else 1)  # an --inductor set: its own row

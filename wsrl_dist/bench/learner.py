@@ -323,8 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                                 if "compile" in mode:
                                     _fresh_compile()
                                 rates[name] = time_pretrain(size, algo, mode, device, sac, args.seconds, key=name,
-                                                            inductor=opts, row_split=split,
-                                                            **({"sampled": how} if how else {}))
+                                                            inductor=opts, row_split=split, sampled=how)
                                 per_call[name] = 1
                             except Exception as e:
                                 print(f"{size:<11}{name:<36} failed: {type(e).__name__}: {str(e)[:200]}")

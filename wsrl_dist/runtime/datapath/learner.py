@@ -135,19 +135,17 @@ class Learner(LearnerOutputs):
             out["dataset"] = dataset.source
             if pretrains and not finished:
                 self.stage.start("pretrain", c.pretrain.steps)
-                t_loop, timing = time.time(), {}
+                timing: dict[str, float] = {}
                 with self._agent_lock:
                     first = pretrain_agent(self.agent, sampler, c, on_log=lambda s, i: (
                         out.update(last=i), self.stage.pretrain_log(s, i)), progress=self.stage.add,
                         mode=self.mode, partial=ckpt_dir / PARTIAL, resume=resume, timing=timing,
                         note=lambda text: self.stage.set(note=text))
-                # the step's kind and its rate (loop only, capture and compilation included): `seconds`
-                # also holds the dataset's load or build, so steps / seconds understates the step
+                # the step's kind and its rates (pretrain.StepClock: the loop, its first step, the steady
+                # rate): `seconds` also holds the dataset's load or build
                 out["pretrain_step"] = offline_step_kind(c.pretrain.algo, self.mode)
-                out["pretrain_loop_s"] = time.time() - t_loop
-                out["pretrain_steps_per_s"] = (c.pretrain.steps - first + 1) / max(out["pretrain_loop_s"], 1e-9)
                 out["pretrain_steps"] = c.pretrain.steps
-                out.update({f"pretrain_{k}": v for k, v in timing.items()})  # first step; steady rate
+                out.update({f"pretrain_{k}": v for k, v in timing.items()})
                 if first > 1:
                     out["resumed_at_step"] = first
             self.offline = sampler if self.ratio > 0 else None  # WSRL drops the offline data here

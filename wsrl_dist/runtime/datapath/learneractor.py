@@ -126,7 +126,7 @@ class LearnerActor:
             for lrn in lrns:
                 lrn.stage.add(n)
 
-        t_loop, timing = time.time(), {}
+        timing: dict[str, float] = {}
         with contextlib.ExitStack() as held:
             for lrn in lrns:
                 held.enter_context(lrn._agent_lock)
@@ -134,12 +134,9 @@ class LearnerActor:
                                     partials=[d / PARTIAL for d in ckpts], resume=resume, progress=progress,
                                     on_log=lambda s, infos: [lrn.stage.pretrain_log(s, i) for lrn, i in zip(lrns, infos)],
                                     timing=timing, note=lambda text: [lrn.stage.set(note=text) for lrn in lrns])
-        loop_s = time.time() - t_loop
-        steps = self.cfg.pretrain.steps
-        out = {"pretrain_steps": steps, "pretrain_step": f"{offline_step_kind(self.cfg.pretrain.algo, self.mode)}, "
-               f"{len(lrns)} seeds together", "pretrain_loop_s": loop_s,
-               "pretrain_steps_per_s": (steps - first + 1) / max(loop_s, 1e-9), "seconds": time.time() - t0,
-               **{f"pretrain_{k}": v for k, v in timing.items()}}
+        out = {"pretrain_steps": self.cfg.pretrain.steps, "seconds": time.time() - t0,
+               "pretrain_step": f"{offline_step_kind(self.cfg.pretrain.algo, self.mode)}, {len(lrns)} seeds together",
+               **{f"pretrain_{k}": v for k, v in timing.items()}}  # pretrain.StepClock's times
         return [{**out, "dataset": src, **({"resumed_at_step": first} if first > 1 else {})} for src in sources]
 
     def save_agent(self, group: int, path: str) -> None:
