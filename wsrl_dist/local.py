@@ -30,7 +30,7 @@ from wsrl_dist.durable import replace_durably
 from wsrl_dist.envs.make import make_env, obs_act_dims
 from wsrl_dist.errors import CheckpointError
 from wsrl_dist.evaluation import evaluate
-from wsrl_dist.ops.bars import bar_options
+from wsrl_dist.ops.bars import bar_options, note_setter
 from wsrl_dist.ops.report import MetricsLog, write_report
 from wsrl_dist.plan import RunPlan
 from wsrl_dist.pretrain import (
@@ -172,7 +172,7 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
                 timing: dict[str, float] = {}
                 first = pretrain_agent(agent, offline, cfg, progress=bar.update, on_log=lambda s, info: log.write(
                     "pretrain", step=s, wall_time=time.time() - t0, **info), mode=mode,
-                    partial=run_dir / "checkpoints" / PARTIAL, resume=resume, timing=timing, note=bar.set_postfix_str)
+                    partial=run_dir / "checkpoints" / PARTIAL, resume=resume, timing=timing, note=note_setter(bar))
                 bar.close()
                 job.update_run_json(run_dir, pretrain_step=offline_step_kind(cfg.pretrain.algo, mode),
                                     **{f"pretrain_{k}": v for k, v in timing.items()},
@@ -194,7 +194,8 @@ def run(cfg: RunConfig, command: str = "", resume: bool = False) -> Path:
     ep_return, info = 0.0, {}
     def stage_bar(warmup: bool) -> tqdm:  # one line per stage: warmup (K env steps), then online
         return tqdm(total=K if warmup else plan.online_steps, initial=c.env_steps, desc="warmup" if warmup
-                    else "online", disable=not cfg.run.progress, **bar_options())
+                    else "online", disable=not cfg.run.progress or plan.online_steps == 0,  # `pretrain`: no stage 2/3
+                    **bar_options())
 
     bar = stage_bar(c.env_steps < K)
     last_log = (time.time(), c.env_steps, c.updates)
@@ -322,7 +323,7 @@ def pretrain_seeds(cfgs: list[RunConfig], command: str = "", resume: bool = Fals
     timing: dict[str, float] = {}
     first = pretrain_agents(agents, samplers, first_cfg, mode, partials=[d / "checkpoints" / PARTIAL for d in dirs],
                             resume=resume, progress=bar.update, on_log=on_log, timing=timing,
-                            note=bar.set_postfix_str)
+                            note=note_setter(bar))
     bar.close()
     kind = f"{offline_step_kind(pcfg.algo, mode)}, {len(cfgs)} seeds together"
     for cfg, run_dir, agent, log in zip(cfgs, dirs, agents, logs):

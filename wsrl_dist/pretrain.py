@@ -5,6 +5,7 @@ Shared by the single-process pipeline (local.py) and the Ray learner (runtime/da
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -252,10 +253,35 @@ def first_step_note(mode: str, pcfg) -> str:
     return "capturing the step's CUDA graph" if mode.endswith("graph") else ""
 
 
+# Inductor prints every autotuned GEMM's table of timings (27 tables, ~100 KB, for one CQL step) to
+# stderr; the progress line already says it is autotuning. Keys a torch lacks are left out.
+QUIET_AUTOTUNE = {"autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
+
+
 def inductor_overrides(pcfg) -> dict | None:
     """pretrain.max_autotune_gemm -> Inductor options for the compiled pre-training step (None: the
-    defaults of algo.fast_modes.inductor_options)."""
-    return {"max_autotune_gemm": True} if pcfg.max_autotune_gemm else None
+    defaults of algo.fast_modes.inductor_options), quiet."""
+    if not pcfg.max_autotune_gemm:
+        return None
+    import torch._inductor.config as inductor_config
+
+    _drop_benign_autotune_errors()
+    return {"max_autotune_gemm": True, **{k: v for k, v in QUIET_AUTOTUNE.items() if hasattr(inductor_config, k)}}
+
+
+class _BenignAutotuneErrors(logging.Filter):
+    """Inductor logs an ERROR for each candidate GEMM kernel that needs more shared memory than the GPU
+    has ("out of resource"), then ignores that candidate: 62 three-line errors for a CQL step on an H100.
+    Only those are dropped; any other autotuning error still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not ("Runtime error during autotuning" in str(record.msg) and "out of resource" in record.getMessage())
+
+
+def _drop_benign_autotune_errors() -> None:
+    log = logging.getLogger("torch._inductor.select_algorithm")
+    if not any(isinstance(f, _BenignAutotuneErrors) for f in log.filters):
+        log.addFilter(_BenignAutotuneErrors())
 
 
 def _rng_states(agent: Agent, sampler: DeviceSampler) -> dict[str, torch.Tensor]:

@@ -261,6 +261,29 @@ def test_wsrl_pipeline_pretrains_on_a_built_dataset_then_warms_up_and_fine_tunes
     assert run["pretrain_algo"] == "cql" and "builder" in run["dataset_note"]
 
 
+@pytest.mark.filterwarnings("ignore:.*never reached target_return")  # a tiny behaviour run, by design
+def test_the_pretrain_command_builds_pretrains_and_stops_with_only_its_own_bars(tmp_path, monkeypatch, capsys):
+    """`wsrl-dist pretrain ...` (README): the dataset and pre-training stages, their rates in run.json,
+    the pre-trained agent saved; no warmup / online bar (it showed an empty `warmup: 0/5000` twice)."""
+    from wsrl_dist import cli
+
+    monkeypatch.setenv("WSRL_DIST_CACHE", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    assert cli.main(["pretrain", f"task.name={TASK}", "dataset.source=built", "dataset.build_transitions=1000",
+                     "dataset.build_train_steps=300", "dataset.build_random_steps=200", "dataset.build_eval_every=300",
+                     "dataset.build_hidden=[32, 32]", "pretrain.algo=cql", "pretrain.steps=60", "pretrain.batch_size=32",
+                     "sac.critic_ensemble_size=2", "run.device=cpu", "run.progress=true", "run.log_every=20",
+                     f"run.run_dir={run_dir}"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == f"run dir: {run_dir}"
+    bars = [seg.strip() for seg in err.replace("\n", "\r").split("\r") if seg.strip()]
+    assert "60/60" in [b for b in bars if b.startswith("pretrain cql")][-1], bars
+    assert not [b for b in bars if b.startswith(("warmup", "online"))], bars
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["pretrain_steps_per_s"] > 0 and run["pretrain_steady_steps_per_s"] > 0
+    assert _checkpoint(run_dir / "checkpoints" / "pretrained.pt")["counters"]["pretrain_steps"] == 60
+
+
 def test_resume_from_a_truncated_local_checkpoint_names_the_file_in_one_line(tmp_path, capsys):
     """latest.pt and its replay file are one checkpoint (latest.pt names the replay file it was saved
     with); a truncated one ends `wsrl-dist run --resume` with one line naming it, not a torch or

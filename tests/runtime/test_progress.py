@@ -259,3 +259,31 @@ def test_a_plain_line_is_not_repeated_while_its_count_stands_still():
         lines.show("build", "behaviour", n, 10)
     assert out.getvalue().splitlines() == ["build behaviour: 5/10 (50%)", "build behaviour: 7/10 (70%)",
                                            "build behaviour: 10/10 (100%)"]
+
+
+def test_the_local_pretrain_bar_gives_the_steady_eta_once_the_compiling_first_step_is_done():
+    """local.py's bar: a 100 s first step (compilation) then 1,000 steps/s. tqdm alone averages the first
+    step into its rate (an ETA of hours); note_setter restarts the rate when the note clears."""
+    from tqdm import tqdm
+
+    from wsrl_dist.ops.bars import note_setter
+
+    now = [0.0]
+    out = io.StringIO()
+    bar = tqdm(total=100_000, file=out, mininterval=0, miniters=1, smoothing=0.3, ascii=True)
+    bar._time = lambda: now[0]
+    bar.start_t = bar.last_print_t = 0.0
+    note = note_setter(bar)
+    note("compiling the step")
+    assert "compiling the step" in out.getvalue().split("\r")[-1]
+    now[0] = 100.0  # the first step returns after compilation
+    note("")
+    bar.update(1)
+    for _ in range(10):  # then 1,000 steps a second
+        now[0] += 1.0
+        bar.update(1000)
+    last = out.getvalue().split("\r")[-1]
+    assert "10001/100000" in last and "compiling" not in last, last
+    eta = re.search(r"<(\d+):(\d+)", last)  # "[elapsed<remaining, rate]"
+    assert eta and 85 <= int(eta[1]) * 60 + int(eta[2]) <= 95, last  # ~90 s left at 1,000/s
+    assert "01:50<" in last, last  # elapsed stays the stage's whole time (100 s + 10 s)
