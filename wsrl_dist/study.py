@@ -232,9 +232,11 @@ class Study:
     def run(self, command: str = "") -> dict[str, Any]:
         from tqdm import tqdm
 
+        from wsrl_dist.ops.bars import bar_options
+
         m = self._load_manifest()
         units = self.plan()
-        bar = tqdm(total=len(units), desc=f"study {self.spec.name}", unit="job")
+        bar = tqdm(total=len(units), desc=f"study {self.spec.name}", unit="job", **bar_options())
         for u in units:
             table = m["pretrain" if u["kind"] == "pretrain" else "cells"]
             cfg = self._cfg_for(u)

@@ -287,3 +287,23 @@ def test_the_local_pretrain_bar_gives_the_steady_eta_once_the_compiling_first_st
     eta = re.search(r"<(\d+):(\d+)", last)  # "[elapsed<remaining, rate]"
     assert eta and 85 <= int(eta[1]) * 60 + int(eta[2]) <= 95, last  # ~90 s left at 1,000/s
     assert "01:50<" in last, last  # elapsed stays the stage's whole time (100 s + 10 s)
+
+
+def test_a_stage_bar_inside_the_study_bar_writes_no_cursor_moves_into_a_log_file():
+    """`wsrl-dist study > log`: the stage bars (builder, pre-training) open inside the study's job bar;
+    tqdm placed them at line 1 and wrote "\\x1b[A" after every redraw, which a log file shows as "[A"."""
+    from tqdm import tqdm
+
+    from wsrl_dist.ops.bars import bar_options
+
+    out = io.StringIO()
+    study = tqdm(total=2, desc="study", **bar_options(out))
+    stage = tqdm(total=3, desc="pretrain", **bar_options(out))
+    for _ in range(3):
+        stage.update(1)
+    stage.close()
+    study.update(1)
+    study.close()
+    text = out.getvalue()
+    assert "\x1b[" not in text
+    assert "pretrain: 100%|" in text and "1/2 [" in text, text

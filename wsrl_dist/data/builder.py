@@ -54,6 +54,7 @@ from wsrl_dist.data.schema import COLUMN_NAMES, OfflineDataset, episode_bounds
 from wsrl_dist.envs.make import make_env, obs_act_dims
 from wsrl_dist.envs.tasks import TaskSpec, get_task
 from wsrl_dist.evaluation import evaluate
+from wsrl_dist.ops.bars import bar_options
 
 
 def _critic_target(agent: Agent, batch: Batch, cfg: SACConfig) -> torch.Tensor:
@@ -165,7 +166,7 @@ def train_behaviour_policy(spec: BuildSpec, progress: bool = True, *, partial: P
         else:
             obs, _ = env.reset()
         bar = tqdm(total=spec.train_steps, initial=step, desc=f"SAC {spec.task} ({spec.recipe})",
-                   disable=not progress, mininterval=1.0)
+                   disable=not progress, **bar_options())
         if step:
             bar.set_postfix(resumed_at=step)
         action = None  # the policy's action for `obs`, computed by the previous learner step
@@ -214,7 +215,7 @@ def rollout_dataset(policy: Policy, task: str | TaskSpec, n_transitions: int, se
     `rollout_parallel` (data/parallel_rollout.py: many such streams over worker processes)."""
     task = task if isinstance(task, TaskSpec) else get_task(task)
     n = int(n_transitions)
-    bar = tqdm(total=n, desc=f"rollout {task.name}", disable=not progress, mininterval=1.0)
+    bar = tqdm(total=n, desc=f"rollout {task.name}", disable=not progress, **bar_options())
 
     class Progress:
         done = 0

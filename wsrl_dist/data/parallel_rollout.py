@@ -32,6 +32,7 @@ from wsrl_dist.algo.policy import Policy, pin_blas_threads
 from wsrl_dist.data.schema import COLUMN_NAMES
 from wsrl_dist.envs.make import make_env, obs_act_dims
 from wsrl_dist.envs.tasks import TaskSpec, get_task
+from wsrl_dist.ops.bars import bar_options
 
 # below this many rows a rollout runs in the calling process: starting workers costs more
 MIN_ROWS_PER_PROCESS = 20_000
@@ -126,7 +127,7 @@ def rollout_parallel(weights: dict[str, np.ndarray], net: NetConfig, task: str |
     bounds = np.linspace(0, num_envs, workers + 1).round().astype(int)
     jobs = [(spec.name, net, weights, seed, int(lo), counts[lo:hi], deterministic)
             for lo, hi in zip(bounds[:-1], bounds[1:])]
-    bar = tqdm(total=n, desc=f"rollout {spec.name}", disable=not progress, mininterval=1.0)
+    bar = tqdm(total=n, desc=f"rollout {spec.name}", disable=not progress, **bar_options())
     done, last = 0, 0
 
     def advance(rows: int) -> None:

@@ -17,8 +17,8 @@ def bar_options(file: IO[str] | None = None) -> dict[str, Any]:
     refresh; elsewhere (a log file, `ray job submit`) a line every PLAIN_EVERY seconds, not 10 a second."""
     out = file if file is not None else sys.stderr
     tty = bool(getattr(out, "isatty", lambda: False)())
-    if not tty:
-        return {"file": out, "mininterval": PLAIN_EVERY}
+    if not tty:  # position 0: a bar inside another (a stage's inside `study`'s) would move the cursor
+        return {"file": out, "mininterval": PLAIN_EVERY, "position": 0}  # up, "\x1b[A", in a log file
     size = shutil.get_terminal_size((100, 20))  # as StageLines: a terminal with no size shows no bar
     return {"file": out, "mininterval": 0.1, "ncols": size.columns, "nrows": size.lines}
 
