@@ -41,6 +41,16 @@ PROBE_COLS = ("task", "method", "seed", "env_steps", "phase", "q_probe_q_mean", 
               "q_probe_gap_mean", "q_probe_states", "q_probe_return_mean")
 DEFAULT_TABLE_STEPS = [0, 5_000, 25_000, 50_000, 100_000, 200_000, 300_000]
 ONSET_METHODS = ("wsrl", "wsrl_no_warmup")
+# one colour per method in every figure (matplotlib's C0, C1, ... in this order; others after them)
+METHOD_ORDER = ("wsrl", "wsrl_no_warmup", "sac_scratch", "rlpd", "offline_continued", "offline_retained")
+
+
+def method_color(method: str, others: list[str] | None = None) -> str:
+    """`others`: the figure's methods, so an unlisted one gets a colour no listed one has."""
+    if method in METHOD_ORDER:
+        return f"C{METHOD_ORDER.index(method)}"
+    extra = sorted(m for m in (others or [method]) if m not in METHOD_ORDER)
+    return f"C{(len(METHOD_ORDER) + extra.index(method)) % 10}"
 
 
 def latest_timeline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -209,8 +219,9 @@ def _plot_scores(path: Path, title: str, ylabel: str, curves: dict[str, tuple], 
         ax.axvspan(0, warmup, color="tab:orange", alpha=0.12, label=f"warmup (K={warmup:,})")
     for method, (x, m, se, _) in curves.items():
         if len(x):
-            line, = ax.plot(x, m, marker="o", ms=3, label=method)
-            ax.fill_between(x, m - se, m + se, color=line.get_color(), alpha=0.2)
+            color = method_color(method, list(curves))
+            ax.plot(x, m, marker="o", ms=3, label=method, color=color)
+            ax.fill_between(x, m - se, m + se, color=color, alpha=0.2)
     ax.set_xlabel("online env steps (warmup included)")
     ax.set_ylabel(f"{ylabel} (mean ± s.e. over seeds)")
     ax.set_title(title)
@@ -238,8 +249,8 @@ def _plot_onset(path: Path, r: Results) -> None:
         if warm:
             ax.axvspan(0, warm, color="tab:orange", alpha=0.12, label=f"warmup (K={warm:,})")
         drawn = False
-        for i, method in enumerate(m for m in ONSET_METHODS if r.seeds(task, m)):
-            color = f"C{i}"
+        for method in (m for m in ONSET_METHODS if r.seeds(task, m)):
+            color = method_color(method)
             every = max([r.run_meta(task, method, s, "q_probe_every") for s in r.seeds(task, method)] or [1]) or 1
             for col, style, name in (("q_probe_q_mean", "-", "Q (probe states)"),
                                      ("q_probe_mc_mean", "--", "MC return (same states)")):
@@ -313,6 +324,25 @@ def table_md(r: Results, steps: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def aggregate_curves(r: Results) -> tuple[dict[str, tuple], list[str]]:
+    """The aggregate figure's curves: per seed the mean over tasks, then mean +- s.e. over seeds. Only
+    methods with runs on every task: a method run on fewer would be averaged over other tasks than the
+    rest (a study still being filled in showed rlpd's hopper-only curve beside wsrl's 2-task mean).
+    Returns (curves, the methods left out)."""
+    agg, left_out = {}, []
+    for m in r.methods:
+        if not all(r.seeds(t, m) for t in r.tasks):
+            left_out.append(m)
+            continue
+        per_seed = []
+        for s in sorted(set.intersection(*[set(r.seeds(t, m)) for t in r.tasks])):
+            by_task = [r.binned_scores(t, m, s) for t in r.tasks]
+            common = set.intersection(*[set(d) for d in by_task])
+            per_seed.append({k: float(np.mean([d[k] for d in by_task])) for k in common})
+        agg[m] = _curve(per_seed) if per_seed else (np.array([]),) * 4
+    return agg, left_out
+
+
 def write_study_report(study_dir: str | Path) -> dict[str, Path]:
     """CSVs from the run dirs (where present), then every figure and the table from the CSVs."""
     study_dir = Path(study_dir)
@@ -336,17 +366,11 @@ def write_study_report(study_dir: str | Path) -> dict[str, Path]:
         path = res / f"score_{task}.png"
         _plot_scores(path, f"{task} ({meta.get('name', study_dir.name)})", ylabel, curves, _warmup_of(r, task))
         out[f"score_{task}"] = path
-    agg = {}
-    for m in r.methods:
-        tasks = [t for t in r.tasks if r.seeds(t, m)]
-        per_seed = []
-        for s in sorted(set.intersection(*[set(r.seeds(t, m)) for t in tasks])) if tasks else []:
-            by_task = [r.binned_scores(t, m, s) for t in tasks]
-            common = set.intersection(*[set(d) for d in by_task])
-            per_seed.append({k: float(np.mean([d[k] for d in by_task])) for k in common})
-        agg[m] = _curve(per_seed) if per_seed else (np.array([]),) * 4
+    agg, left_out = aggregate_curves(r)
+    title = f"mean over {len(r.tasks)} task(s)" + (f"\nnot on every task, left out: {', '.join(left_out)}"
+                                                   if left_out else "")
     path = res / "score_aggregate.png"
-    _plot_scores(path, f"mean over {len(r.tasks)} task(s)", ylabel, agg, _warmup_of(r))
+    _plot_scores(path, title, ylabel, agg, _warmup_of(r))
     out["score_aggregate"] = path
     path = res / "onset.png"
     _plot_onset(path, r)
