@@ -160,7 +160,8 @@ class Results:
         self.train = _read_csv(res / "train.csv")
         self.probes = _read_csv(res / "q_probe.csv")
         self.tasks = sorted({k[0] for k in self.runs})
-        self.methods = list(dict.fromkeys(k[1] for k in self.runs))
+        self.methods = sorted({k[1] for k in self.runs}, key=lambda m: (  # the table's and legends' order
+            METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
         # normalized score where every eval has one (D4RL tasks), else the raw return (classic tasks)
         self.score_col = ("normalized_score" if self.evals and all(_num(e["normalized_score"]) is not None
                                                                   for e in self.evals) else "return_mean")
