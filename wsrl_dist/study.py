@@ -232,7 +232,7 @@ class Study:
     def run(self, command: str = "") -> dict[str, Any]:
         from tqdm import tqdm
 
-        from wsrl_dist.ops.bars import bar_options
+        from wsrl_dist.ops.bars import bar_options, restart_rate
 
         m = self._load_manifest()
         units = self.plan()
@@ -251,6 +251,7 @@ class Study:
                     table[u["id"]] = {**(rec or {}), **_record(u, run_dir, cfg), "status": "done"}
                     self._save_manifest(m)
                 bar.update(1)
+                restart_rate(bar)  # jobs/s and the ETA count the jobs that run, not the skipped ones
                 continue
             bar.set_postfix_str(u["id"])
             started = time.time()
