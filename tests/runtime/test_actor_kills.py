@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 
 from tests.runtime.conftest import BackgroundJob, read_records, run_json, tiny_config
 from wsrl_dist.runtime.datapath.learner import first_update_step
@@ -60,6 +61,40 @@ def test_killed_replay_shard_restarts_from_its_snapshot_and_the_job_finishes_wit
     assert shards[0]["ring"]["total_inserted"] == shards[0]["ring"]["size"] == TOTAL
     last = read_records(run_dir, "throughput")[-1]
     assert (last["replay_rows_lost"], last["replay_restarts_total"]) == (lost, 1)
+
+
+def test_shard_killed_during_the_final_records_is_counted_and_status_had_left_online(ray_local, tmp_path,
+                                                                                     monkeypatch):
+    """The soak's race, forced: it kills a shard whenever the status reads "online", and CI once saw 3
+    shard restarts in run.json for 4 kills (every other counter exact). The status read "online"
+    until run.json was written, but the job had taken its last shard count before its final
+    checkpoint: a shard killed in between came back (from its snapshot) uncounted. Here the shard
+    dies inside that final checkpoint: by then the status must read "done", and the restart must
+    be in run.json and in the last metrics record."""
+    from wsrl_dist.runtime.orchestration import driver, seedrecords
+
+    overrides = [f"finetune.warmup_steps={K}", f"finetune.online_steps={TOTAL}", "finetune.eval_every=100000",
+                 "run.checkpoint_every=100000", "runtime.replay_snapshot_s=1", *LIMITS]
+    cfg = tiny_config(tmp_path / "end", *overrides)
+    seen: dict = {}
+    final_checkpoint = seedrecords.SeedRecords._checkpoint
+
+    def killing_checkpoint(group, learner_state=None):
+        # the final one: after the online stage (timed and stop checkpoints pass the learner state)
+        if learner_state is None and "online" in group.stages and not seen:
+            seen["phase"] = driver.status(None, job=Path(cfg.run.run_dir).name)["phase"]
+            ray.get(group.shards[0].snapshot.remote())  # every row in the snapshot: the kill loses none
+            os.kill(ray.get(group.shards[0].stats.remote())["pid"], signal.SIGKILL)
+        return final_checkpoint(group, learner_state)
+
+    monkeypatch.setattr(seedrecords.SeedRecords, "_checkpoint", killing_checkpoint)
+    run_dir = driver.launch(cfg, "pytest")
+
+    info = run_json(run_dir)
+    assert (info["replay_shard_restarts"], info["replay_rows_lost"], info["env_steps"]) == (1, 0, TOTAL)
+    last = read_records(run_dir, "throughput")[-1]
+    assert (last["replay_restarts_total"], last["replay_rows_lost"]) == (1, 0)
+    assert seen["phase"] == "done"  # a soak reading "online" now would kill after the last count
 
 
 CLI_OVERRIDES = [f"finetune.warmup_steps={K}", "finetune.online_steps=900", "finetune.eval_every=100000",
@@ -133,7 +168,7 @@ def soak(tmp_path, total: int, every_s: float, duration_s: float) -> dict:
     bg = BackgroundJob(cfg)
     bg.wait_for(lambda s: s["phase"] == "online", timeout=180)
     rng, kills, t0 = random.Random(17), {"worker": 0, "shard": 0}, time.time()
-    last_kind = None
+    last_kind, online_after = None, True
     next_kill = t0 + every_s
     while bg.thread.is_alive() and time.time() - t0 < duration_s:
         time.sleep(0.25)
@@ -161,6 +196,7 @@ def soak(tmp_path, total: int, every_s: float, duration_s: float) -> dict:
             continue
         kills[kind] += 1
         last_kind = kind
+        online_after = _reads_online(bg)
         next_kill = time.time() + every_s * rng.uniform(0.75, 1.25)
     run_dir = bg.join(timeout=600)
     info = run_json(run_dir)
@@ -168,7 +204,12 @@ def soak(tmp_path, total: int, every_s: float, duration_s: float) -> dict:
     assert info["env_steps"] == total
     assert info["critic_updates"] == UTD * (total - first_update_step(cfg))
     assert info["weights_version"] == info["critic_updates"] // UTD
-    assert info["replay_shard_restarts"] == kills["shard"]
+    # every shard kill is counted: the job has the status read "done" before its last count of shard
+    # restarts (stages.Job.run), so a kill that a status still reading "online" followed is in
+    # run.json. Only a last kill after which the status read "done" raced that count: it may have
+    # landed after it, uncounted (CI once saw 3 for 4 when the count came before the final checkpoint)
+    racing = last_kind == "shard" and not online_after
+    assert kills["shard"] - racing <= info["replay_shard_restarts"] <= kills["shard"]
     # every killed worker is restarted, except that the last kill may land as the job ends (its
     # rows all stored: nothing is left for a restart to do; CI saw 2 restarts for 3 such kills)
     assert info["worker_restarts"] >= kills["worker"] - (last_kind == "worker")
@@ -185,6 +226,13 @@ def soak(tmp_path, total: int, every_s: float, duration_s: float) -> dict:
            **{k: info[k] for k in ("env_steps", "critic_updates", "replay_rows_lost", "replay_shard_restarts",
                                    "worker_restarts", "dropped_env_steps")}})
     return out
+
+
+def _reads_online(bg: BackgroundJob) -> bool:
+    try:
+        return bg.status().get("phase") == "online"
+    except ValueError:  # the controller went with the job's teardown
+        return False
 
 
 def test_soak_short_random_worker_and_shard_kills_end_with_the_right_counters(ray_local, tmp_path):

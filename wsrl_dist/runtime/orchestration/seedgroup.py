@@ -220,16 +220,26 @@ class SeedGroup(SeedRecords):
         self.sup.start_runs()
         return False
 
-    def _finish_records(self) -> None:
-        """After the online stage: last eval, last tick, last checkpoint, totals into run.json."""
+    def _finish_online(self) -> None:
+        """After the online stage: last eval and a tick with phase "done", the status the Job
+        publishes before any group's _finish_records."""
         self._start_eval("online")
         self._collect_evals(wait=True)
         self._tick("done")
+
+    def _finish_records(self) -> None:
+        """Once the Job has published phase "done" (Job.run): last checkpoint, then the final tick,
+        then run.json's totals from it. That tick is the job's last look at the shards, so every
+        shard restart before it is counted, in run.json and in the last metrics.jsonl record alike.
+        Counted before the checkpoint instead, a shard killed during it came back uncounted while
+        the checkpoint and env steps came from it (the kill soak once saw 3 restarts for 4 kills).
+        Not _tick: the final count is never skipped."""
         self._checkpoint()
+        self._poll_and_record("done")
         lrn = ray.get(self.learner.stats.remote())
         job.update_run_json(
             self.run_dir, stages=self.stages, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            env_steps=self._env_steps(), critic_updates=lrn["critic_updates"],
+            env_steps=self.monitor.view["env_steps"], critic_updates=lrn["critic_updates"],
             weights_version=lrn["version"], worker_restarts=self.sup.restarts,
             learner_time_split_s=lrn["time_split_s"], learner_feed_split_s=lrn["feed_split_s"],
             workers=self.monitor.view["workers"],

@@ -165,10 +165,13 @@ class Job:
                 self.next_checkpoint += self.cfg.run.checkpoint_every
             self._checkpoint()
 
-    def _push_status(self) -> None:
+    def _push_status(self, wait: bool = False) -> None:
+        """`wait`: until the controller holds it (the ticks' pushes are not waited for)."""
         one = len(self.groups) == 1  # one seed: its snapshot unlabelled (_start_metrics in run)
         self.snapshot = self.groups[0].snapshot if one else {str(g.cfg.run.seed): g.snapshot for g in self.groups}
-        self.controller.set_status.remote(self.status())
+        ref = self.controller.set_status.remote(self.status())
+        if wait:
+            ray.get(ref)
 
     def _checkpoint(self) -> Path:
         """Every seed's checkpoint from the same learner step (a kill between two seeds' saves
@@ -351,9 +354,16 @@ class Job:
             self.stage = "online"
             self._online()
             for g in self.groups:
-                g._finish_records()
+                g._finish_online()
+            # phase "done" at the controller before any group's final count of shard restarts
+            # (_finish_records): a restart from a kill while the status still reads "online" is
+            # then in run.json. Pushed only after run.json, as it was, a kill that read "online"
+            # could land after the last count (the kill soak, tests/runtime/test_actor_kills.py)
             self.phase = "done"
-            self._push_status()
+            self._push_status(wait=True)
+            for g in self.groups:
+                g._finish_records()
+            self._push_status()  # the final ticks' status
             if len(self.groups) > 1:  # the top run dir's summary of its seeds
                 job.update_run_json(self.run_dir, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                                     per_seed={str(g.cfg.run.seed): summary(g.run_dir) for g in self.groups})
