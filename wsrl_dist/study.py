@@ -237,6 +237,7 @@ class Study:
         m = self._load_manifest()
         units = self.plan()
         bar = tqdm(total=len(units), desc=f"study {self.spec.name}", unit="job", **bar_options())
+        skipped = False
         for u in units:
             table = m["pretrain" if u["kind"] == "pretrain" else "cells"]
             cfg = self._cfg_for(u)
@@ -251,8 +252,11 @@ class Study:
                     table[u["id"]] = {**(rec or {}), **_record(u, run_dir, cfg), "status": "done"}
                     self._save_manifest(m)
                 bar.update(1)
-                restart_rate(bar)  # jobs/s and the ETA count the jobs that run, not the skipped ones
+                skipped = True
                 continue
+            if skipped:  # jobs/s and the ETA count the jobs that run, not the skipped ones
+                restart_rate(bar)
+                skipped = False
             bar.set_postfix_str(u["id"])
             started = time.time()
             table[u["id"]] = {**_record(u, run_dir, cfg), "status": "running",

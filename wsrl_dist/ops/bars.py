@@ -33,17 +33,19 @@ def note_setter(bar: Any) -> Callable[[str], None]:
         bar.set_postfix_str(text, refresh=bool(text))
         if not text:
             restart_rate(bar)
+            bar.refresh()  # the line without the note
 
     return note
 
 
 def restart_rate(bar: Any) -> None:
     """Forget a tqdm bar's rate history (the moving averages behind it/s and the ETA) but keep its
-    count and its elapsed time (the stage's whole wall time)."""
+    count and its elapsed time (the stage's whole wall time). Draws nothing: tqdm's reset() would,
+    and with a count of 0."""
     if bar.disable:
         return
-    n, start = bar.n, bar.start_t
-    bar.reset()  # new moving averages (and last_print_t = now: the next rate sample starts here)
-    bar.n = bar.last_print_n = bar.initial = n  # initial: tqdm's plain rate counts from here too
-    bar.start_t = start
-    bar.refresh()
+    from tqdm.std import EMA
+
+    bar._ema_dn, bar._ema_dt, bar._ema_miniters = (EMA(bar.smoothing) for _ in range(3))
+    bar.last_print_t = bar._time()  # the next rate sample starts here
+    bar.last_print_n = bar.initial = bar.n  # initial: tqdm's plain rate counts from here too
