@@ -289,6 +289,36 @@ def test_the_local_pretrain_bar_gives_the_steady_eta_once_the_compiling_first_st
     assert "01:50<" in last, last  # elapsed stays the stage's whole time (100 s + 10 s)
 
 
+def test_a_resumed_pretrain_bar_shows_no_rate_from_its_jump_to_the_checkpoint_step():
+    """A resumed pre-training moves its bar to the checkpoint's step in one update, then sets the
+    "compiling the step" note: that line read "225000/250000 [00:00<00:00, 1015246.58it/s, ...]"."""
+    from tqdm import tqdm
+
+    from wsrl_dist.ops.bars import note_setter
+
+    now = [0.0]
+    out = io.StringIO()
+    bar = tqdm(total=250_000, file=out, mininterval=0, miniters=1, smoothing=0.3, ascii=True)
+    bar._time = lambda: now[0]
+    bar.start_t = bar.last_print_t = 0.0
+    note = note_setter(bar)
+    now[0] = 0.2
+    bar.update(225_000)  # progress(start - 1) of a resume
+    note("compiling the step")
+    line = out.getvalue().split("\r")[-1]
+    assert "225000/250000" in line and "compiling the step" in line, line
+    assert "?it/s" in line and "<?" in line, line  # no rate and no ETA until steady steps come
+    now[0] = 20.0
+    note("")
+    for _ in range(5):
+        now[0] += 1.0
+        bar.update(700)
+    line = out.getvalue().split("\r")[-1]
+    eta = re.search(r"<(\d+):(\d+), *([\d.]+)it/s", line)
+    assert eta and 650 <= float(eta[3]) <= 750, line
+    assert 30 <= int(eta[1]) * 60 + int(eta[2]) <= 34, line  # 21,500 steps left at 700/s
+
+
 def test_a_stage_bar_inside_the_study_bar_writes_no_cursor_moves_into_a_log_file():
     """`wsrl-dist study > log`: the stage bars (builder, pre-training) open inside the study's job bar;
     tqdm placed them at line 1 and wrote "\\x1b[A" after every redraw, which a log file shows as "[A"."""

@@ -27,9 +27,13 @@ def note_setter(bar: Any) -> Callable[[str], None]:
     """pretrain_agent(s)'s `note` for a tqdm bar: the text as the bar's postfix. The note clears when
     the first step (compilation, autotuning, graph capture: 15-190 s on a GPU) is done; the bar's rate
     restarts then, so rate and ETA come from the steady steps. Left alone, tqdm averaged the first step
-    in and printed a 345-hour ETA for an 80k-step run (H100, 2026-12-06)."""
+    in and printed a 345-hour ETA for an 80k-step run (H100, 2026-12-06). The rate restarts when the note
+    is set too: a resumed run jumps its count to the checkpoint's step just before, which tqdm read as
+    a million steps a second (a study's log, 2026-12-06)."""
 
     def note(text: str) -> None:
+        if text:
+            restart_rate(bar)
         bar.set_postfix_str(text, refresh=bool(text))
         if not text:
             restart_rate(bar)
