@@ -11,6 +11,7 @@
                                               (a multi-seed run dir: one per seed-<s>/)
   wsrl-dist study STUDY.yaml [--dir D] [k=v]  tasks x methods x seeds as Ray jobs, resumable (study.py)
   wsrl-dist report --study DIR                a study's figures, table and CSVs (ops/study_report.py)
+  wsrl-dist report --study DIR --merge SRC..  first bring parts of the study run elsewhere into DIR
   wsrl-dist bench learner|rollout|replay|publish|job|builder  benchmarks (tables with ratios vs in-run baselines)
 
 Bad input (a corrupt dataset or checkpoint) ends with one line naming the file and the problem;
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report")
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--study", metavar="DIR", help="a study dir (or one holding only its results/ CSVs)")
+    p.add_argument("--merge", nargs="+", metavar="SRC", help="with --study: bring these study dirs of the "
+                   "same study (parts run elsewhere) into DIR first (ops/study_merge.py)")
     p = sub.add_parser("study")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="STUDY.yaml [--dir DIR] [key.sub=value ...]")
     p = sub.add_parser("bench")
@@ -178,9 +181,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         from wsrl_dist import study
 
         return study.main(args.rest)
+    if args.cmd == "report" and args.merge and not args.study:
+        raise SystemExit("wsrl-dist report: --merge SRC needs --study DIR (the study dir to merge into)")
     if args.cmd == "report" and args.study:
         from wsrl_dist.ops.study_report import write_study_report
 
+        if args.merge:
+            from wsrl_dist.ops.study_merge import merge_studies
+
+            for src, keys in merge_studies(args.study, args.merge).items():
+                cells = sorted({f"{t}/{m}" for t, m, _ in keys})
+                print(f"merged from {src}: {len(keys)} runs ({', '.join(cells) or 'none new'})")
         for name, path in write_study_report(args.study).items():
             print(f"{name}: {path}")
         return 0

@@ -82,9 +82,26 @@ def reduce_runs(study_dir: str | Path) -> dict[str, Path]:
     from the CSVs already there, and so are the metric rows of a run dir without its metrics.jsonl
     (a study dir restored from its committed copy, results/<name>/: run.json and config.yaml kept,
     metrics reduced to the CSVs; a later session's `wsrl-dist study` continues it)."""
+    tables, _ = reduced_tables(study_dir)
+    return write_tables(Path(study_dir) / "results", tables)
+
+
+def write_tables(res: Path, tables: dict[str, list[dict[str, Any]]]) -> dict[str, Path]:
+    """results/<name>.csv for each table, rows in (task, method, seed, env_steps) order."""
+    res.mkdir(parents=True, exist_ok=True)
+    cols = {"runs": RUN_COLS, "evals": EVAL_COLS, "train": TRAIN_COLS, "q_probe": PROBE_COLS}
+    out = {}
+    for name, rows in tables.items():
+        rows.sort(key=lambda r: (r["task"], r["method"], int(r["seed"]), float(r.get("env_steps") or 0)))
+        out[f"{name}_csv"] = _write_csv(res / f"{name}.csv", cols[name], rows)
+    return out
+
+
+def reduced_tables(study_dir: str | Path) -> tuple[dict[str, list[dict[str, Any]]], set[tuple[str, str, str]]]:
+    """What reduce_runs writes, without writing it: the four tables, and the (task, method, seed) keys
+    whose rows came from a run dir's metrics.jsonl here (not from the CSVs already there)."""
     study_dir = Path(study_dir)
     res = study_dir / "results"
-    res.mkdir(parents=True, exist_ok=True)
     found = _seed_dirs(study_dir)
     present = {(t, m, str(s)) for t, m, s, _ in found}
     measured = {(t, m, str(s)) for t, m, s, d in found if (d / "metrics.jsonl").is_file()}
@@ -115,12 +132,7 @@ def reduce_runs(study_dir: str | Path) -> dict[str, Path]:
                                   ("q_probe", "q_probe", PROBE_COLS)):
             for r in latest_timeline(by_kind[kind]):
                 tables[table].append({**{c: r.get(c) for c in cols}, **key})
-    cols = {"runs": RUN_COLS, "evals": EVAL_COLS, "train": TRAIN_COLS, "q_probe": PROBE_COLS}
-    out = {}
-    for name, rows in tables.items():
-        rows.sort(key=lambda r: (r["task"], r["method"], int(r["seed"]), float(r.get("env_steps") or 0)))
-        out[f"{name}_csv"] = _write_csv(res / f"{name}.csv", cols[name], rows)
-    return out
+    return tables, measured
 
 
 def _write_csv(path: Path, cols: tuple[str, ...], rows: list[dict[str, Any]]) -> Path:
