@@ -97,6 +97,37 @@ def test_shard_killed_during_the_final_records_is_counted_and_status_had_left_on
     assert seen["phase"] == "done"  # a soak reading "online" now would kill after the last count
 
 
+def test_a_shard_killed_after_the_online_stage_comes_back_with_every_row(ray_local, tmp_path, monkeypatch):
+    """The online stage's last rows were in the shard's memory only until its next timed snapshot
+    (runtime.replay_snapshot_s, 60 s by default): a shard killed after the stage, before the final
+    checkpoint, came back without them, and with no steps left to collect them again the job ended
+    short (here, with no timed snapshot in the run, every row). The stage's end now writes one."""
+    from wsrl_dist.runtime.orchestration import seedrecords
+
+    overrides = [f"finetune.warmup_steps={K}", f"finetune.online_steps={TOTAL}", "finetune.eval_every=100000",
+                 "run.checkpoint_every=100000", "runtime.replay_snapshot_s=3600", *LIMITS]
+    cfg = tiny_config(tmp_path / "after", *overrides)
+    final_checkpoint = seedrecords.SeedRecords._checkpoint
+    killed: list[int] = []
+
+    def killing_checkpoint(group, learner_state=None):
+        if learner_state is None and "online" in group.stages and not killed:  # the final checkpoint
+            pid = ray.get(group.shards[0].stats.remote())["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        return final_checkpoint(group, learner_state)
+
+    monkeypatch.setattr(seedrecords.SeedRecords, "_checkpoint", killing_checkpoint)
+    from wsrl_dist.runtime.orchestration import driver
+
+    run_dir = driver.launch(cfg, "pytest")
+    info = run_json(run_dir)
+    assert killed and info["replay_shard_restarts"] == 1
+    assert (info["replay_rows_lost"], info["env_steps"]) == (0, TOTAL), info
+    _, shards, _ = checkpoint.load(checkpoint.latest(run_dir))  # the final checkpoint, taken after the kill
+    assert sum(sh["ring"]["size"] for sh in shards) == TOTAL
+
+
 CLI_OVERRIDES = [f"finetune.warmup_steps={K}", "finetune.online_steps=900", "finetune.eval_every=100000",
                  "run.checkpoint_every=200", *LIMITS]
 

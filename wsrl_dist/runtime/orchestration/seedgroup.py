@@ -222,7 +222,12 @@ class SeedGroup(SeedRecords):
 
     def _finish_online(self) -> None:
         """After the online stage: last eval and a tick with phase "done", the status the Job
-        publishes before any group's _finish_records."""
+        publishes before any group's _finish_records. First the shards write their snapshots: the
+        stage's last rows (up to runtime.replay_snapshot_s of rollout) were in memory only, so a shard
+        killed from here to the final checkpoint came back without them, and with no online steps
+        left they were lost for good, from the checkpoint too (counted in replay_rows_lost)."""
+        if self.rt.replay_snapshot_s > 0:  # 0: the user asked for no snapshots (a restart starts empty)
+            ray.get([s.snapshot.remote() for s in self.shards])
         self._start_eval("online")
         self._collect_evals(wait=True)
         self._tick("done")
