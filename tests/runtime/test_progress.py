@@ -261,19 +261,24 @@ def test_a_plain_line_is_not_repeated_while_its_count_stands_still():
                                            "build behaviour: 10/10 (100%)"]
 
 
-def test_the_local_pretrain_bar_gives_the_steady_eta_once_the_compiling_first_step_is_done():
-    """local.py's bar: a 100 s first step (compilation) then 1,000 steps/s. tqdm alone averages the first
-    step into its rate (an ETA of hours); note_setter restarts the rate when the note clears."""
+def _pretrain_bar_on_a_fake_clock(total: int):
+    """local.py's pre-training bar (tqdm + note_setter) on a clock the test moves: (bar, note, out, now)."""
     from tqdm import tqdm
 
     from wsrl_dist.ops.bars import note_setter
 
     now = [0.0]
     out = io.StringIO()
-    bar = tqdm(total=100_000, file=out, mininterval=0, miniters=1, smoothing=0.3, ascii=True)
+    bar = tqdm(total=total, file=out, mininterval=0, miniters=1, smoothing=0.3, ascii=True)
     bar._time = lambda: now[0]
     bar.start_t = bar.last_print_t = 0.0
-    note = note_setter(bar)
+    return bar, note_setter(bar), out, now
+
+
+def test_the_local_pretrain_bar_gives_the_steady_eta_once_the_compiling_first_step_is_done():
+    """local.py's bar: a 100 s first step (compilation) then 1,000 steps/s. tqdm alone averages the first
+    step into its rate (an ETA of hours); note_setter restarts the rate when the note clears."""
+    bar, note, out, now = _pretrain_bar_on_a_fake_clock(100_000)
     note("compiling the step")
     assert "compiling the step" in out.getvalue().split("\r")[-1]
     now[0] = 100.0  # the first step returns after compilation
@@ -292,16 +297,7 @@ def test_the_local_pretrain_bar_gives_the_steady_eta_once_the_compiling_first_st
 def test_a_resumed_pretrain_bar_shows_no_rate_from_its_jump_to_the_checkpoint_step():
     """A resumed pre-training moves its bar to the checkpoint's step in one update, then sets the
     "compiling the step" note: that line read "225000/250000 [00:00<00:00, 1015246.58it/s, ...]"."""
-    from tqdm import tqdm
-
-    from wsrl_dist.ops.bars import note_setter
-
-    now = [0.0]
-    out = io.StringIO()
-    bar = tqdm(total=250_000, file=out, mininterval=0, miniters=1, smoothing=0.3, ascii=True)
-    bar._time = lambda: now[0]
-    bar.start_t = bar.last_print_t = 0.0
-    note = note_setter(bar)
+    bar, note, out, now = _pretrain_bar_on_a_fake_clock(250_000)
     now[0] = 0.2
     bar.update(225_000)  # progress(start - 1) of a resume
     note("compiling the step")
