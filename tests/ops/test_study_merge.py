@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from wsrl_dist.cli import main
@@ -145,7 +146,5 @@ def test_a_merge_that_would_mix_studies_or_runs_is_refused_and_writes_nothing(tm
 
 
 def test_merge_without_a_study_dir_says_what_is_missing(tmp_path):
-    import pytest
-
     with pytest.raises(SystemExit, match="--merge SRC needs --study DIR"):
         main(["report", "--merge", str(tmp_path)])

@@ -32,12 +32,8 @@ def note_setter(bar: Any) -> Callable[[str], None]:
     a million steps a second (a study's log, 2026-12-06)."""
 
     def note(text: str) -> None:
-        if text:
-            restart_rate(bar)
-        bar.set_postfix_str(text, refresh=bool(text))
-        if not text:
-            restart_rate(bar)
-            bar.refresh()  # the line without the note
+        restart_rate(bar)  # before the line is drawn, with the note or without it
+        bar.set_postfix_str(text, refresh=True)
 
     return note
 

@@ -15,6 +15,7 @@ checked before anything is written, and SRC is only read. DEST's figures and tab
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -57,7 +58,7 @@ def _merged_manifest(dest_m: dict[str, Any], src_m: dict[str, Any], src: Path) -
     extra = [m.get("extra_overrides") for m in (dest_m, src_m)]
     if all(e is not None for e in extra) and extra[0] != extra[1]:
         raise StudyMergeError(f"{src} ran the study with the overrides {extra[1]}, the study dir with {extra[0]}")
-    out = json.loads(json.dumps(dest_m)) if dest_m else {k: v for k, v in src_m.items()
+    out = copy.deepcopy(dest_m) if dest_m else {k: v for k, v in src_m.items()
                                                          if k not in ("pretrain", "cells")}
     for table in ("pretrain", "cells"):
         mine = out.setdefault(table, {})
