@@ -50,3 +50,35 @@ def test_a_method_keeps_its_colour_in_every_figure():
     assert method_color("rlpd") == method_color("rlpd", ["rlpd", "wsrl"])  # whatever else the figure shows
     # methods outside the known list get colours none of the known ones has
     assert {method_color(m, ["zeta", "alpha"]) for m in ("alpha", "zeta")} == {"C6", "C7"}
+
+
+def test_the_window_table_averages_each_seeds_evals_and_leaves_out_runs_cut_short(tmp_path):
+    """Per seed the mean of its evals in a window, then mean +- s.e. over seeds. A seed that stopped
+    before a window's end is left out of that window (n=), a window no run reaches is not printed."""
+    from wsrl_dist.ops.study_windows import window_means, windows_md
+
+    runs, evals = [], []
+    ends = {("hopper", "wsrl", 0): 100_000, ("hopper", "wsrl", 1): 100_000, ("hopper", "rlpd", 0): 100_000,
+            ("hopper", "rlpd", 1): 70_000}  # rlpd's seed 1 cut short at 70k
+    for (task, method, seed), end in ends.items():
+        runs.append({"task": task, "method": method, "seed": seed, "run_dir": "", "warmup_steps": 5000,
+                     "online_steps": end, "eval_every": 10_000, "q_probe_every": 0, "q_probe_until": 0,
+                     "finished": 1})
+        evals.append({"task": task, "method": method, "seed": seed, "env_steps": 0, "phase": "pretrained",
+                      "normalized_score": 1000.0, "return_mean": 0})  # outside every window
+        for step in range(10_000, end + 1, 10_000):
+            score = (10.0 if method == "wsrl" else 20.0) + seed + step / 10_000  # 11 + seed .. 20 + seed
+            evals.append({"task": task, "method": method, "seed": seed, "env_steps": step + 237, "phase": "online",
+                          "normalized_score": score, "return_mean": 0})
+    _write(tmp_path / "runs.csv", RUN_COLS, runs)
+    _write(tmp_path / "evals.csv", EVAL_COLS, evals)
+    r = Results(tmp_path)
+    # wsrl seed 0: evals 11..14 over 10k-40k (mean 12.5), seed 1 one more
+    assert window_means(r, "hopper", "wsrl", 10_000, 40_000) == [12.5, 13.5]
+    assert window_means(r, "hopper", "rlpd", 50_000, 100_000) == [27.5]  # seed 1 ends at 70k: left out
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")[3:]]
+            for line in windows_md(r).splitlines() if line.startswith("| hopper")}
+    head = next(line for line in windows_md(r).splitlines() if line.startswith("| task"))
+    assert head == "| task | method | seeds | 10k-40k | 50k-100k | 10k-100k |"  # nobody reaches 300k
+    assert rows[("hopper", "wsrl")] == ["13.0 ± 0.5", "18.0 ± 0.5", "16.0 ± 0.5"]
+    assert rows[("hopper", "rlpd")] == ["23.0 ± 0.5", "27.5 ± 0.0 (n=1)", "25.5 ± 0.0 (n=1)"]

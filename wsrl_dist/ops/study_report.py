@@ -12,6 +12,7 @@ markdown table drawn from those CSVs alone (so a copy of results/ re-renders wit
     results/onset.png     claim (a): Q vs MC return of the same states over the first online steps,
                           wsrl vs wsrl_no_warmup (plus the batch q_mean the learner logs)
     results/table.md      score at the study's table_steps (nearest eval; "—" where a run is shorter)
+    results/windows.md    per window of online steps, the mean of each seed's evals (ops/study_windows.py)
 
 Env steps count from the start of the online stage, warmup included (the K warmup steps are the first
 K of finetune.online_steps, as in the reference). A resumed run's metrics.jsonl holds the killed
@@ -32,6 +33,8 @@ import numpy as np
 import yaml
 
 from wsrl_dist.ops.report import START_PHASES, read_metrics
+from wsrl_dist.ops.study_windows import mean_se as _mean_se
+from wsrl_dist.ops.study_windows import windows_md
 
 RUN_COLS = ("task", "method", "seed", "run_dir", "warmup_steps", "online_steps", "eval_every",
             "q_probe_every", "q_probe_until", "finished")
@@ -200,11 +203,6 @@ class Results:
             key = 0 if phase in START_PHASES else K if phase == "after_warmup" else int(round(x / every) * every)
             out[key] = y
         return out
-
-
-def _mean_se(vals: list[float]) -> tuple[float, float]:
-    a = np.asarray(vals, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0
 
 
 def _curve(per_seed: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -391,4 +389,7 @@ def write_study_report(study_dir: str | Path) -> dict[str, Path]:
     path = res / "table.md"
     path.write_text(f"# {meta.get('name', study_dir.name)}\n\n" + table_md(r, steps))
     out["table"] = path
+    path = res / "windows.md"
+    path.write_text(f"# {meta.get('name', study_dir.name)}: mean score per window\n\n" + windows_md(r))
+    out["windows"] = path
     return out
