@@ -138,3 +138,57 @@ def test_a_second_sigterm_during_the_stop_is_ignored_and_handlers_come_back():
             caught.append("survived")
     assert caught == [int(signal.SIGTERM), "survived"]
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+# a parent that outlives a group SIGTERM, as `timeout` does: the driver is not its group's leader
+_GROUP_PARENT = ("import signal, subprocess, sys; signal.signal(signal.SIGTERM, lambda *a: None); "
+                 "sys.exit(subprocess.call(sys.argv[1:]))")
+
+
+def _children(pid: int) -> dict[int, tuple[str, int]]:
+    """{pid: (command name, process group)} of `pid`'s children, from /proc."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # exited meanwhile
+            continue
+        comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        if int(rest[1]) == pid:  # fields after comm: state, ppid, pgrp
+            out[int(stat.parent.name)] = (comm, int(rest[2]))
+    return out
+
+
+def test_sigterm_to_the_whole_process_group_still_checkpoints_at_the_stop(tmp_path):
+    """`timeout` at its deadline (the study's GPU calls) and batch schedulers send SIGTERM to every
+    process of the job's group. A local Ray started in that group (its GCS and raylet) died at the same
+    instant as the driver: on a GPU cell the stop found no actors ("no checkpoint written at the stop",
+    "stopped at online step 0") and the resume restarted the cell from its last periodic checkpoint.
+    Ray now starts in a group of its own (stop.ray_spawned_apart), and the stop checkpoints the step
+    it reached. (A tiny job's checkpoint can beat the dying raylet, so the groups are checked too.)"""
+    from wsrl_dist.runtime.orchestration import checkpoint
+
+    run_dir = tmp_path / "job"
+    log = tmp_path / "group.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-c", _GROUP_PARENT, sys.executable, "-m", "wsrl_dist.cli", "launch",
+                             *ARGS, f"run.run_dir={run_dir}"], cwd=REPO, env=env, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        t0 = time.time()
+        while _online_steps(run_dir) == 0:
+            assert proc.poll() is None and time.time() - t0 < 300, log.read_text()[-3000:]
+            time.sleep(0.3)
+        (driver, (_, driver_group)), = _children(proc.pid).items()
+        assert driver_group == proc.pid  # the driver stays in its parent's group: the group SIGTERM reaches it
+        ray_groups = {comm: group for comm, group in _children(driver).values() if comm in ("gcs_server", "raylet")}
+        assert set(ray_groups) == {"gcs_server", "raylet"} and set(ray_groups.values()) == {driver}, ray_groups
+        assert _interrupt_online(proc, run_dir, log, signal.SIGTERM, group=True, past=K + 200) == 143
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "no checkpoint written" not in log.read_text(), log.read_text()[-3000:]
+    step = _stop_line(log, run_dir)
+    saved = json.loads((checkpoint.latest(run_dir) / "meta.json").read_text())["counters"]
+    assert saved["env_steps"] == step and K + 200 < step < TOTAL

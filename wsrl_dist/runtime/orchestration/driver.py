@@ -5,6 +5,7 @@ job's controller (runtime/orchestration/control.py).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -43,7 +44,8 @@ def _connect(rt, groups: int = 1) -> bool:
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
         kwargs["dashboard_host"] = exposure.LOCAL_DASHBOARD_HOST  # runtime/orchestration/exposure.py says why
         exposure.warn_if_auth_disabled()
-    ray.init(address=rt.address, namespace=NAMESPACE, logging_level="WARNING", **kwargs)
+    with stop.ray_spawned_apart() if local else contextlib.nullcontext():  # stop.py says why
+        ray.init(address=rt.address, namespace=NAMESPACE, logging_level="WARNING", **kwargs)
     if local:
         exposure.tighten_token_file()  # the token Ray 2.60 just wrote, owner-only
     return True

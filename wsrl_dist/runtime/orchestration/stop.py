@@ -5,15 +5,57 @@ to resume in one line, instead of a KeyboardInterrupt traceback out of `ray.wait
 signal number); Job.run catches either, checkpoints what the stage it was in can resume from, and
 raises JobStopped, which the CLI prints as `stopped at <stage> step N; resume with: ...` and turns
 into the shell's exit status for that signal (130 for SIGINT, 143 for SIGTERM).
+
+`ray_spawned_apart()` keeps that possible when SIGTERM goes to the driver's whole process group
+(`timeout`, a batch script stopped by its scheduler, `kill -TERM -PGID`): see its docstring.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def ray_spawned_apart() -> Iterator[None]:
+    """Start a local Ray inside this block: its processes (GCS, raylet, and through the raylet every
+    worker) then live in a process group of their own, not the driver's. A SIGTERM to the driver's
+    group, as `timeout` sends at its deadline (the GPU calls of the study, docs/RESULTS.md) or a batch
+    scheduler's stop, otherwise reached Ray's processes at the same instant as the driver: the actors
+    were gone before the driver could checkpoint ("no checkpoint written at the stop"), and the resume
+    lost everything since the last periodic checkpoint (a study cell at 42k of 100k restarted from 0).
+    Ctrl-C needs none of this: Ray's processes block SIGINT.
+
+    How: the driver becomes the leader of a new group for the spawn (its children inherit it), then
+    rejoins its own group, so signals to that group still reach the driver. A driver that leads its
+    own group already (a shell's job) or its own session cannot make a group apart: Ray then starts
+    as before. Ray's processes still die with the driver (its kernel fate-sharing, PR_SET_PDEATHSIG)."""
+    if os.name != "posix":
+        yield
+        return
+    old = os.getpgrp()
+    moved = False
+    if old != os.getpid():
+        try:
+            os.setpgid(0, 0)
+            moved = True
+        except OSError as e:  # a session leader, say
+            log.debug("Ray starts in the driver's process group: %s", e)
+    try:
+        yield
+    finally:
+        if moved:
+            try:
+                os.setpgid(0, old)
+            except OSError as e:  # every other member of the old group has exited: nothing to rejoin
+                log.warning("could not rejoin process group %d: %s", old, e)
 
 
 class Interrupted(KeyboardInterrupt):
