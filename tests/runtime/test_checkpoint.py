@@ -160,3 +160,14 @@ def test_launch_resume_skips_a_newest_checkpoint_without_meta_json_and_keeps_the
     assert info["resumed_from"]["saved"] == info["resumed_from"]["restored"]
     assert info["env_steps"] == 400
     assert checkpoint.load_newest(run_dir).counters["env_steps"] == 400  # the resumed run's own final one
+
+
+def test_an_evaluation_still_running_at_a_checkpoint_is_due_again_on_resume():
+    """A study stopped by SIGTERM while its 50k evaluation ran resumed with next_eval = 60k and never
+    had a 50k point. The checkpoint now saves the running evaluation's scheduled step instead."""
+    from wsrl_dist.runtime.orchestration.seedrecords import eval_due_on_resume
+
+    assert eval_due_on_resume(60_000, [50_340], 10_000) == 50_000  # started at 50,340, due at 50k
+    assert eval_due_on_resume(60_000, [], 10_000) == 60_000  # nothing running: the schedule as it is
+    assert eval_due_on_resume(70_000, [60_020, 50_340], 10_000) == 50_000  # the oldest one
+    assert eval_due_on_resume(60_000, [50_340], 0) == 60_000  # no online evaluations scheduled

@@ -54,6 +54,18 @@ def _q_probe(cfg: dict, weights: dict, critic: dict, version: int) -> dict[str, 
     return q_probe(policy, critic, c, task, c.finetune.q_probe_episodes, c.run.seed)
 
 
+def eval_due_on_resume(next_eval: int, pending: list[int], every: int) -> int:
+    """The next_eval a checkpoint saves. An evaluation started but not yet collected (`pending`: the
+    env steps it started at) is lost if the job stops now, so a resume from this checkpoint must start
+    it again: its scheduled step (the multiple of eval_every it was due at), not the next one. Before,
+    a study stopped by SIGTERM while its 50k evaluation ran resumed with next_eval = 60k and had no
+    50k point. A resume from a checkpoint whose pending eval did finish later redoes it; the report
+    keeps the resumed timeline's row (ops/study_report.latest_timeline)."""
+    if not pending or every <= 0:
+        return next_eval
+    return min(next_eval, min(pending) // every * every)
+
+
 class SeedRecords:
     """Eval/probe/checkpoint/restore methods of seedgroup.SeedGroup (the module docstring says why apart)."""
 
@@ -111,7 +123,9 @@ class SeedRecords:
             learner_state = ray.get(self.learner.state_dict.remote())
         shard_states = ray.get([s.state_dict.remote() for s in self.shards])
         lim = learner_state["limiter"]
-        counters = {**self.c, "env_steps": sum(st["ring"]["total_inserted"] for st in shard_states),
+        running = [steps for _, steps, phase, _ in self.evals if phase == "online"]
+        counters = {**self.c, "next_eval": eval_due_on_resume(self.c["next_eval"], running, self.cfg.finetune.eval_every),
+                    "env_steps": sum(st["ring"]["total_inserted"] for st in shard_states),
                     "critic_updates": lim["updates"], "version": learner_state["version"],
                     "bundles": learner_state["bundles"], "restarts": self.sup.restarts,
                     "wall_time": self._wall(), "config_hash": self.cfg.hash(), "stage": "online"}
