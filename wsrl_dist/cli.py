@@ -189,9 +189,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.merge:
             from wsrl_dist.ops.study_merge import merge_studies
 
-            for src, keys in merge_studies(args.study, args.merge).items():
+            notes: list[str] = []
+            for src, keys in merge_studies(args.study, args.merge, notes).items():
                 cells = sorted({f"{t}/{m}" for t, m, _ in keys})
                 print(f"merged from {src}: {len(keys)} runs ({', '.join(cells) or 'none new'})")
+            for line in notes:
+                print(line)
         for name, path in write_study_report(args.study).items():
             print(f"{name}: {path}")
         return 0

@@ -148,3 +148,31 @@ def test_a_merge_that_would_mix_studies_or_runs_is_refused_and_writes_nothing(tm
 def test_merge_without_a_study_dir_says_what_is_missing(tmp_path):
     with pytest.raises(SystemExit, match="--merge SRC needs --study DIR"):
         main(["report", "--merge", str(tmp_path)])
+
+
+def test_a_pretraining_done_again_elsewhere_is_kept_beside_the_studys_own(tmp_path, capsys):
+    """SRC pre-trained walker2d again (the first pre-training's checkpoint lived on another machine):
+    DEST's records of the first stay, the cells merged earlier started from them, and SRC's go to
+    pretrain-rebuilds/<src>/, named in the output. Files that are equal are not put aside."""
+    dest = _dest(tmp_path)
+    src = _src(tmp_path, dest)
+    for seed in (0, 1):  # the study's own walker2d pre-training, merged before
+        pre = dest / "pretrain" / f"walker2d-medium-replay-v2-s{seed}"
+        pre.mkdir(parents=True)
+        for f in ("run.json", "config.yaml"):
+            (pre / f).write_text(f"{f} of seed {seed}\n")  # the same as SRC's
+        (pre / "results.md").write_text(f"first pre-training of seed {seed}\n")  # SRC's differs
+    for d in (dest, src):  # hopper's pre-training, the same on both sides: merged as it is
+        (d / "pretrain" / "hopper-medium-replay-v2-s0").mkdir(parents=True)
+        (d / "pretrain" / "hopper-medium-replay-v2-s0" / "run.json").write_text("{}\n")
+    assert main(["report", "--study", str(dest), "--merge", str(src)]) == 0
+    out = capsys.readouterr().out
+    for seed in (0, 1):
+        name = f"walker2d-medium-replay-v2-s{seed}"
+        assert (dest / "pretrain" / name / "results.md").read_text() == f"first pre-training of seed {seed}\n"
+        aside = dest / "pretrain-rebuilds" / "src" / name
+        assert (aside / "results.md").read_text() == f"results.md of seed {seed}\n"
+        assert sorted(p.name for p in aside.iterdir()) == ["config.yaml", "results.md", "run.json"]
+        assert f"pre-trained {name} again: kept the study's, this one in {aside}" in out
+    assert not (dest / "pretrain-rebuilds" / "src" / "hopper-medium-replay-v2-s0").exists()
+    assert (dest / "pretrain" / "hopper-medium-replay-v2-s0" / "run.json").read_text() == "{}\n"

@@ -8,6 +8,10 @@ Each SRC is a study dir of the same study (its study.yaml must match DEST's). Wh
 - manifest.json: SRC's records of units DEST lacks or has not finished; a unit both ran with
   different config hashes is refused (not the same experiment);
 - pretrain/<task>-s<seed>/: the small files (run.json, config.yaml, results.md), never checkpoints.
+  Where DEST already holds a pre-training's files and SRC's differ, SRC pre-trained that (task, seed)
+  again (its checkpoint lived on DEST's machine only): DEST's stay, since its earlier cells started
+  from them, and SRC's go to pretrain-rebuilds/<SRC's name>/<task>-s<seed>/ beside them, each named
+  in `notes`; the cells SRC brings started from those.
 Run dirs themselves stay where they are: DEST keeps their metrics as CSV rows, as a committed study
 dir does (ops/study_report.reduce_runs keeps CSV rows of runs whose dirs are gone). Everything is
 checked before anything is written, and SRC is only read. DEST's figures and table are redrawn after.
@@ -72,8 +76,10 @@ def _merged_manifest(dest_m: dict[str, Any], src_m: dict[str, Any], src: Path) -
     return out
 
 
-def merge_studies(dest: str | Path, sources: list[str | Path]) -> dict[str, list[tuple[str, str, str]]]:
-    """Bring each SRC into DEST (see the module doc). Returns {src: the keys whose rows it brought}."""
+def merge_studies(dest: str | Path, sources: list[str | Path],
+                  notes: list[str] | None = None) -> dict[str, list[tuple[str, str, str]]]:
+    """Bring each SRC into DEST (see the module doc). Returns {src: the keys whose rows it brought};
+    `notes` gets a line for each pre-training put aside as a rebuild."""
     dest = Path(dest)
     tables, dest_measured = reduced_tables(dest)  # DEST's CSVs, and the rows of run dirs it holds
     manifest = _manifest(dest)
@@ -96,8 +102,14 @@ def merge_studies(dest: str | Path, sources: list[str | Path]) -> dict[str, list
         dest_measured |= src_measured
         manifest = _merged_manifest(manifest, _manifest(src), src)
         for pre in sorted((src / "pretrain").glob("*/")):
-            pretrain_copies += [(pre / f, dest / "pretrain" / pre.name / f) for f in PRETRAIN_FILES
-                                if (pre / f).is_file()]
+            files = [f for f in PRETRAIN_FILES if (pre / f).is_file()]
+            mine = dest / "pretrain" / pre.name
+            if any((mine / f).is_file() and (mine / f).read_bytes() != (pre / f).read_bytes() for f in files):
+                aside = dest / "pretrain-rebuilds" / src.name / pre.name
+                if notes is not None:
+                    notes.append(f"{src}: pre-trained {pre.name} again: kept the study's, this one in {aside}")
+                mine = aside
+            pretrain_copies += [(pre / f, mine / f) for f in files]
         brought[str(src)] = sorted(take)
     # everything checked: now write
     write_tables(dest / "results", tables)
