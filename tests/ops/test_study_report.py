@@ -76,9 +76,10 @@ def test_the_window_table_averages_each_seeds_evals_and_leaves_out_runs_cut_shor
     # wsrl seed 0: evals 11..14 over 10k-40k (mean 12.5), seed 1 one more
     assert window_means(r, "hopper", "wsrl", 10_000, 40_000) == [12.5, 13.5]
     assert window_means(r, "hopper", "rlpd", 50_000, 100_000) == [27.5]  # seed 1 ends at 70k: left out
+    lines = windows_md(r).splitlines()
     rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")[3:]]
-            for line in windows_md(r).splitlines() if line.startswith("| hopper")}
-    head = next(line for line in windows_md(r).splitlines() if line.startswith("| task"))
+            for line in lines if line.startswith("| hopper")}
+    head = next(line for line in lines if line.startswith("| task"))
     assert head == "| task | method | seeds | 10k-40k | 50k-100k | 10k-100k |"  # nobody reaches 300k
     assert rows[("hopper", "wsrl")] == ["13.0 ± 0.5", "18.0 ± 0.5", "16.0 ± 0.5"]
     assert rows[("hopper", "rlpd")] == ["23.0 ± 0.5", "27.5 ± 0.0 (n=1)", "25.5 ± 0.0 (n=1)"]

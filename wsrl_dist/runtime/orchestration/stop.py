@@ -30,7 +30,7 @@ def ray_spawned_apart() -> Iterator[None]:
     group, as `timeout` sends at its deadline (the GPU calls of the study, docs/RESULTS.md) or a batch
     scheduler's stop, otherwise reached Ray's processes at the same instant as the driver: the actors
     were gone before the driver could checkpoint ("no checkpoint written at the stop"), and the resume
-    lost everything since the last periodic checkpoint (a study cell at 42k of 100k restarted from 0).
+    lost everything since the last periodic checkpoint (a study cell at 43k of 100k restarted from 0).
     Ctrl-C needs none of this: Ray's processes block SIGINT.
 
     How: the driver becomes the leader of a new group for the spawn (its children inherit it), then
