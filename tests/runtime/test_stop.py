@@ -119,6 +119,22 @@ def test_sigterm_on_a_multi_seed_launch_checkpoints_every_seed_at_one_step_and_r
     assert set(run_json(run_dir)["resumed_from"]) == {"0", "1"}
 
 
+def test_the_stop_line_says_where_a_resume_picks_up_when_the_stop_could_not_checkpoint():
+    """A stop whose actors were already gone wrote no checkpoint; the line printed "stopped at online
+    step 0", which read as if the job had not started. It now names the step a resume continues from
+    (the newest earlier checkpoint) or says the stage starts over; the exit status stays the signal's."""
+    from wsrl_dist.runtime.orchestration import stop
+
+    saved = stop.JobStopped("online", 7300, Path("/r"), signal.SIGTERM)
+    assert saved.line == "stopped at online step 7300; resume with: wsrl-dist launch --resume /r"
+    earlier = stop.JobStopped("online", 5000, Path("/r"), signal.SIGTERM, saved=False)
+    assert "no checkpoint written at the stop" in earlier.line and "its checkpoint at step 5000" in earlier.line
+    none = stop.JobStopped("online", None, Path("/r"), signal.SIGINT, saved=False)
+    assert "from the start of the stage" in none.line and "step 0" not in none.line
+    assert none.line.endswith("resume with: wsrl-dist launch --resume /r")
+    assert (saved.exit_code, none.exit_code) == (143, 130)
+
+
 def test_a_second_sigterm_during_the_stop_is_ignored_and_handlers_come_back():
     """The first SIGTERM raises Interrupted; one more arriving before the stop path is shielded (the
     GPU machine delivered two) must not abort the stop checkpoint; afterwards the handlers are

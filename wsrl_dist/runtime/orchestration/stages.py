@@ -214,7 +214,8 @@ class Job:
             except (RayError, OSError, AttributeError) as e:  # actors gone or never made: the newest stands
                 log.error("no checkpoint written at the stop: %s", e)
                 latest = ckpt.latest(first.run_dir)
-                step = json.loads((latest / "meta.json").read_text())["counters"]["env_steps"] if latest else 0
+                step = json.loads((latest / "meta.json").read_text())["counters"]["env_steps"] if latest else None
+                return stop.JobStopped(self.stage, step, self.run_dir, stop.signum_of(exc), saved=False)
         return stop.JobStopped(self.stage, step, self.run_dir, stop.signum_of(exc))
 
     def _learner_died(self) -> LearnerDied | None:

@@ -69,15 +69,24 @@ class Interrupted(KeyboardInterrupt):
 class JobStopped(Exception):
     """The job was stopped by a signal after checkpointing; `line` is what to tell the user."""
 
-    def __init__(self, stage: str, step: int, run_dir: Path, signum: int):
-        self.stage, self.step, self.run_dir, self.signum = stage, int(step), Path(run_dir), int(signum)
+    def __init__(self, stage: str, step: int | None, run_dir: Path, signum: int, saved: bool = True):
+        """`step`: where a resume picks up; `saved`: whether the stop itself checkpointed it. When it
+        could not (actors already gone), `step` is the newest earlier checkpoint's, or None for none
+        (the stage starts over): the line says so, where it used to print "stopped at online step 0"."""
+        self.stage, self.run_dir, self.signum = stage, Path(run_dir), int(signum)
+        self.step = None if step is None else int(step)
+        self.saved = saved
         self.exit_code = 128 + self.signum
         super().__init__(self.line)
 
     @property
     def line(self) -> str:
-        return (f"stopped at {self.stage} step {self.step}; "
-                f"resume with: wsrl-dist launch --resume {self.run_dir}")
+        resume = f"resume with: wsrl-dist launch --resume {self.run_dir}"
+        if self.saved:
+            return f"stopped at {self.stage} step {self.step}; {resume}"
+        since = (f"from its checkpoint at step {self.step}" if self.step is not None
+                 else "from the start of the stage")
+        return f"stopped in {self.stage} with no checkpoint written at the stop; it resumes {since}; {resume}"
 
 
 def signum_of(exc: KeyboardInterrupt) -> int:
