@@ -83,3 +83,34 @@ def test_the_window_table_averages_each_seeds_evals_and_leaves_out_runs_cut_shor
     assert head == "| task | method | seeds | 10k-40k | 50k-100k | 10k-100k |"  # nobody reaches 300k
     assert rows[("hopper", "wsrl")] == ["13.0 ± 0.5", "18.0 ± 0.5", "16.0 ± 0.5"]
     assert rows[("hopper", "rlpd")] == ["23.0 ± 0.5", "27.5 ± 0.0 (n=1)", "25.5 ± 0.0 (n=1)"]
+
+
+def test_the_tables_name_the_cells_whose_runs_did_not_finish(tmp_path):
+    """A cell stopped short (its machine gone before it could resume: walker2d's rlpd in the study) keeps
+    its rows, and both tables say under them which cells did not finish and how far they got, so a row
+    is not read as a whole run; with every run finished there is no such line."""
+    from wsrl_dist.ops.study_report import table_md
+    from wsrl_dist.ops.study_windows import windows_md
+
+    def write(rlpd_finished: int) -> Results:
+        runs, evals = [], []
+        for method, end, done in (("wsrl", 100_000, 1), ("rlpd", 70_000, rlpd_finished)):
+            for seed in (0, 1):
+                runs.append({"task": "hopper", "method": method, "seed": seed, "run_dir": "", "warmup_steps": 0,
+                             "online_steps": 100_000, "eval_every": 10_000, "q_probe_every": 0,
+                             "q_probe_until": 0, "finished": done})
+                for step in range(10_000, end + 1 + 10_000 * seed, 10_000):  # seed 1 one eval further
+                    evals.append({"task": "hopper", "method": method, "seed": seed, "env_steps": step + 40,
+                                  "phase": "online", "normalized_score": 50.0, "return_mean": 0})
+        _write(tmp_path / "runs.csv", RUN_COLS, runs)
+        _write(tmp_path / "evals.csv", EVAL_COLS, evals)
+        return Results(tmp_path)
+
+    r = write(rlpd_finished=0)
+    note = "Not finished: hopper rlpd (last eval at 70k of 100k)."  # the earlier seed's last eval
+    for md in (table_md(r, [0, 50_000, 100_000]), windows_md(r)):
+        assert md.rstrip().splitlines()[-1] == note, md
+        assert any(line.startswith("| hopper | rlpd | 2 |") for line in md.splitlines())  # the rows stay
+    r = write(rlpd_finished=1)
+    for md in (table_md(r, [0, 50_000, 100_000]), windows_md(r)):
+        assert "Not finished" not in md and md.rstrip().splitlines()[-1].startswith("| hopper | rlpd |")

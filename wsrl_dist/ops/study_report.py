@@ -34,7 +34,7 @@ import yaml
 
 from wsrl_dist.ops.report import START_PHASES, read_metrics
 from wsrl_dist.ops.study_windows import mean_se as _mean_se
-from wsrl_dist.ops.study_windows import windows_md
+from wsrl_dist.ops.study_windows import unfinished_note, windows_md
 
 RUN_COLS = ("task", "method", "seed", "run_dir", "warmup_steps", "online_steps", "eval_every",
             "q_probe_every", "q_probe_until", "finished")
@@ -332,7 +332,8 @@ def table_md(r: Results, steps: list[int]) -> str:
                     m, se = _mean_se(vals)
                     cells.append(f"{m:.1f} ± {se:.1f}" + (f" (n={len(vals)})" if len(vals) != len(seeds) else ""))
             lines.append(f"| {task} | {method} | {len(seeds)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    note = unfinished_note(r)
+    return "\n".join(lines) + "\n" + (f"\n{note}" if note else "")
 
 
 def aggregate_curves(r: Results) -> tuple[dict[str, tuple], list[str]]:

@@ -27,6 +27,26 @@ def mean_se(vals: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0
 
 
+def unfinished_note(r: Any) -> str:
+    """One line naming the cells whose runs have not finished (runs.csv `finished` = 0: killed, or still
+    running), each with the step of its seeds' last evaluation (the earliest over seeds) and its target,
+    so a row of the table or the windows is not read as a whole run; "" when every run finished."""
+    cells = []
+    for task in r.tasks:
+        for method in r.methods:
+            seeds = r.seeds(task, method)
+            if not seeds or all(r.run_meta(task, method, s, "finished") for s in seeds):
+                continue
+            last = min((pts[-1][0] for s in seeds if (pts := r.score_points(task, method, s))), default=0)
+            target = max(r.run_meta(task, method, s, "online_steps") for s in seeds)
+            cells.append(f"{task} {method} (last eval at {_k(last)} of {_k(target)})")
+    return ("Not finished: " + "; ".join(cells) + ".\n") if cells else ""
+
+
+def _k(steps: float) -> str:
+    return f"{round(steps / 1000)}k" if steps >= 1000 else str(int(steps))
+
+
 def _label(lo: int, hi: int) -> str:
     return f"{lo // 1000}k-{hi // 1000}k"
 
@@ -67,4 +87,5 @@ def windows_md(r: Any, windows: tuple[tuple[int, int], ...] = DEFAULT_WINDOWS) -
     for task, method in pairs:
         row = [col.get((task, method), "—") for col in cols.values()]
         lines.append(f"| {task} | {method} | {len(r.seeds(task, method))} | " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    note = unfinished_note(r)
+    return "\n".join(lines) + "\n" + (f"\n{note}" if note else "")
