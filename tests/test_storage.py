@@ -4,6 +4,8 @@ explicit run.run_dir wins, a URI storage is mirrored through fsspec (issue 16 it
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,53 @@ def test_uri_storage_without_its_protocol_package_names_what_is_missing():
         storage.upload(Path("."), "s3://bucket/x")
     with pytest.raises(RuntimeError, match="fsspec cannot open this protocol"):
         storage.upload(Path("."), "nosuchproto://bucket/x")
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_mirror_uploads_what_changed_markers_last_and_deletes_what_was_pruned(tmp_path):
+    """storage.Mirror (`wsrl-dist study --sync-to`): the copy at the URI follows the local dir file by
+    file; a checkpoint's DONE goes up after its other files (a copy cut mid-sync never holds a
+    complete-looking checkpoint with files missing); checkpoints being written (.tmp-*) stay local; a
+    fresh machine pulls the copy back and has nothing to upload."""
+    local, uri = tmp_path / "study", f"file://{tmp_path}/bucket/study"
+    ck = local / "runs" / "cell" / "checkpoints"
+    (ck / "step_1").mkdir(parents=True)
+    for name, data in (("learner.pt", b"L1"), ("meta.json", b"{}"), ("DONE", b"")):
+        (ck / "step_1" / name).write_bytes(data)
+    (ck / ".tmp-step_2-7").mkdir()
+    (ck / ".tmp-step_2-7" / "learner.pt").write_bytes(b"half")
+    (local / "manifest.json").write_text('{"cells": {}}')
+    (local / "manifest.json.tmp").write_text("{")
+
+    m = storage.Mirror(local, uri)
+    order = []
+    put = m._put
+    m._put = lambda rel: (order.append(rel), put(rel))[1]
+    assert m.sync() == 4
+    remote = tmp_path / "bucket" / "study"
+    assert _tree(remote) == {k: v for k, v in _tree(local).items() if ".tmp" not in k}
+    assert order[-1].endswith("step_1/DONE") and not list(remote.rglob("*.part-*"))
+    assert m.sync() == 0  # nothing changed
+
+    (local / "manifest.json").write_text('{"cells": {"a": 1}}')  # a unit finished
+    os.rename(ck / ".tmp-step_2-7", ck / "step_2")  # the save completes...
+    (ck / "step_2" / "DONE").write_bytes(b"")
+    shutil.rmtree(ck / "step_1")  # ...and keep_checkpoints prunes the older one
+    order.clear()
+    assert m.sync() == 3
+    assert order == ["manifest.json", "runs/cell/checkpoints/step_2/learner.pt", "runs/cell/checkpoints/step_2/DONE"]
+    assert _tree(remote) == {k: v for k, v in _tree(local).items() if ".tmp" not in k}
+    assert not (remote / "runs/cell/checkpoints/step_1").exists()
+
+    fresh = tmp_path / "fresh" / "study"  # the machine was lost: another one picks the study up
+    m2 = storage.Mirror(fresh, uri)
+    assert m2.exists("manifest.json") and m2.pull() == 3
+    assert _tree(fresh) == _tree(remote) and m2.sync() == 0
+
+
+def test_a_mirror_to_a_store_that_cannot_be_opened_fails_at_once(tmp_path):
+    with pytest.raises(RuntimeError, match="fsspec cannot open this protocol"):
+        storage.Mirror(tmp_path, "nosuchproto://bucket/study")

@@ -1,9 +1,11 @@
 """`wsrl-dist study` (wsrl_dist/study.py) and `wsrl-dist report --study` (ops/study_report.py).
 
-The end-to-end test runs configs/studies/smoke.yaml exactly as README writes it, kills the study with
-SIGKILL (its whole process group: the driver and the Ray it started) once the first cell is done and
-the next one is running, reruns it, and checks that the finished work was left untouched, the killed
-cell resumed and completed, the seeds pre-trained once (together, in one loop: the fused path the
+The end-to-end test runs configs/studies/smoke.yaml as README writes it, mirrored to a store
+(`--sync-to file://...`), kills the study with SIGKILL (its whole process group: the driver and the Ray
+it started) once the first cell is done and the next one has checkpointed, deletes the study dir (the
+machine is lost), reruns the same command, which pulls the store's copy, and checks that the finished
+work was left as it was, the killed cell resumed from its checkpoint and completed, a plain rerun
+touches nothing, the seeds pre-trained once (together, in one loop: the fused path the
 GPU runs) and every cell loaded them, and that the report re-renders the same table from its CSVs
 alone.
 """
@@ -37,6 +39,10 @@ def _snapshot(root: Path) -> dict[str, tuple[float, str]]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _contents(root: Path) -> dict[str, str]:
+    return {k: digest for k, (_, digest) in _snapshot(root).items()}
+
+
 def _run(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
     # one torch thread, as conftest.py gives in-process tests: on 2 shared cores two OpenMP threads per
     # process make the tiny CQL steps many times slower
@@ -57,33 +63,41 @@ def test_study_smoke_killed_and_resumed(tmp_path: Path) -> None:
     (tmp_path / "configs").symlink_to(REPO / "configs")  # the README command, from a scratch cwd
     study = tmp_path / "studies" / "smoke"
     task = "inverted-pendulum-v5"
-    # 1) run until wsrl (both seeds, one learner) is done and offline_continued (both seeds, one
-    # learner, the CQL loss kept online) has checkpointed, then kill
-    proc = _run(["study", "configs/studies/smoke.yaml"], tmp_path)
+    # 1) run, mirrored to a store (--sync-to), until wsrl (both seeds, one learner) is done and
+    # offline_continued (both seeds, one learner, the CQL loss kept online) has checkpointed, as the
+    # store's copy shows, then kill: the machine is lost, its disk with it
+    remote = tmp_path / "bucket" / "smoke"
+    sync = ["--sync-to", f"file://{remote}", "--sync-every", "0.5"]
+    proc = _run(["study", "configs/studies/smoke.yaml", *sync], tmp_path)
     deadline = time.time() + 1200
     killed_cell = study / "runs" / task / "offline_continued"
+    kept_cell = remote / "runs" / task / "offline_continued"
     while time.time() < deadline and proc.poll() is None:
-        cells = _manifest(study).get("cells", {})
+        cells = _manifest(remote).get("cells", {})
         if (cells.get(f"{task}/wsrl", {}).get("status") == "done"
-                and all(list((killed_cell / f"seed-{s}" / "checkpoints").glob("step_*/DONE")) for s in (0, 1))):
-            # mid-cell, after its first multi-seed checkpoint
+                and all(list((kept_cell / f"seed-{s}" / "checkpoints").glob("step_*/DONE")) for s in (0, 1))):
+            # mid-cell, after its first multi-seed checkpoint reached the store
             break
         time.sleep(0.2)
     assert proc.poll() is None, f"the study ended before it could be killed:\n{proc.stdout.read()}"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    m = _manifest(study)
+    m = _manifest(remote)
     assert m["cells"][f"{task}/wsrl"]["status"] == "done"
     assert m["cells"][f"{task}/offline_continued"]["status"] == "running"
-    assert "finished" not in json.loads((killed_cell / "run.json").read_text())
-    done_before = {p: _snapshot(study / p) for p in (f"runs/{task}/wsrl", "pretrain")}
+    assert "finished" not in json.loads((kept_cell / "run.json").read_text())
+    done_before = {p: _contents(remote / p) for p in (f"runs/{task}/wsrl", "pretrain")}
+    shutil.rmtree(study)
 
-    # 2) the same command again: skips the finished work, resumes the killed cell, runs the rest
-    proc = _run(["study", "configs/studies/smoke.yaml"], tmp_path)
+    # 2) the same command on a fresh disk: pulls the store's copy, skips the finished work, resumes
+    # the killed cell from its checkpoint in the copy, runs the rest, and leaves the copy whole
+    proc = _run(["study", "configs/studies/smoke.yaml", *sync], tmp_path)
     out, _ = proc.communicate(timeout=1200)
     assert proc.returncode == 0, out
+    assert "files pulled from file://" in out
     for p, snap in done_before.items():
-        assert _snapshot(study / p) == snap, f"{p} was touched by the rerun"
+        assert _contents(study / p) == snap, f"{p} was touched by the rerun"
+    assert _contents(remote) == _contents(study)
     m = _manifest(study)
     assert {k: v["status"] for k, v in m["cells"].items()} == {
         f"{task}/wsrl": "done", f"{task}/offline_continued": "done"}
@@ -261,3 +275,16 @@ def test_study_overrides_may_follow_tasks_and_methods(tmp_path: Path, monkeypatc
                     "hopper-medium-replay-v2", "finetune.online_steps=100000", "--methods", "wsrl", "run.seed=1"])
     assert seen == {"extra": ["finetune.online_steps=100000", "run.seed=1"],
                     "tasks": ["hopper-medium-replay-v2"], "methods": ["wsrl"]}
+
+
+def test_study_sync_options_are_checked_before_any_work(tmp_path: Path) -> None:
+    """A bad --sync-every or a store that cannot be opened stops the study at once, naming it, before
+    a pre-training or a cell starts (nothing written to the study dir but what was there)."""
+    from wsrl_dist import study as study_mod
+
+    spec = str(REPO / "configs/studies/smoke.yaml")
+    with pytest.raises(config.ConfigError, match="--sync-every must be > 0"):
+        study_mod.main([spec, "--dir", str(tmp_path / "s"), "--sync-every", "0"])
+    with pytest.raises(RuntimeError, match="fsspec cannot open this protocol"):
+        study_mod.main([spec, "--dir", str(tmp_path / "s"), "--sync-to", "nosuchproto://bucket/s"])
+    assert not (tmp_path / "s" / "manifest.json").exists()

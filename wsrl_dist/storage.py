@@ -109,3 +109,95 @@ def check_resume_dir(run_dir: str | os.PathLike) -> Path:
     if not (path / "checkpoints").is_dir() and not any(path.glob("seed-*/checkpoints")):
         raise ResumeError(f"cannot resume {run_dir}: no checkpoints/ in it, not a run directory")
     return path
+
+
+class Mirror:
+    """Keeps a copy of a local directory at a URI, file by file, for a study whose machine may be lost
+    (a preempted node, a lent GPU taken back: session 10 of the locomotion study lost two cells' worth of
+    run dirs that way). Each `sync()` uploads the files whose size or mtime changed since the last one
+    and then deletes at the URI the files that are gone here (checkpoints pruned by keep_checkpoints), so
+    the copy stays the size of the local dir. What it keeps resumable:
+
+    - a checkpoint dir's `DONE` marker goes up after every other file of the sync, so a copy cut off
+      mid-sync holds no complete-looking checkpoint with files missing (checkpoint.problem checks the
+      marker and the sizes; resume falls back to the one before);
+    - on a local filesystem (`file://`, a mounted share) each file is written beside its place and
+      renamed, so a cut leaves no torn manifest.json; object stores (s3, gs) write whole objects anyway;
+    - `.tmp-*` dirs (checkpoints being written) and `*.tmp` files are not copied.
+
+    Needs fsspec (a dependency of torch) and the protocol's package (s3fs, gcsfs)."""
+
+    def __init__(self, local: str | os.PathLike, uri: str):
+        self.local, self.uri = Path(local), uri.rstrip("/")
+        self.fs, self.root = _filesystem(self.uri)
+        if not hasattr(self.fs, "put_file"):
+            raise RuntimeError(f"{uri}: syncing a directory needs fsspec for this protocol, not pyarrow")
+        self.atomic_rename = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self.seen: dict[str, tuple[int, int]] = {}
+
+    def _local_files(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for p in self.local.rglob("*"):
+            rel = p.relative_to(self.local)
+            if any(part.startswith(".tmp-") for part in rel.parts) or p.name.endswith(".tmp") or not p.is_file():
+                continue
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # pruned meanwhile
+                continue
+            out[rel.as_posix()] = (st.st_size, st.st_mtime_ns)
+        return out
+
+    def _put(self, rel: str) -> None:
+        dest = f"{self.root}/{rel}"
+        self.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+        if self.atomic_rename:
+            part = f"{dest}.part-{os.getpid()}"
+            self.fs.put_file(str(self.local / rel), part)
+            os.replace(part, dest)
+        else:
+            self.fs.put_file(str(self.local / rel), dest)
+
+    def sync(self) -> int:
+        """Upload what changed, markers last, then delete what is gone; the number of files uploaded."""
+        now = self._local_files()
+        changed = [rel for rel, st in now.items() if self.seen.get(rel) != st]
+        changed.sort(key=lambda rel: (rel.rsplit("/", 1)[-1] == "DONE", rel))
+        done = 0
+        for rel in changed:
+            try:
+                self._put(rel)
+            except FileNotFoundError:  # removed between the listing and the copy: the next sync sees it gone
+                now.pop(rel, None)
+                continue
+            self.seen[rel] = now[rel]
+            done += 1
+        for rel in [r for r in self.seen if r not in now]:
+            try:
+                self.fs.rm_file(f"{self.root}/{rel}")
+            except FileNotFoundError:
+                pass
+            del self.seen[rel]
+            if self.atomic_rename:  # a filesystem keeps the emptied dirs (an object store has none)
+                parent = Path(self.root) / rel
+                while (parent := parent.parent) != Path(self.root) and not any(parent.iterdir()):
+                    parent.rmdir()
+        return done
+
+    def pull(self) -> int:
+        """Copy everything at the URI into the local dir (a fresh machine picking the study up); what
+        it copied counts as synced. The number of files copied."""
+        files = self.fs.find(self.root)
+        for torn in [f for f in files if ".part-" in f.rsplit("/", 1)[-1]]:  # a sync cut mid-file
+            self.fs.rm_file(torn)
+        files = [f for f in files if ".part-" not in f.rsplit("/", 1)[-1]]
+        for f in files:
+            rel = f[len(self.root.rstrip("/")) + 1:]
+            dest = self.local / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(f, str(dest))
+        self.seen = self._local_files()
+        return len(files)
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(f"{self.root}/{rel}")
