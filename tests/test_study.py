@@ -43,10 +43,10 @@ def _contents(root: Path) -> dict[str, str]:
     return {k: digest for k, (_, digest) in _snapshot(root).items()}
 
 
-def _run(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
+def _run(args: list[str], cwd: Path, env_extra: dict | None = None, **kw) -> subprocess.Popen:
     # one torch thread, as conftest.py gives in-process tests: on 2 shared cores two OpenMP threads per
     # process make the tiny CQL steps many times slower
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.Popen([*CLI, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True, **kw)
 
@@ -87,17 +87,23 @@ def test_study_smoke_killed_and_resumed(tmp_path: Path) -> None:
     assert m["cells"][f"{task}/offline_continued"]["status"] == "running"
     assert "finished" not in json.loads((kept_cell / "run.json").read_text())
     done_before = {p: _contents(remote / p) for p in (f"runs/{task}/wsrl", "pretrain")}
+    dataset = Path(json.loads((remote / "pretrain" / f"{task}-s0" / "run.json").read_text())["dataset"])
+    assert (remote / "datasets" / dataset.name).read_bytes() == dataset.read_bytes()
     shutil.rmtree(study)
 
-    # 2) the same command on a fresh disk: pulls the store's copy, skips the finished work, resumes
-    # the killed cell from its checkpoint in the copy, runs the rest, and leaves the copy whole
-    proc = _run(["study", "configs/studies/smoke.yaml", *sync], tmp_path)
+    # 2) the same command on a fresh disk (an empty dataset cache too): pulls the store's copy and
+    # the dataset, skips the finished work, resumes the killed cell from its checkpoint in the copy
+    # (reading the pulled dataset, not a rebuild), runs the rest, and leaves the copy whole
+    fresh_cache = tmp_path / "fresh-cache"
+    proc = _run(["study", "configs/studies/smoke.yaml", *sync], tmp_path, {"WSRL_DIST_CACHE": str(fresh_cache)})
     out, _ = proc.communicate(timeout=1200)
     assert proc.returncode == 0, out
-    assert "files pulled from file://" in out
+    assert "files pulled from file://" in out and f"dataset: {fresh_cache / dataset.name} pulled" in out, out
+    assert (fresh_cache / dataset.name).read_bytes() == dataset.read_bytes()
+    assert sorted(p.name for p in fresh_cache.iterdir()) == [dataset.name]  # no behaviour run: nothing built
     for p, snap in done_before.items():
         assert _contents(study / p) == snap, f"{p} was touched by the rerun"
-    assert _contents(remote) == _contents(study)
+    assert {k: v for k, v in _contents(remote).items() if not k.startswith("datasets/")} == _contents(study)
     m = _manifest(study)
     assert {k: v["status"] for k, v in m["cells"].items()} == {
         f"{task}/wsrl": "done", f"{task}/offline_continued": "done"}

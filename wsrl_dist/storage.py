@@ -127,8 +127,10 @@ class Mirror:
 
     Needs fsspec (a dependency of torch) and the protocol's package (s3fs, gcsfs)."""
 
-    def __init__(self, local: str | os.PathLike, uri: str):
-        self.local, self.uri = Path(local), uri.rstrip("/")
+    def __init__(self, local: str | os.PathLike, uri: str, keep_apart: tuple[str, ...] = ()):
+        """`keep_apart`: top-level names at the URI that are not the dir's (a study's datasets/):
+        never pulled into it, never deleted by a sync."""
+        self.local, self.uri, self.keep_apart = Path(local), uri.rstrip("/"), keep_apart
         self.fs, self.root = _filesystem(self.uri)
         if not hasattr(self.fs, "put_file"):
             raise RuntimeError(f"{uri}: syncing a directory needs fsspec for this protocol, not pyarrow")
@@ -149,14 +151,17 @@ class Mirror:
         return out
 
     def _put(self, rel: str) -> None:
+        self._upload(self.local / rel, rel)
+
+    def _upload(self, path: Path, rel: str) -> None:
         dest = f"{self.root}/{rel}"
         self.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
         if self.atomic_rename:
             part = f"{dest}.part-{os.getpid()}"
-            self.fs.put_file(str(self.local / rel), part)
+            self.fs.put_file(str(path), part)
             os.replace(part, dest)
         else:
-            self.fs.put_file(str(self.local / rel), dest)
+            self.fs.put_file(str(path), dest)
 
     def sync(self) -> int:
         """Upload what changed, markers last, then delete what is gone; the number of files uploaded."""
@@ -191,13 +196,40 @@ class Mirror:
         for torn in [f for f in files if ".part-" in f.rsplit("/", 1)[-1]]:  # a sync cut mid-file
             self.fs.rm_file(torn)
         files = [f for f in files if ".part-" not in f.rsplit("/", 1)[-1]]
+        files = [f for f in files if self._rel(f).split("/", 1)[0] not in self.keep_apart]
         for f in files:
-            rel = f[len(self.root.rstrip("/")) + 1:]
-            dest = self.local / rel
+            dest = self.local / self._rel(f)
             dest.parent.mkdir(parents=True, exist_ok=True)
             self.fs.get_file(f, str(dest))
         self.seen = self._local_files()
         return len(files)
 
+    def _rel(self, remote: str) -> str:
+        return remote[len(self.root.rstrip("/")) + 1:]
+
     def exists(self, rel: str) -> bool:
         return self.fs.exists(f"{self.root}/{rel}")
+
+    def put_once(self, path: Path, rel: str) -> bool:
+        """Upload a file that never changes (a built dataset) unless the URI has it at that size."""
+        dest = f"{self.root}/{rel}"
+        if self.fs.exists(dest) and self.fs.size(dest) == path.stat().st_size:
+            return False
+        self._upload(path, rel)
+        return True
+
+    def get_missing(self, rel_dir: str, local_dir: Path) -> list[Path]:
+        """Copy the files of <URI>/<rel_dir> that `local_dir` lacks into it; the paths copied."""
+        src = f"{self.root}/{rel_dir}"
+        if not self.fs.isdir(src):
+            return []
+        out = []
+        for f in self.fs.find(src):
+            name = f.rsplit("/", 1)[-1]
+            if ".part-" in name or (local_dir / name).is_file():
+                continue
+            local_dir.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(f, str(local_dir / f"{name}.part-{os.getpid()}"))
+            os.replace(local_dir / f"{name}.part-{os.getpid()}", local_dir / name)
+            out.append(local_dir / name)
+        return out

@@ -41,11 +41,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,8 +51,8 @@ import yaml
 
 from wsrl_dist import config
 from wsrl_dist.plan import RunPlan
+from wsrl_dist.study_sync import StudySync
 
-log = logging.getLogger(__name__)
 DEFAULT_TABLE_STEPS = [0, 5_000, 25_000, 50_000, 100_000, 200_000, 300_000]
 SPEC_KEYS = ("name", "tasks", "methods", "seeds", "configs", "overrides", "method_overrides", "table_steps")
 
@@ -117,7 +114,7 @@ class Study:
                  tasks: list[str] | None = None, methods: list[str] | None = None,
                  sync_to: str | None = None, sync_every: float = 60.0):
         self.spec, self.dir, self.extra = spec, Path(study_dir), list(extra or [])
-        self.sync_to, self.sync_every, self.mirror = sync_to, sync_every, None
+        self.sync = StudySync(self.dir, sync_to, sync_every)  # --sync-to (study_sync.py); idle without
         # --tasks / --methods: run only part of the grid now (the rest later, into the same dir)
         for name, sub, full in (("--tasks", tasks, spec.tasks), ("--methods", methods, spec.methods)):
             if sub and not set(sub) <= set(full):
@@ -236,11 +233,11 @@ class Study:
 
     # ------------------------------------------------------------------ run
     def run(self, command: str = "") -> dict[str, Any]:
-        stop_sync = self._start_sync()
+        self.sync.start()
         try:
             return self._run_units(command)
         finally:
-            stop_sync()
+            self.sync.stop()
 
     def _run_units(self, command: str) -> dict[str, Any]:
         from tqdm import tqdm
@@ -297,52 +294,10 @@ class Study:
             table[u["id"]].update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                                   wall_s=round(time.time() - started, 1))
             self._save_manifest(m)
-            self.sync()
+            self.sync.now()
             bar.update(1)
         bar.close()
         return m
-
-
-    # ------------------------------------------------------------------ --sync-to
-    def _start_sync(self) -> Callable[[], None]:
-        """--sync-to URI: a study dir without a manifest is first filled from the URI (the same study
-        picked up on a fresh machine: use the same --dir path, which the cells' configs name); then the
-        dir is mirrored there every sync_every seconds, after each finished unit and at the end, a stop
-        included (storage.Mirror). The first sync runs now, so a wrong URI fails before any work."""
-        if not self.sync_to:
-            return lambda: None
-        from wsrl_dist import storage
-
-        self.mirror = storage.Mirror(self.dir, self.sync_to)
-        if not self.manifest_path.is_file() and self.mirror.exists("manifest.json"):
-            print(f"study dir: {self.mirror.pull()} files pulled from {self.sync_to} into {self.dir}", flush=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._sync_lock = threading.Lock()
-        with self._sync_lock:
-            self.mirror.sync()
-        stop = threading.Event()
-        thread = threading.Thread(target=self._sync_loop, args=(stop,), name="study-sync", daemon=True)
-        thread.start()
-
-        def finish() -> None:
-            stop.set()
-            thread.join()
-            self.sync()
-        return finish
-
-    def _sync_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(self.sync_every):
-            self.sync()
-
-    def sync(self) -> None:
-        """One mirror pass; a failure (the store unreachable for a while) is a warning, retried next time."""
-        if self.mirror is None:
-            return
-        with self._sync_lock:
-            try:
-                self.mirror.sync()
-            except Exception as e:  # noqa: BLE001 - any store error: the study goes on, the next pass retries
-                log.warning("study dir sync to %s failed: %s (retried at the next sync)", self.sync_to, e)
 
 
 def _record(u: dict[str, Any], run_dir: Path, cfg: config.RunConfig) -> dict[str, Any]:
@@ -398,6 +353,6 @@ def main(argv: list[str]) -> int:
 
     for name, path in write_study_report(study.dir).items():
         print(f"{name}: {path}")
-    study.sync()  # the report's files too
+    study.sync.now()  # the report's files too
     print(f"study dir: {study.dir}")
     return 0
