@@ -12,7 +12,8 @@ killed cell resumes from its newest checkpoint that reached the store.
 The datasets the builder made for the study's runs (run.json `dataset`, in the builder's cache) go
 to <URI>/datasets/ once each and come back into the cache on a machine that lacks them, so a resumed
 cell (offline_continued, rlpd) reads the dataset its pre-training read: a rebuild is not the same
-data (docs/RESULTS.md: rebuilds of one recipe and seed gave 100k to 340k rows). D4RL and Minari
+data (docs/RESULTS.md: walker2d's three builds of one recipe and seed gave 340k, 180k and 140k rows,
+the behaviour SAC passing its target at another step each time on the GPU). D4RL and Minari
 files are the user's to provide on the new machine: not copied.
 """
 
