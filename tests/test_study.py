@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -87,6 +88,10 @@ def test_study_smoke_killed_and_resumed(tmp_path: Path) -> None:
     assert m["cells"][f"{task}/offline_continued"]["status"] == "running"
     assert "finished" not in json.loads((kept_cell / "run.json").read_text())
     done_before = {p: _contents(remote / p) for p in (f"runs/{task}/wsrl", "pretrain")}
+    status = _run(["status", "--study", "studies/smoke"], tmp_path).communicate(timeout=120)[0]  # as README
+    rows = {line.split()[0]: line for line in status.splitlines()}
+    assert rows[f"{task}/wsrl"].split()[1:3] == ["done", "1"], status
+    assert re.search(r"started\s+1\s+(warmup|online): [\d,]+ / 700 env steps", rows[f"{task}/offline_continued"]), status
     dataset = Path(json.loads((remote / "pretrain" / f"{task}-s0" / "run.json").read_text())["dataset"])
     assert (remote / "datasets" / dataset.name).read_bytes() == dataset.read_bytes()
     shutil.rmtree(study)
@@ -104,6 +109,8 @@ def test_study_smoke_killed_and_resumed(tmp_path: Path) -> None:
     for p, snap in done_before.items():
         assert _contents(study / p) == snap, f"{p} was touched by the rerun"
     assert {k: v for k, v in _contents(remote).items() if not k.startswith("datasets/")} == _contents(study)
+    status = _run(["status", "--study", "studies/smoke"], tmp_path).communicate(timeout=120)[0]
+    assert status.splitlines()[-1].startswith("3 done, 0 started"), status
     m = _manifest(study)
     assert {k: v["status"] for k, v in m["cells"].items()} == {
         f"{task}/wsrl": "done", f"{task}/offline_continued": "done"}
@@ -291,6 +298,9 @@ def test_study_sync_options_are_checked_before_any_work(tmp_path: Path) -> None:
     spec = str(REPO / "configs/studies/smoke.yaml")
     with pytest.raises(config.ConfigError, match="--sync-every must be > 0"):
         study_mod.main([spec, "--dir", str(tmp_path / "s"), "--sync-every", "0"])
-    with pytest.raises(RuntimeError, match="fsspec cannot open this protocol"):
+    with pytest.raises(config.ConfigError, match="--sync-to nosuchproto://bucket/s: .*cannot open this protocol"):
         study_mod.main([spec, "--dir", str(tmp_path / "s"), "--sync-to", "nosuchproto://bucket/s"])
     assert not (tmp_path / "s" / "manifest.json").exists()
+    from wsrl_dist.cli import main as cli
+
+    assert cli(["study", spec, "--dir", str(tmp_path / "s"), "--sync-to", "nosuchproto://bucket/s"]) == 2  # one line

@@ -6,6 +6,7 @@
   wsrl-dist launch [CONFIG...] [k=v...]       the distributed Ray job (runtime/orchestration/driver.py)
   wsrl-dist scale --workers N [--address A]   resize the rollout pool of a running job
   wsrl-dist status [RUN_DIR|NAME] [--json]    stage, progress + ETA, throughput, UTD, replay, lag
+  wsrl-dist status --study DIR                a study's units: status, attempts, how far (ops/study_status.py)
   wsrl-dist build-dataset TASK [k=v...]       D4RL-recipe dataset into the cache
   wsrl-dist report RUN_DIR                    learning curve, throughput plot, results table
                                               (a multi-seed run dir: one per seed-<s>/)
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument("job", nargs="?", help="run dir or its name (needed when several jobs run)")
             p.add_argument("--json", action="store_true", help="the raw status record")
+            p.add_argument("--study", metavar="DIR", help="a study's units and how far each got, from its files")
     p = sub.add_parser("build-dataset")
     p.add_argument("task")
     p.add_argument("items", nargs="*")
@@ -158,6 +160,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = _load(args.items, [f"pretrain.checkpoint={args.checkpoint}"])
         print(f"run dir: {local.run(cfg, _command())}")
+        return 0
+    if args.cmd == "status" and args.study:
+        from wsrl_dist.ops.study_status import format_study_status, study_status
+
+        rows = study_status(args.study)
+        print(json.dumps(rows, indent=2) if args.json else format_study_status(rows), end="" if not args.json else "\n")
         return 0
     if args.cmd == "status":
         from wsrl_dist.runtime.orchestration.control import status_command

@@ -24,6 +24,8 @@ import logging
 import threading
 from pathlib import Path
 
+from wsrl_dist.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -45,14 +47,17 @@ class StudySync:
         from wsrl_dist import storage
         from wsrl_dist.data.builder import default_cache_dir
 
-        self.mirror = storage.Mirror(self.dir, self.uri, keep_apart=("datasets",))
-        if not (self.dir / "manifest.json").is_file() and self.mirror.exists("manifest.json"):
-            print(f"study dir: {self.mirror.pull()} files pulled from {self.uri} into {self.dir}", flush=True)
-        for path in self.mirror.get_missing("datasets", default_cache_dir()):
-            print(f"dataset: {path} pulled from {self.uri}/datasets", flush=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            self.mirror.sync()  # errors surface here, before the study runs anything
+        try:  # a store that cannot be opened, read or written: one line, before the study runs anything
+            self.mirror = storage.Mirror(self.dir, self.uri, keep_apart=("datasets",))
+            if not (self.dir / "manifest.json").is_file() and self.mirror.exists("manifest.json"):
+                print(f"study dir: {self.mirror.pull()} files pulled from {self.uri} into {self.dir}", flush=True)
+            for path in self.mirror.get_missing("datasets", default_cache_dir()):
+                print(f"dataset: {path} pulled from {self.uri}/datasets", flush=True)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                self.mirror.sync()
+        except (RuntimeError, OSError) as e:
+            raise ConfigError(f"study --sync-to {self.uri}: {e}") from e
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="study-sync", daemon=True)
         self._thread.start()
