@@ -55,7 +55,7 @@ def test_study_status_says_how_far_each_unit_got_from_the_files_alone(tmp_path, 
     assert rows["walker/s0+1"]["progress"] == "pretrain 186,000 / 250,000 steps (74%)"
     assert rows["hopper/wsrl"]["status"] == "started" and rows["hopper/wsrl"]["attempts"] == 2
     assert rows["hopper/wsrl"]["progress"] == "online: 60,250 / 100,000 env steps (60%)"
-    assert rows["hopper/rlpd"]["progress"] == "no run dir here (it ran elsewhere)"
+    assert rows["hopper/rlpd"]["progress"] == "no run dir here (it ran elsewhere; a rerun here starts it over)"
     assert [u for u, r in rows.items() if r["status"] == "not started"] == ["walker/wsrl", "walker/rlpd"]
 
     assert main(["status", "--study", str(study)]) == 0

@@ -56,7 +56,7 @@ def _progress(study_dir: Path, kind: str, rec: dict[str, Any]) -> str:
         return "done"
     run_dir = _local(study_dir, rec)
     if not run_dir.exists():
-        return "no run dir here (it ran elsewhere)"
+        return "no run dir here (it ran elsewhere; a rerun here starts it over)"
     seeds = rec.get("seeds") or [rec.get("seed")]
     if kind == "pretrain":
         dirs = [run_dir.parent / f"{rec['task']}-s{s}" for s in seeds]
