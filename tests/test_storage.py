@@ -117,3 +117,13 @@ def test_a_mirror_uploads_what_changed_markers_last_and_deletes_what_was_pruned(
 def test_a_mirror_to_a_store_that_cannot_be_opened_fails_at_once(tmp_path):
     with pytest.raises(RuntimeError, match="fsspec cannot open this protocol"):
         storage.Mirror(tmp_path, "nosuchproto://bucket/study")
+
+
+def test_a_run_storage_that_cannot_be_opened_is_one_line_on_the_command_line(tmp_path, capsys):
+    """Before: `run.storage=nosuchproto://...` ran the whole job up to its first upload (34 s of this
+    CPU smoke config) and then ended in a RuntimeError traceback; now one line, before any work."""
+    from wsrl_dist.cli import main
+
+    rc = main(["run", "configs/runtime/smoke.yaml", "run.storage=nosuchproto://bucket/runs", "run.progress=false"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "StorageError: run.storage=nosuchproto://bucket/runs" in err and "Traceback" not in err

@@ -19,6 +19,10 @@ class ProjectError(Exception):
     """Base of the project's own errors: the message names the file or key and the problem."""
 
 
+class StorageError(ProjectError, RuntimeError):
+    """A URI store (run.storage, `study --sync-to`) that cannot be opened: its protocol or package missing."""
+
+
 class CheckpointError(ProjectError, ValueError):
     """A checkpoint directory is incomplete, unreadable or belongs to another config."""
 

@@ -75,6 +75,9 @@ def prepare_run_dir(cfg: RunConfig, command: str, extra: dict[str, Any] | None =
     job's seed-<s>/ dirs are not: the job prints its top dir once). `plan`: the job's RunPlan (its
     warmup and pre-training go into run.json); a caller with none (a test) gets its config's."""
     plan = plan if plan is not None else RunPlan.of(cfg)
+    from wsrl_dist import storage
+
+    storage.check_store(storage.root(cfg.run.storage))  # a bad URI fails now, not at the first upload
     if cfg.run.run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cfg.run.run_dir = default_run_dir(cfg, f"{cfg.task.name}-{cfg.finetune.method}-s{cfg.run.seed}-{stamp}")

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from wsrl_dist.errors import StorageError
+
 ENV = "WSRL_DIST_STORAGE"
 DEFAULT = "~/wsrl_dist/runs"
 STAGING = "~/.cache/wsrl_dist/staging"
@@ -54,14 +56,21 @@ def _filesystem(uri: str):
         try:
             fs, path = fsspec.core.url_to_fs(uri)
         except (ImportError, ValueError) as e:  # s3fs / gcsfs missing for the protocol, or unknown
-            raise RuntimeError(f"run.storage={uri}: fsspec cannot open this protocol ({e})") from e
+            raise StorageError(f"run.storage={uri}: fsspec cannot open this protocol ({e})") from e
         return fs, path
     try:
         from pyarrow import fs as pafs
     except ImportError:
-        raise RuntimeError(f"run.storage={uri}: a URI storage needs fsspec (pip install fsspec, plus "
+        raise StorageError(f"run.storage={uri}: a URI storage needs fsspec (pip install fsspec, plus "
                            "s3fs / gcsfs for s3:// / gs://) or pyarrow; neither is installed") from None
     return pafs.FileSystem.from_uri(uri)  # (pyarrow filesystem, path)
+
+
+def check_store(root: str) -> None:
+    """StorageError now for a URI storage that cannot be opened (its protocol's package missing, an
+    unknown protocol); a local path passes."""
+    if is_uri(root):
+        _filesystem(root)
 
 
 def upload(run_dir: Path, uri: str) -> None:
@@ -133,7 +142,7 @@ class Mirror:
         self.local, self.uri, self.keep_apart = Path(local), uri.rstrip("/"), keep_apart
         self.fs, self.root = _filesystem(self.uri)
         if not hasattr(self.fs, "put_file"):
-            raise RuntimeError(f"{uri}: syncing a directory needs fsspec for this protocol, not pyarrow")
+            raise StorageError(f"{uri}: syncing a directory needs fsspec for this protocol, not pyarrow")
         self.atomic_rename = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         self.seen: dict[str, tuple[int, int]] = {}
 
