@@ -212,22 +212,32 @@ class SeedGroup(SeedRecords):
             return False
         self._sync_shard_losses()  # before `held`: rows a restarted shard lost leave `granted` once
         held = self._env_steps()
-        if held >= total:
+        if held >= total and self._rows_on_disk(total):
             return True
+        held = self._env_steps()
         granted = ray.get(self.learner.stats.remote())["granted_env_steps"]
         self.c["dropped"] += granted - held
         ray.get(self.learner.begin_online.remote(held))
         self.sup.start_runs()
         return False
 
+    def _rows_on_disk(self, total: int) -> bool:
+        """The rollout is over with `total` rows held: the shards snapshot them now, so a shard
+        killed from here to the end comes back with every row. Killed before that, the stage's last
+        rows (up to runtime.replay_snapshot_s of rollout) went with it and, the rollout over, were
+        lost for good (the kill soak's job ended 16 rows short of 5,000, and before the snapshot
+        moved here from _finish_online, kills while the learner ran its owed updates did that).
+        False if a shard restarted before its snapshot and lost rows: they are handed out again."""
+        if self.rt.replay_snapshot_s <= 0:  # the user asked for no snapshots (a restart starts empty)
+            return True
+        ray.get([s.snapshot.remote() for s in self.shards])
+        self._sync_shard_losses()
+        return self._env_steps() >= total
+
     def _finish_online(self) -> None:
         """After the online stage: last eval and a tick with phase "done", the status the Job
-        publishes before any group's _finish_records. First the shards write their snapshots: the
-        stage's last rows (up to runtime.replay_snapshot_s of rollout) were in memory only, so a shard
-        killed from here to the final checkpoint came back without them, and with no online steps
-        left they were lost for good, from the checkpoint too (counted in replay_rows_lost)."""
-        if self.rt.replay_snapshot_s > 0:  # 0: the user asked for no snapshots (a restart starts empty)
-            ray.get([s.snapshot.remote() for s in self.shards])
+        publishes before any group's _finish_records (the shards hold every row on disk since
+        _rows_on_disk)."""
         self._start_eval("online")
         self._collect_evals(wait=True)
         self._tick("done")
