@@ -319,7 +319,12 @@ class Job:
             self._tick("online")
             time.sleep(self.rt.monitor_interval)
         self.learner.finish.remote()
-        self.groups[0]._wait([train_ref], "online")
+        # the learner runs the updates still owed: watched too, or a learner stuck there (say, on
+        # a replay shard that never comes back) held the job silently for good
+        while not ray.wait([train_ref], timeout=self.rt.monitor_interval)[0]:
+            self._tick("online")
+            for i in range(len(self.groups)):
+                dogs.check(i, "online", [True] * len(self.groups))
         for g, final in zip(self.groups, ray.get(train_ref)):
             g.stages["online"] = {"wall_s": time.time() - t0, "bundles": final["bundles"],
                                   "bundle_groups": final["bundle_groups"],
