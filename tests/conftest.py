@@ -18,6 +18,19 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test():
+    """A job a runtime test ran in a background thread (tests/runtime/conftest.py BackgroundJob)
+    and left running, because the test failed before joining it, is stopped here, before the
+    next module's Ray shutdown can pull Ray out from under it (that crashed pytest once)."""
+    yield
+    helpers = sys.modules.get("tests.runtime.conftest")
+    if helpers is not None and helpers.BackgroundJob.live:
+        stuck = helpers.stop_background_jobs()
+        if stuck:
+            pytest.fail(f"jobs still running after an interrupt: {stuck}", pytrace=False)
+
+
 def _ray_running() -> bool:
     ray = sys.modules.get("ray")  # never imported: nothing to stop
     return ray is not None and ray.is_initialized()

@@ -3,9 +3,12 @@ drive a job from a background thread while the test pokes at it (scale, kill, st
 
 from __future__ import annotations
 
+import ctypes
 import json
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,13 @@ def ray_local():
 
 
 class BackgroundJob:
-    """`driver.launch` in a thread; `wait_for(pred)` polls the job's status from this thread."""
+    """`driver.launch` in a thread; `wait_for(pred)` polls the job's status from this thread.
+
+    A job still running when its test ends is stopped there (`stop_background_jobs`, from
+    tests/conftest.py): left running, it went on inside the pytest process, and the next module's
+    Ray shutdown under it crashed pytest with no summary (CI, session 10)."""
+
+    live: list[BackgroundJob] = []
 
     def __init__(self, cfg: RunConfig, launch: Callable[..., Path] | None = None):
         from wsrl_dist.runtime.orchestration import driver
@@ -50,6 +59,7 @@ class BackgroundJob:
         fn = launch or (lambda: driver.launch(cfg, "pytest"))
         self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
         self.thread.start()
+        BackgroundJob.live.append(self)
 
     def _run(self, fn) -> None:
         try:
@@ -80,11 +90,34 @@ class BackgroundJob:
 
     def join(self, timeout: float = 300.0) -> Path:
         self.thread.join(timeout)
-        if self.thread.is_alive():
-            raise TimeoutError("job did not finish")
+        if self.thread.is_alive():  # where it hangs, then stop it as Ctrl-C would
+            where = self.stack()
+            stopped = self.stop()
+            raise TimeoutError(f"job did not finish in {timeout:.0f} s (then {'stopped' if stopped else 'did not stop'}"
+                               f" on an interrupt); its thread was at:\n{where}")
         if self.error is not None:
             raise self.error
         return self.result
+
+    def stack(self) -> str:
+        frame = sys._current_frames().get(self.thread.ident)
+        return "".join(traceback.format_stack(frame)) if frame is not None else "(thread gone)"
+
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Interrupt the job as Ctrl-C does (KeyboardInterrupt in its thread: Job.run's stop path,
+        with its checkpoint and teardown); True once the thread has ended."""
+        if self.thread.is_alive():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident),
+                                                       ctypes.py_object(KeyboardInterrupt))
+            self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+def stop_background_jobs() -> list[str]:
+    """Stop the jobs a test left running; the run dirs of those that would not stop."""
+    stuck = [str(bg.cfg.run.run_dir) for bg in BackgroundJob.live if not bg.stop()]
+    BackgroundJob.live.clear()
+    return stuck
 
 
 def read_records(run_dir: Path, kind: str) -> list[dict[str, Any]]:

@@ -128,6 +128,54 @@ def test_a_shard_killed_after_the_online_stage_comes_back_with_every_row(ray_loc
     assert sum(sh["ring"]["size"] for sh in shards) == TOTAL
 
 
+def test_a_shard_killed_while_the_learner_runs_its_owed_updates_comes_back_with_every_row(ray_local, tmp_path,
+                                                                                         monkeypatch):
+    """The window before that one: the rollout is complete and the learner runs the updates still
+    owed. The shards wrote their end-of-stage snapshot only after those, so a shard killed in
+    between lost every row since its last timed snapshot, for good (no rollout left to collect them
+    again: a 5,000-step kill soak ended 16 rows short). The snapshot is now written as the rollout
+    completes, before the stage moves on."""
+    from wsrl_dist.runtime.orchestration import driver, seedgroup
+
+    overrides = [f"finetune.warmup_steps={K}", f"finetune.online_steps={TOTAL}", "finetune.eval_every=100000",
+                 "run.checkpoint_every=100000", "runtime.replay_snapshot_s=3600", *LIMITS]
+    cfg = tiny_config(tmp_path / "owed", *overrides)
+    complete = seedgroup.SeedGroup._rollout_complete
+    killed: list[int] = []
+
+    def killing_once_complete(group, total):
+        done = complete(group, total)
+        if done and not killed:  # the learner is told to finish only after this returns
+            pid = ray.get(group.shards[0].stats.remote())["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        return done
+
+    monkeypatch.setattr(seedgroup.SeedGroup, "_rollout_complete", killing_once_complete)
+    run_dir = driver.launch(cfg, "pytest")
+    info = run_json(run_dir)
+    assert killed and info["replay_shard_restarts"] == 1
+    assert (info["replay_rows_lost"], info["env_steps"]) == (0, TOTAL), info
+    assert info["critic_updates"] == UTD * (TOTAL - first_update_step(cfg))
+    _, shards, _ = checkpoint.load(checkpoint.latest(run_dir))
+    assert sum(sh["ring"]["size"] for sh in shards) == TOTAL
+
+
+def test_a_job_a_test_leaves_running_stops_as_on_ctrl_c_with_a_checkpoint(ray_local, tmp_path):
+    """What tests/conftest.py does with a BackgroundJob whose test failed before joining it: an
+    interrupt in the job's thread takes Job.run's Ctrl-C path (checkpoint, teardown), so no job
+    runs on into the next module (whose Ray shutdown under it once crashed pytest)."""
+    from wsrl_dist.runtime.orchestration.stop import JobStopped
+
+    cfg = tiny_config(tmp_path / "left", f"finetune.warmup_steps={K}", "finetune.online_steps=100000",
+                      "finetune.eval_every=100000", "run.checkpoint_every=100000", *LIMITS)
+    bg = BackgroundJob(cfg)
+    bg.wait_for(lambda s: s["phase"] == "online" and s["env_steps"] > K + 100)
+    assert bg.stop() and not bg.thread.is_alive()
+    assert isinstance(bg.error, JobStopped) and bg.error.saved and bg.error.stage == "online", bg.error
+    assert bg.error.step > K and checkpoint.latest(Path(cfg.run.run_dir)).name == f"step_{bg.error.step:010d}"
+
+
 CLI_OVERRIDES = [f"finetune.warmup_steps={K}", "finetune.online_steps=900", "finetune.eval_every=100000",
                  "run.checkpoint_every=200", *LIMITS]
 
