@@ -115,7 +115,7 @@ def test_a_mirror_uploads_what_changed_markers_last_and_deletes_what_was_pruned(
 
 
 def test_a_mirror_to_a_store_that_cannot_be_opened_fails_at_once(tmp_path):
-    with pytest.raises(RuntimeError, match="fsspec cannot open this protocol"):
+    with pytest.raises(RuntimeError, match="^--sync-to nosuchproto://bucket/study: fsspec cannot open this protocol"):
         storage.Mirror(tmp_path, "nosuchproto://bucket/study")
 
 

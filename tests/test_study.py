@@ -298,8 +298,9 @@ def test_study_sync_options_are_checked_before_any_work(tmp_path: Path) -> None:
     spec = str(REPO / "configs/studies/smoke.yaml")
     with pytest.raises(config.ConfigError, match="--sync-every must be > 0"):
         study_mod.main([spec, "--dir", str(tmp_path / "s"), "--sync-every", "0"])
-    with pytest.raises(config.ConfigError, match="--sync-to nosuchproto://bucket/s: .*cannot open this protocol"):
+    with pytest.raises(config.ConfigError, match="--sync-to nosuchproto://bucket/s: .*cannot open this protocol") as e:
         study_mod.main([spec, "--dir", str(tmp_path / "s"), "--sync-to", "nosuchproto://bucket/s"])
+    assert "run.storage" not in str(e.value) and str(e.value).count("nosuchproto://bucket/s") == 1
     assert not (tmp_path / "s" / "manifest.json").exists()
     from wsrl_dist.cli import main as cli
 

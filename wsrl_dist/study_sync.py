@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 
 from wsrl_dist.config import ConfigError
+from wsrl_dist.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class StudySync:
             with self._lock:
                 self.mirror.sync()
         except (RuntimeError, OSError) as e:
-            raise ConfigError(f"study --sync-to {self.uri}: {e}") from e
+            # a StorageError names the URI itself (--sync-to URI: ...); an OSError does not
+            raise ConfigError(f"study {e}" if isinstance(e, StorageError) else f"study --sync-to {self.uri}: {e}") from e
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="study-sync", daemon=True)
         self._thread.start()
