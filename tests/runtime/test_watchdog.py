@@ -9,6 +9,7 @@ import signal
 import time
 
 import pytest
+import ray
 
 from tests.runtime.conftest import BackgroundJob, run_json, tiny_config
 from wsrl_dist.runtime.orchestration.watchdog import StallError, Watchdog
@@ -124,3 +125,39 @@ def _stop_and_expect_stall(bg, pid: int) -> str:
         except ProcessLookupError:
             pass
     return str(err.value)
+
+
+def test_a_shard_that_hangs_while_the_learner_runs_its_owed_updates_ends_the_job_naming_it(
+        ray_local, tmp_path, monkeypatch):
+    """After the rollout the driver only waited for the learner's owed updates, with no watchdog,
+    and its monitor tick waited on the shards with no timeout: a hung shard (SIGSTOP) there held
+    the job silently for good. Now the tick skips an actor that does not answer and the watchdog
+    ends the job naming the shard."""
+    from wsrl_dist.runtime.orchestration import driver, seedgroup
+
+    cfg = tiny_config(tmp_path / "hung", "finetune.warmup_steps=100", "finetune.online_steps=400",
+                      "finetune.eval_every=100000", "run.checkpoint_every=100000", "runtime.stall_timeout_s=6",
+                      # the rollout runs far ahead of a slow learner: thousands of updates owed at its end
+                      "runtime.rollout_slack=1000", "runtime.test_learner_delay_s=0.02")
+    complete = seedgroup.SeedGroup._rollout_complete
+    stopped: list[int] = []
+
+    def stopping_once_complete(group, total):
+        done = complete(group, total)
+        if done and not stopped:
+            stopped.append(ray.get(group.shards[0].stats.remote())["pid"])
+            os.kill(stopped[0], signal.SIGSTOP)
+        return done
+
+    monkeypatch.setattr(seedgroup.SeedGroup, "_rollout_complete", stopping_once_complete)
+    try:
+        with pytest.raises(StallError) as e:
+            driver.launch(cfg, "pytest")
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    msg = str(e.value)
+    assert stopped and "online stage" in msg and "not answering: replay shard 0" in msg, msg

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from wsrl_dist import job
@@ -95,20 +95,22 @@ class SeedGroup(SeedRecords):
 
     def _tick(self, phase: str, every: float = 0.0) -> None:
         """Poll all stats once; `every` skips the tick if the last one is more recent than that.
-        A transient ActorUnavailableError (e.g. while a node is being declared dead) skips a tick."""
+        A transient ActorUnavailableError (e.g. while a node is being declared dead) skips a tick,
+        and so does an actor that does not answer within half the stall timeout: a hung shard
+        (SIGSTOPped, or deadlocked) held the tick, and with it the watchdog that names it, for good."""
         if time.time() - self.last_tick < every:
             return
         self.last_tick = time.time()
         try:
-            self._poll_and_record(phase)
-        except ActorUnavailableError as e:
+            self._poll_and_record(phase, timeout=max(1.0, min(30.0, self.rt.stall_timeout_s / 2)))
+        except (ActorUnavailableError, GetTimeoutError) as e:
             log.warning("monitor tick skipped: %s", e)
 
-    def _poll_and_record(self, phase: str) -> None:
+    def _poll_and_record(self, phase: str, timeout: float | None = None) -> None:
         lrn_ref, version_ref = self.learner.stats.remote(), self.store.get_version.remote()
-        shards = ray.get([s.stats.remote() for s in self.shards])
+        shards = ray.get([s.stats.remote() for s in self.shards], timeout=timeout)
         self._count_shard_restarts(shards, online=phase == "online")
-        lrn, version = ray.get([lrn_ref, version_ref])
+        lrn, version = ray.get([lrn_ref, version_ref], timeout=timeout)
         self.sup.poll_stats()
         self.monitor.update(phase=phase, learner=lrn, shards=shards, workers=self.sup.last_stats(),
                             alive=self.sup.states(), store_version=version,
