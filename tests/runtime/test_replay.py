@@ -76,3 +76,31 @@ def test_a_shard_with_mc_returns_takes_only_frames_that_carry_them_and_samples_t
     np.testing.assert_array_equal(again.ring.export()["mc_returns"], mc)
     with pytest.raises(ValueError, match="do not match buffer fields.*mc_returns"):
         ReplayShard(64, O, A, seed=1, mc_returns=True).load_state_dict(plain.state_dict())
+
+
+def test_a_restarted_shard_refills_from_its_snapshot_and_counts_rows_lost_and_restarts(tmp_path, monkeypatch):
+    """Ray restarts a killed shard in place (runtime/datapath/replay.py): the new one refills from
+    the snapshot; the counter file says how many rows came after it. A shard killed again while
+    loading that snapshot still counts its restart (before, it went uncounted)."""
+    from wsrl_dist.runtime.datapath import replay
+
+    a = ReplayShard(64, O, A, seed=0, snapshot_dir=str(tmp_path))
+    a.insert(chunk(8, 0))
+    a.snapshot()
+    a.insert(chunk(8, 1, seed=1))  # after the snapshot: lost with the process
+    monkeypatch.setattr(replay, "_reconstructed", lambda: True)
+    b = ReplayShard(64, O, A, seed=0, snapshot_dir=str(tmp_path))
+    st = b.stats()
+    assert (st["size"], st["env_steps"], st["rows_lost"], st["restarts"]) == (8, 8, 8, 1)
+
+    def killed_while_loading(path):
+        raise KeyboardInterrupt  # stands for the SIGKILL: nothing after this line runs
+
+    monkeypatch.setattr(replay, "read_snapshot", killed_while_loading)
+    with pytest.raises(KeyboardInterrupt):
+        ReplayShard(64, O, A, seed=0, snapshot_dir=str(tmp_path))
+    monkeypatch.undo()
+    monkeypatch.setattr(replay, "_reconstructed", lambda: True)
+    d = ReplayShard(64, O, A, seed=0, snapshot_dir=str(tmp_path))
+    st = d.stats()
+    assert (st["size"], st["rows_lost"], st["restarts"]) == (8, 8, 3)  # the same 8 rows, 3 restarts

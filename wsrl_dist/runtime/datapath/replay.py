@@ -126,6 +126,13 @@ class ReplayShard:
         except (OSError, struct.error) as e:
             log.warning("replay shard %d: counter file %s unreadable (%s); rows lost not counted",
                         self.shard_id, counts_path, e)
+        # this restart counted on disk before the snapshot loads (seconds for a big ring): killed
+        # again meanwhile, the next recovery counts both (before, this one went uncounted). Rows
+        # ever inserted stay as they were, so that recovery still counts the same rows lost.
+        try:
+            counts_path.write_bytes(COUNTS.pack(int(inserted), int(lost), int(restarts) + 1))
+        except OSError as e:  # unwritable: _open_snapshots' own write says so
+            log.warning("replay shard %d: counter file %s not updated (%s)", self.shard_id, counts_path, e)
         if self.snapshot_path.exists():
             empty = self.state_dict()
             try:
