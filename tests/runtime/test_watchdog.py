@@ -161,3 +161,35 @@ def test_a_shard_that_hangs_while_the_learner_runs_its_owed_updates_ends_the_job
                 pass
     msg = str(e.value)
     assert stopped and "online stage" in msg and "not answering: replay shard 0" in msg, msg
+
+
+def test_a_shard_that_hangs_as_the_rollout_ends_ends_the_job_naming_it(ray_local, tmp_path, monkeypatch):
+    """The look at the rollout's end (every worker returned: do the shards hold every step?)
+    waited on the shards with no timeout, before the watchdog's turn: a shard hung right then held
+    the job silently. Now that look gives up after half the stall timeout and the watchdog names it."""
+    from wsrl_dist.runtime.orchestration import driver, supervisor
+
+    cfg = tiny_config(tmp_path / "hung-end", "finetune.warmup_steps=100", "finetune.online_steps=400",
+                      "finetune.eval_every=100000", "run.checkpoint_every=100000", "runtime.stall_timeout_s=6")
+    all_done = supervisor.Supervisor.all_done
+    stopped: list[int] = []
+
+    def stopping_once_all_done(sup):
+        done = all_done(sup)
+        if done and sup.online and not stopped:
+            stopped.append(ray.get(sup.shards[0].stats.remote())["pid"])
+            os.kill(stopped[0], signal.SIGSTOP)
+        return done
+
+    monkeypatch.setattr(supervisor.Supervisor, "all_done", stopping_once_all_done)
+    try:
+        with pytest.raises(StallError) as e:
+            driver.launch(cfg, "pytest")
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    msg = str(e.value)
+    assert stopped and "online stage" in msg and "not answering: replay shard 0" in msg, msg

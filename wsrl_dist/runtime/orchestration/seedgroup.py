@@ -90,8 +90,14 @@ class SeedGroup(SeedRecords):
                 for i in range(rt.num_shards)]
 
     # ------------------------------------------------------------------ monitor loop
-    def _env_steps(self) -> int:
-        return sum(ray.get([s.env_steps.remote() for s in self.shards]))
+    def _env_steps(self, timeout: float | None = None) -> int:
+        return sum(ray.get([s.env_steps.remote() for s in self.shards], timeout=timeout))
+
+    @property
+    def answer_s(self) -> float:
+        """How long the driver's loops wait on an actor's answer before moving on (GetTimeoutError):
+        half the stall timeout, at most 30 s, so that the watchdog still gets to name a hung actor."""
+        return max(1.0, min(30.0, self.rt.stall_timeout_s / 2))
 
     def _tick(self, phase: str, every: float = 0.0) -> None:
         """Poll all stats once; `every` skips the tick if the last one is more recent than that.
@@ -102,7 +108,7 @@ class SeedGroup(SeedRecords):
             return
         self.last_tick = time.time()
         try:
-            self._poll_and_record(phase, timeout=max(1.0, min(30.0, self.rt.stall_timeout_s / 2)))
+            self._poll_and_record(phase, timeout=self.answer_s)
         except (ActorUnavailableError, GetTimeoutError) as e:
             log.warning("monitor tick skipped: %s", e)
 
@@ -154,10 +160,10 @@ class SeedGroup(SeedRecords):
         if online and new_lost > 0:
             ray.get(self.learner.rows_lost.remote(new_lost))
 
-    def _sync_shard_losses(self) -> None:
+    def _sync_shard_losses(self, timeout: float | None = None) -> None:
         """Count shard restarts now (online): call before any re-sync of the granted count to
         what the shards hold, or a loss counted after it would be handed out twice."""
-        self._count_shard_restarts(ray.get([s.stats.remote() for s in self.shards]), online=True)
+        self._count_shard_restarts(ray.get([s.stats.remote() for s in self.shards], timeout=timeout), online=True)
 
     def _progress(self) -> StageProgress:
         """The stage lines and fields of this seed (runtime/instrumentation/progress.py); with several seeds the lines say which."""
@@ -212,11 +218,20 @@ class SeedGroup(SeedRecords):
         the steps of chunks lost with killed workers are handed out again and the runs restarted."""
         if not self.sup.all_done():
             return False
-        self._sync_shard_losses()  # before `held`: rows a restarted shard lost leave `granted` once
-        held = self._env_steps()
+        try:
+            return self._rollout_settled(total)
+        except GetTimeoutError as e:  # a hung shard: the online loop's watchdog names it
+            log.warning("the rollout's end not checked this tick: %s", e)
+            return False
+
+    def _rollout_settled(self, total: int) -> bool:
+        """_rollout_complete once every worker has returned; GetTimeoutError before any change
+        when a shard does not answer (the next look starts over)."""
+        self._sync_shard_losses(self.answer_s)  # before `held`: rows a restarted shard lost leave `granted` once
+        held = self._env_steps(self.answer_s)
         if held >= total and self._rows_on_disk(total):
             return True
-        held = self._env_steps()
+        held = self._env_steps(self.answer_s)
         granted = ray.get(self.learner.stats.remote())["granted_env_steps"]
         self.c["dropped"] += granted - held
         ray.get(self.learner.begin_online.remote(held))
@@ -232,9 +247,10 @@ class SeedGroup(SeedRecords):
         False if a shard restarted before its snapshot and lost rows: they are handed out again."""
         if self.rt.replay_snapshot_s <= 0:  # the user asked for no snapshots (a restart starts empty)
             return True
-        ray.get([s.snapshot.remote() for s in self.shards])
-        self._sync_shard_losses()
-        return self._env_steps() >= total
+        # a whole ring's write: up to the stall timeout (a 1M-row ring: ~180 MB), not answer_s
+        ray.get([s.snapshot.remote() for s in self.shards], timeout=self.rt.stall_timeout_s)
+        self._sync_shard_losses(self.answer_s)
+        return self._env_steps(self.answer_s) >= total
 
     def _finish_online(self) -> None:
         """After the online stage: last eval and a tick with phase "done", the status the Job

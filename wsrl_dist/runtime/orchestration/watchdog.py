@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError
 
 from wsrl_dist.errors import ProjectError
 
@@ -54,21 +55,28 @@ class Watchdog:
         idle = self.progressed(int(view.get("env_steps") or 0), int(view.get("critic_updates") or 0))
         deaths = job.sup.deaths
         if phase == "online" and deaths > self.deaths_synced and idle >= self.regrant_after_s:
-            self.deaths_synced = deaths
-            self._regrant(job)
+            if self._regrant(job):
+                self.deaths_synced = deaths
         if idle >= self.stall_timeout_s:
             raise StallError(describe_stall(job, phase, idle))
 
-    def _regrant(self, job: Any) -> None:
-        job._sync_shard_losses()  # rows lost with a restarted shard are taken off `granted` first
-        granted = ray.get(job.learner.stats.remote())["granted_env_steps"]
-        held = job._env_steps()
+    def _regrant(self, job: Any) -> bool:
+        """False if a shard did not answer (nothing changed; tried again at the next look, and a
+        hung shard is named by the stall check that follows instead of holding this call)."""
+        try:
+            job._sync_shard_losses(job.answer_s)  # rows lost with a restarted shard are taken off `granted` first
+            granted = ray.get(job.learner.stats.remote())["granted_env_steps"]
+            held = job._env_steps(job.answer_s)
+        except GetTimeoutError as e:
+            log.warning("lost grants not re-synced this look: %s", e)
+            return False
         if granted > held:
             log.warning("%d env steps granted to rollout workers that died never arrived; handing them "
                         "out again", granted - held)
             job.c["dropped"] += granted - held
             self.regranted += granted - held
             ray.get(job.learner.begin_online.remote(held))
+        return True
 
 
 class Watchdogs:
