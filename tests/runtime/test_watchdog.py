@@ -133,55 +133,46 @@ def test_a_shard_that_hangs_while_the_learner_runs_its_owed_updates_ends_the_job
     and its monitor tick waited on the shards with no timeout: a hung shard (SIGSTOP) there held
     the job silently for good. Now the tick skips an actor that does not answer and the watchdog
     ends the job naming the shard."""
-    from wsrl_dist.runtime.orchestration import driver, seedgroup
+    from wsrl_dist.runtime.orchestration import seedgroup
 
     cfg = tiny_config(tmp_path / "hung", "finetune.warmup_steps=100", "finetune.online_steps=400",
                       "finetune.eval_every=100000", "run.checkpoint_every=100000", "runtime.stall_timeout_s=6",
                       # the rollout runs far ahead of a slow learner: thousands of updates owed at its end
                       "runtime.rollout_slack=1000", "runtime.test_learner_delay_s=0.02")
-    complete = seedgroup.SeedGroup._rollout_complete
-    stopped: list[int] = []
-
-    def stopping_once_complete(group, total):
-        done = complete(group, total)
-        if done and not stopped:
-            stopped.append(ray.get(group.shards[0].stats.remote())["pid"])
-            os.kill(stopped[0], signal.SIGSTOP)
-        return done
-
-    monkeypatch.setattr(seedgroup.SeedGroup, "_rollout_complete", stopping_once_complete)
-    try:
-        with pytest.raises(StallError) as e:
-            driver.launch(cfg, "pytest")
-    finally:
-        for pid in stopped:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-    msg = str(e.value)
-    assert stopped and "online stage" in msg and "not answering: replay shard 0" in msg, msg
+    # the learner is told to finish once this has returned True
+    msg = _stall_with_the_shard_stopped(cfg, monkeypatch, seedgroup.SeedGroup, "_rollout_complete",
+                                        lambda group: group.shards[0])
+    assert "online stage" in msg and "not answering: replay shard 0" in msg, msg
 
 
 def test_a_shard_that_hangs_as_the_rollout_ends_ends_the_job_naming_it(ray_local, tmp_path, monkeypatch):
     """The look at the rollout's end (every worker returned: do the shards hold every step?)
     waited on the shards with no timeout, before the watchdog's turn: a shard hung right then held
     the job silently. Now that look gives up after half the stall timeout and the watchdog names it."""
-    from wsrl_dist.runtime.orchestration import driver, supervisor
+    from wsrl_dist.runtime.orchestration import supervisor
 
     cfg = tiny_config(tmp_path / "hung-end", "finetune.warmup_steps=100", "finetune.online_steps=400",
                       "finetune.eval_every=100000", "run.checkpoint_every=100000", "runtime.stall_timeout_s=6")
-    all_done = supervisor.Supervisor.all_done
+    msg = _stall_with_the_shard_stopped(cfg, monkeypatch, supervisor.Supervisor, "all_done", lambda sup: sup.shards[0])
+    assert "online stage" in msg and "not answering: replay shard 0" in msg, msg
+
+
+def _stall_with_the_shard_stopped(cfg, monkeypatch, owner, method: str, shard_of) -> str:
+    """Launch `cfg` with `owner.method` patched to SIGSTOP the shard (`shard_of(self)`) the first
+    time the method returns True online; the StallError's message (the shard is let go after)."""
+    from wsrl_dist.runtime.orchestration import driver
+
+    real = getattr(owner, method)
     stopped: list[int] = []
 
-    def stopping_once_all_done(sup):
-        done = all_done(sup)
-        if done and sup.online and not stopped:
-            stopped.append(ray.get(sup.shards[0].stats.remote())["pid"])
+    def stopping(self, *args):
+        done = real(self, *args)
+        if done and not stopped:
+            stopped.append(ray.get(shard_of(self).stats.remote())["pid"])
             os.kill(stopped[0], signal.SIGSTOP)
         return done
 
-    monkeypatch.setattr(supervisor.Supervisor, "all_done", stopping_once_all_done)
+    monkeypatch.setattr(owner, method, stopping)
     try:
         with pytest.raises(StallError) as e:
             driver.launch(cfg, "pytest")
@@ -191,5 +182,5 @@ def test_a_shard_that_hangs_as_the_rollout_ends_ends_the_job_naming_it(ray_local
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-    msg = str(e.value)
-    assert stopped and "online stage" in msg and "not answering: replay shard 0" in msg, msg
+    assert stopped
+    return str(e.value)
