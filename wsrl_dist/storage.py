@@ -46,10 +46,10 @@ def local_dir(storage_root: str, name: str) -> Path:
     return Path(storage_root) / name
 
 
-def _filesystem(uri: str, setting: str = "run.storage"):
+def _filesystem(uri: str, setting: str = "run.storage="):
     """(fsspec filesystem, path) for a URI; a clear error naming what to install when it cannot.
-    `setting`: what the user set the URI with, named at the start of the error (run.storage=URI,
-    or a study's --sync-to URI)."""
+    `setting`: how the user set the URI, the error's start before it ("run.storage=", or a
+    study's "--sync-to ")."""
     try:
         import fsspec
     except ImportError:
@@ -58,18 +58,14 @@ def _filesystem(uri: str, setting: str = "run.storage"):
         try:
             fs, path = fsspec.core.url_to_fs(uri)
         except (ImportError, ValueError) as e:  # s3fs / gcsfs missing for the protocol, or unknown
-            raise StorageError(f"{_named(setting, uri)}: fsspec cannot open this protocol ({e})") from e
+            raise StorageError(f"{setting}{uri}: fsspec cannot open this protocol ({e})") from e
         return fs, path
     try:
         from pyarrow import fs as pafs
     except ImportError:
-        raise StorageError(f"{_named(setting, uri)}: a URI storage needs fsspec (pip install fsspec, plus "
+        raise StorageError(f"{setting}{uri}: a URI storage needs fsspec (pip install fsspec, plus "
                            "s3fs / gcsfs for s3:// / gs://) or pyarrow; neither is installed") from None
     return pafs.FileSystem.from_uri(uri)  # (pyarrow filesystem, path)
-
-
-def _named(setting: str, uri: str) -> str:
-    return f"{setting}={uri}" if setting.startswith("run.") else f"{setting} {uri}"
 
 
 def check_store(root: str) -> None:
@@ -143,13 +139,13 @@ class Mirror:
     Needs fsspec (a dependency of torch) and the protocol's package (s3fs, gcsfs)."""
 
     def __init__(self, local: str | os.PathLike, uri: str, keep_apart: tuple[str, ...] = (),
-                 setting: str = "--sync-to"):
+                 setting: str = "--sync-to "):
         """`keep_apart`: top-level names at the URI that are not the dir's (a study's datasets/):
         never pulled into it, never deleted by a sync. `setting`: what set the URI, for errors."""
         self.local, self.uri, self.keep_apart = Path(local), uri.rstrip("/"), keep_apart
         self.fs, self.root = _filesystem(self.uri, setting)
         if not hasattr(self.fs, "put_file"):
-            raise StorageError(f"{_named(setting, uri)}: syncing a directory needs fsspec for this protocol, not pyarrow")
+            raise StorageError(f"{setting}{uri}: syncing a directory needs fsspec for this protocol, not pyarrow")
         self.atomic_rename = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         self.seen: dict[str, tuple[int, int]] = {}
 

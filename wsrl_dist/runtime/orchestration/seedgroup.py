@@ -229,9 +229,10 @@ class SeedGroup(SeedRecords):
         when a shard does not answer (the next look starts over)."""
         self._sync_shard_losses(self.answer_s)  # before `held`: rows a restarted shard lost leave `granted` once
         held = self._env_steps(self.answer_s)
-        if held >= total and self._rows_on_disk(total):
-            return True
-        held = self._env_steps(self.answer_s)
+        if held >= total:
+            if self._rows_on_disk(total):
+                return True
+            held = self._env_steps(self.answer_s)  # a shard lost rows before its snapshot
         granted = ray.get(self.learner.stats.remote())["granted_env_steps"]
         self.c["dropped"] += granted - held
         ray.get(self.learner.begin_online.remote(held))
